@@ -1,0 +1,332 @@
+//! The lab's control plane: a real etcd and a real kube-apiserver, both inside
+//! the lab's hub namespace, bound to the hub's underlay address so every node
+//! reaches them over the lab network (and nothing listens on the host's own
+//! interfaces). Each lab has its own hub namespace, so the standard ports
+//! (2379, 6443) never collide between labs.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::Client;
+use kube::api::{Api, PostParams};
+
+use crate::netns::{self, NetnsError};
+use crate::pki::Pki;
+use crate::procs::{self, ProcError};
+
+/// etcd's client port inside the hub namespace.
+pub const ETCD_PORT: u16 = 2379;
+/// kube-apiserver's secure port inside the hub namespace.
+pub const APISERVER_PORT: u16 = 6443;
+/// Namespace and ServiceAccount weftd runs as (the chart's names).
+pub const WEFT_NAMESPACE: &str = "kube-weft";
+pub const WEFT_SERVICE_ACCOUNT: &str = "weft";
+/// The Kubernetes user name of weft's ServiceAccount.
+pub fn weft_user() -> String {
+    format!("system:serviceaccount:{WEFT_NAMESPACE}:{WEFT_SERVICE_ACCOUNT}")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error(
+        "no kube-apiserver binary under {cache}: run scripts/setup-host.sh (it builds one from Debian's kubernetes source package)"
+    )]
+    NoApiserver { cache: PathBuf },
+    #[error("starting {what}")]
+    Start {
+        what: &'static str,
+        #[source]
+        source: ProcError,
+    },
+    #[error("{what} exited during start-up; its log {log} ends with:\n{tail}")]
+    Died {
+        what: &'static str,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("{what} not ready after {secs} s; its log {log} ends with:\n{tail}")]
+    NotReady {
+        what: &'static str,
+        secs: u64,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("creating bootstrap object {what}")]
+    Bootstrap {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// Where the cached kube-apiserver binary is: `$WEFT_LAB_APISERVER`, else
+/// the newest build under `$WEFT_LAB_CACHE` (default /var/cache/weft-lab).
+pub fn find_apiserver() -> Result<PathBuf, ControlPlaneError> {
+    if let Some(p) = std::env::var_os("WEFT_LAB_APISERVER") {
+        return Ok(PathBuf::from(p));
+    }
+    let cache = PathBuf::from(
+        std::env::var_os("WEFT_LAB_CACHE").unwrap_or_else(|| "/var/cache/weft-lab".into()),
+    );
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name()
+                        .to_string_lossy()
+                        .starts_with("kube-apiserver-")
+                })
+                .map(|e| e.path().join("kube-apiserver"))
+                .filter(|p| p.is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found.pop().ok_or(ControlPlaneError::NoApiserver { cache })
+}
+
+/// The last lines of a log file, for error messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Starts etcd in `hub_ns` with its data under `data_dir`; returns its PID.
+pub fn start_etcd(
+    lab: &str,
+    hub_ns: &str,
+    hub_ip: IpAddr,
+    data_dir: &Path,
+    log: &Path,
+) -> Result<u32, ControlPlaneError> {
+    let client_urls = format!("http://127.0.0.1:{ETCD_PORT},http://{hub_ip}:{ETCD_PORT}");
+    let peer = "http://127.0.0.1:2380";
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", hub_ns, "etcd"])
+        .arg("--name=weft-lab")
+        .arg(format!("--data-dir={}", data_dir.display()))
+        .arg(format!("--listen-client-urls={client_urls}"))
+        .arg(format!(
+            "--advertise-client-urls=http://{hub_ip}:{ETCD_PORT}"
+        ))
+        .arg(format!("--listen-peer-urls={peer}"))
+        .arg(format!("--initial-advertise-peer-urls={peer}"))
+        .arg(format!("--initial-cluster=weft-lab={peer}"))
+        .arg("--initial-cluster-state=new")
+        .arg("--logger=zap")
+        .arg("--log-outputs=stderr");
+    procs::spawn(lab, &mut cmd, log).map_err(|source| ControlPlaneError::Start {
+        what: "etcd",
+        source,
+    })
+}
+
+/// Waits until etcd in `hub_ns` reports `"health":"true"`.
+pub fn wait_etcd(
+    hub_ns: &str,
+    pid: u32,
+    log: &Path,
+    timeout: Duration,
+    interrupted: &dyn Fn() -> bool,
+) -> Result<(), ControlPlaneError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], ETCD_PORT));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let healthy = netns::run_in(hub_ns, || http_get_plain(addr, "/health"))?
+            .map(|body| body.contains("\"health\":\"true\""))
+            .unwrap_or(false);
+        if healthy {
+            return Ok(());
+        }
+        check_alive("etcd", pid, log)?;
+        if interrupted() {
+            return Err(ControlPlaneError::Interrupted);
+        }
+        if Instant::now() > deadline {
+            return Err(ControlPlaneError::NotReady {
+                what: "etcd",
+                secs: timeout.as_secs(),
+                log: log.to_path_buf(),
+                tail: log_tail(log, 15),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn check_alive(what: &'static str, pid: u32, log: &Path) -> Result<(), ControlPlaneError> {
+    if procs::alive(pid as i32) {
+        Ok(())
+    } else {
+        Err(ControlPlaneError::Died {
+            what,
+            log: log.to_path_buf(),
+            tail: log_tail(log, 15),
+        })
+    }
+}
+
+fn http_get_plain(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// Everything kube-apiserver needs from the lab.
+#[derive(Debug, Clone)]
+pub struct ApiserverSpec<'a> {
+    pub lab: &'a str,
+    pub hub_ns: &'a str,
+    pub hub_ip: IpAddr,
+    pub binary: &'a Path,
+    pub pki: &'a Pki,
+    pub log: &'a Path,
+}
+
+/// Starts kube-apiserver (TLS, token authentication, Node,RBAC authorization).
+pub fn start_apiserver(spec: &ApiserverSpec<'_>) -> Result<u32, ControlPlaneError> {
+    let pki = spec.pki;
+    let p = |path: PathBuf| path.display().to_string();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", spec.hub_ns])
+        .arg(spec.binary)
+        .arg(format!("--etcd-servers=http://127.0.0.1:{ETCD_PORT}"))
+        .arg(format!("--bind-address={}", spec.hub_ip))
+        .arg(format!("--advertise-address={}", spec.hub_ip))
+        .arg(format!("--secure-port={APISERVER_PORT}"))
+        .arg("--insecure-port=0")
+        .arg(format!("--tls-cert-file={}", p(pki.server_cert())))
+        .arg(format!("--tls-private-key-file={}", p(pki.server_key())))
+        .arg(format!("--client-ca-file={}", p(pki.ca_cert())))
+        .arg(format!("--token-auth-file={}", p(pki.token_file())))
+        .arg(format!("--service-account-key-file={}", p(pki.sa_pub())))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            p(pki.sa_key())
+        ))
+        .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
+        .arg("--api-audiences=https://kubernetes.default.svc.cluster.local")
+        .arg("--service-cluster-ip-range=10.96.0.0/16")
+        .arg("--authorization-mode=Node,RBAC")
+        .arg("--endpoint-reconciler-type=none")
+        .arg("--allow-privileged=true")
+        .arg("--profiling=false")
+        .arg("--v=1");
+    procs::spawn(spec.lab, &mut cmd, spec.log).map_err(|source| ControlPlaneError::Start {
+        what: "kube-apiserver",
+        source,
+    })
+}
+
+/// Waits until the API server answers `/readyz` with `ok` for the admin.
+pub fn wait_apiserver(
+    hub_ns: &str,
+    admin_kubeconfig: &Path,
+    pid: u32,
+    log: &Path,
+    timeout: Duration,
+    interrupted: &dyn Fn() -> bool,
+) -> Result<(), ControlPlaneError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let ready = netns::block_on_in(hub_ns, || async {
+            let Ok(client) = crate::cluster::client(admin_kubeconfig).await else {
+                return false;
+            };
+            let req = http::Request::get("/readyz").body(Vec::new());
+            match req {
+                Ok(req) => client
+                    .request_text(req)
+                    .await
+                    .map(|t| t.trim() == "ok")
+                    .unwrap_or(false),
+                Err(_) => false,
+            }
+        })?;
+        if ready {
+            return Ok(());
+        }
+        check_alive("kube-apiserver", pid, log)?;
+        if interrupted() {
+            return Err(ControlPlaneError::Interrupted);
+        }
+        if Instant::now() > deadline {
+            return Err(ControlPlaneError::NotReady {
+                what: "kube-apiserver",
+                secs: timeout.as_secs(),
+                log: log.to_path_buf(),
+                tail: log_tail(log, 15),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// weft's least-privilege ClusterRole: what weftd needs and nothing more.
+pub fn weft_cluster_role() -> ClusterRole {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "weft"},
+        "rules": [
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+        ],
+    }))
+    .unwrap_or_default()
+}
+
+/// Creates weft's Namespace, ServiceAccount, ClusterRole and binding.
+pub async fn bootstrap_rbac(client: &Client) -> Result<(), ControlPlaneError> {
+    let pp = PostParams::default();
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |source| ControlPlaneError::Bootstrap { what, source }
+    };
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": WEFT_NAMESPACE,
+                     "labels": {"pod-security.kubernetes.io/enforce": "privileged"}},
+    }))
+    .unwrap_or_default();
+    Api::<Namespace>::all(client.clone())
+        .create(&pp, &ns)
+        .await
+        .map_err(err("Namespace kube-weft"))?;
+    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": WEFT_SERVICE_ACCOUNT, "namespace": WEFT_NAMESPACE},
+    }))
+    .unwrap_or_default();
+    Api::<ServiceAccount>::namespaced(client.clone(), WEFT_NAMESPACE)
+        .create(&pp, &sa)
+        .await
+        .map_err(err("ServiceAccount kube-weft/weft"))?;
+    Api::<ClusterRole>::all(client.clone())
+        .create(&pp, &weft_cluster_role())
+        .await
+        .map_err(err("ClusterRole weft"))?;
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "weft"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weft"},
+        "subjects": [{"kind": "ServiceAccount", "name": WEFT_SERVICE_ACCOUNT,
+                      "namespace": WEFT_NAMESPACE}],
+    }))
+    .unwrap_or_default();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&pp, &binding)
+        .await
+        .map_err(err("ClusterRoleBinding weft"))?;
+    Ok(())
+}

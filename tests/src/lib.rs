@@ -1,0 +1,32 @@
+//! weft-lab: a Kubernetes cluster's network on one machine.
+//!
+//! Each node is a network namespace (plus a mount namespace of its own) on a
+//! shared underlay bridge; the control plane is a real etcd and a real
+//! kube-apiserver in a hub namespace; the lab plays kubelet and the
+//! controller-manager's node IPAM. Nothing is added to the host's own network
+//! namespace. See `Lab` for the API tests build on, and the `weft-lab` binary
+//! for the CLI.
+
+pub mod cluster;
+pub mod cmd;
+pub mod control_plane;
+pub mod lab;
+pub mod netns;
+pub mod node;
+pub mod pki;
+pub mod procs;
+
+pub use lab::{Backend, Lab, LabConfig, LabError, LabState};
+
+/// A lab name unique to this process and `tag`, for tests running in parallel.
+pub fn unique_name(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let n = SEQ.fetch_add(1, Ordering::SeqCst);
+    let tag: String = tag
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        .take(8)
+        .collect();
+    format!("t{}-{tag}{n}", std::process::id() % 100_000)
+}

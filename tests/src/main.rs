@@ -1,0 +1,259 @@
+//! The `weft-lab` command line: bring a lab cluster up, look at it, run
+//! commands on its nodes, take it down.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use weft_lab::cluster;
+use weft_lab::lab::{self, Backend, Lab, LabConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "weft-lab",
+    version,
+    about = "A Kubernetes cluster's network on one machine: netns nodes, real etcd and kube-apiserver"
+)]
+struct Cli {
+    /// Which lab (several can coexist).
+    #[arg(long, global = true, env = "WEFT_LAB_NAME", default_value = "default")]
+    name: String,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Bring a lab cluster up and leave it running in the background.
+    Up {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Overlay backend of the nodes.
+        #[arg(long, value_enum, default_value_t = Backend::Vxlan)]
+        backend: Backend,
+        /// Pods to create on each node.
+        #[arg(long, default_value_t = 0)]
+        pods_per_node: usize,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the lab's nodes and their state.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a command on a node (its network and mount namespaces).
+    Exec {
+        node: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Run kubectl against the lab's API server as admin.
+    Kubectl {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Stop the lab and remove everything it created.
+    Down,
+    /// Remove whatever any lab run left behind (namespaces, processes, files).
+    Clean,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+            eprintln!("weft-lab: {}", chain.join(": "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Cmd::Up {
+            nodes,
+            backend,
+            pods_per_node,
+            json,
+        } => {
+            if pods_per_node > 0 {
+                bail!(
+                    "--pods-per-node needs the weft CNI plugin, which the lab does not run yet; use --pods-per-node 0"
+                );
+            }
+            watch_ctrl_c();
+            let t0 = std::time::Instant::now();
+            let lab = Lab::up(&LabConfig {
+                name: cli.name.clone(),
+                nodes,
+                backend,
+                verbose: true,
+            })?;
+            eprintln!(
+                "==> up in {:.1} s (weftd is not run by the lab yet: nodes have no overlay)",
+                t0.elapsed().as_secs_f64()
+            );
+            print_status(&lab, json)?;
+            lab.detach();
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Status { json } => {
+            let lab = Lab::open(&cli.name)?;
+            print_status(&lab, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Exec { node, command } => {
+            let lab = Lab::open(&cli.name)?;
+            let mut c = lab.node_command(&node, &command[0])?;
+            c.args(&command[1..]);
+            let status = c
+                .status()
+                .with_context(|| format!("running {:?} on {node}", command))?;
+            Ok(exit_code(status))
+        }
+        Cmd::Kubectl { args } => {
+            let lab = Lab::open(&cli.name)?;
+            let status = lab
+                .kubectl()
+                .args(&args)
+                .status()
+                .context("running kubectl")?;
+            Ok(exit_code(status))
+        }
+        Cmd::Down => {
+            let lab = Lab::open(&cli.name)?;
+            let removed = lab::teardown(lab.name());
+            eprintln!(
+                "==> lab {} is down: stopped {} processes, removed {} namespaces",
+                cli.name,
+                removed.processes.len(),
+                removed.namespaces.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Clean => {
+            let removed = lab::clean_all();
+            if removed.is_empty() {
+                println!("nothing to clean");
+            }
+            for p in &removed.processes {
+                println!("stopped process {p}");
+            }
+            for n in &removed.namespaces {
+                println!("removed namespace {n}");
+            }
+            for d in &removed.directories {
+                println!("removed directory {}", d.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> ExitCode {
+    ExitCode::from(status.code().map(|c| c as u8).unwrap_or(1))
+}
+
+/// Ctrl-C during `up` stops it at its next step; `up` then removes the
+/// partly built lab.
+fn watch_ctrl_c() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
+            eprintln!("weft-lab: interrupted, removing the partly built lab");
+            lab::interrupt();
+        }
+    });
+}
+
+#[derive(serde::Serialize)]
+struct NodeRow {
+    node: String,
+    underlay_ip: String,
+    pod_cidr: Option<String>,
+    ready: bool,
+    netns: String,
+    running: bool,
+}
+
+#[derive(serde::Serialize)]
+struct StatusView {
+    name: String,
+    backend: Backend,
+    apiserver: String,
+    admin_kubeconfig: String,
+    node_kubeconfig: String,
+    nodes: Vec<NodeRow>,
+}
+
+fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
+    let admin = lab.admin_kubeconfig();
+    let api_nodes = lab
+        .block_on(|| async {
+            let client = cluster::client(&admin).await?;
+            cluster::list_nodes(&client).await
+        })?
+        .context("listing Nodes from the lab's API server")?;
+    let rows: Vec<NodeRow> = lab
+        .state
+        .nodes
+        .iter()
+        .map(|n| {
+            let api = api_nodes
+                .iter()
+                .find(|a| a.metadata.name.as_deref() == Some(&n.name));
+            NodeRow {
+                node: n.name.clone(),
+                underlay_ip: n.underlay_ip.to_string(),
+                pod_cidr: api.and_then(|a| a.spec.as_ref()?.pod_cidr.clone()),
+                ready: api.is_some_and(cluster::is_ready),
+                netns: n.netns.clone(),
+                running: weft_lab::procs::alive(n.holder_pid as i32),
+            }
+        })
+        .collect();
+    let view = StatusView {
+        name: lab.name().to_string(),
+        backend: lab.state.backend,
+        apiserver: lab.state.apiserver_url.clone(),
+        admin_kubeconfig: admin.display().to_string(),
+        node_kubeconfig: lab.node_kubeconfig().display().to_string(),
+        nodes: rows,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    println!(
+        "lab {}  backend {:?}  apiserver {}",
+        view.name, view.backend, view.apiserver
+    );
+    println!("admin kubeconfig: {}", view.admin_kubeconfig);
+    println!();
+    println!(
+        "{:<10} {:<16} {:<16} {:<6} {:<8} NETNS",
+        "NODE", "UNDERLAY IP", "POD CIDR", "READY", "RUNNING"
+    );
+    for r in &view.nodes {
+        println!(
+            "{:<10} {:<16} {:<16} {:<6} {:<8} {}",
+            r.node,
+            r.underlay_ip,
+            r.pod_cidr.as_deref().unwrap_or("-"),
+            if r.ready { "yes" } else { "no" },
+            if r.running { "yes" } else { "no" },
+            r.netns
+        );
+    }
+    Ok(())
+}

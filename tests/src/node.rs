@@ -1,0 +1,233 @@
+//! A lab node: a network namespace on the lab underlay plus a mount namespace
+//! of its own, held open by a small holder process (like a pod's pause
+//! container).
+//!
+//! Inside the node's mount namespace `/etc`, `/opt`, `/run` and `/var/lib` are
+//! overlays whose upper layers are the node's own directories, so weftd, the
+//! CNI plugins and the lab's runtime use their real default paths
+//! (`/run/flannel/subnet.env`, `/etc/cni/net.d`, `/opt/cni/bin`,
+//! `/var/lib/cni`, `/etc/kube-flannel`) and every write lands in
+//! `<lab>/nodes/<node>/root/...`, never on the host. `/run/netns` is a fresh
+//! tmpfs: the node's pods are namespaces only the node sees, and they vanish
+//! with it. `/sys` shows the node's own network namespace.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cmd::{self, CmdError};
+use crate::netns::{self, NetnsError};
+use crate::procs::{self, ProcError};
+
+/// Directories overlaid in every node's mount namespace.
+pub const OVERLAID: [&str; 4] = ["etc", "opt", "run", "var/lib"];
+
+/// Standard directories created inside every node.
+const NODE_DIRS: [&str; 6] = [
+    "/run/flannel",
+    "/etc/cni/net.d",
+    "/opt/cni/bin",
+    "/var/lib/cni",
+    "/etc/kube-flannel",
+    "/run/netns",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("wiring node {node} onto the lab underlay")]
+    Wire {
+        node: String,
+        #[source]
+        source: CmdError,
+    },
+    #[error("preparing directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the holder of node {node}")]
+    Holder {
+        node: String,
+        #[source]
+        source: ProcError,
+    },
+    #[error(
+        "node {node}'s holder died while mounting its directories; its log {log} says:\n{tail}"
+    )]
+    HolderDied {
+        node: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("node {node}'s holder did not finish mounting within 10 s")]
+    HolderSlow { node: String },
+    #[error("running `{cmd}` on node {node}")]
+    Exec {
+        node: String,
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A node as the lab records it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeState {
+    /// The Kubernetes Node name (also the node's hostname).
+    pub name: String,
+    /// Its network namespace.
+    pub netns: String,
+    /// Its address on the lab underlay (device `eth0`).
+    pub underlay_ip: Ipv4Addr,
+    /// PID of the process holding the node's mount namespace.
+    pub holder_pid: u32,
+    /// The node's directory on the host.
+    pub dir: PathBuf,
+}
+
+impl NodeState {
+    /// Where the node's `path` (an absolute path inside the node) lives on
+    /// the host, for files under the overlaid directories.
+    pub fn host_path(&self, path: &str) -> PathBuf {
+        self.dir.join("root").join(path.trim_start_matches('/'))
+    }
+
+    /// A command that runs `program` on this node: in its network, mount and
+    /// UTS namespaces, with `NODE_NAME` set as a DaemonSet would.
+    pub fn command(&self, lab: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(self.holder_pid.to_string())
+            .args(["-n", "-m", "-u", "--wd=/", "--"])
+            .arg(program)
+            .env(procs::MARK, lab)
+            .env("NODE_NAME", &self.name);
+        c
+    }
+}
+
+/// What is needed to create a node.
+#[derive(Debug, Clone)]
+pub struct NodeSpec<'a> {
+    pub lab: &'a str,
+    pub name: &'a str,
+    pub netns: &'a str,
+    pub hub_ns: &'a str,
+    pub hub_bridge: &'a str,
+    pub underlay_ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub dir: &'a Path,
+}
+
+/// Creates the node's namespaces, wires `eth0` onto the hub's bridge with a
+/// default route, and mounts its directories.
+pub fn create(spec: &NodeSpec<'_>) -> Result<NodeState, NodeError> {
+    netns::create(spec.netns)?;
+    wire(spec).map_err(|source| NodeError::Wire {
+        node: spec.name.to_string(),
+        source,
+    })?;
+    for d in OVERLAID {
+        for layer in ["root", "work"] {
+            let path = spec.dir.join(layer).join(d);
+            std::fs::create_dir_all(&path).map_err(|source| NodeError::Dir { path, source })?;
+        }
+    }
+    let holder_pid = start_holder(spec)?;
+    Ok(NodeState {
+        name: spec.name.to_string(),
+        netns: spec.netns.to_string(),
+        underlay_ip: spec.underlay_ip,
+        holder_pid,
+        dir: spec.dir.to_path_buf(),
+    })
+}
+
+fn wire(spec: &NodeSpec<'_>) -> Result<(), CmdError> {
+    let ip_cidr = format!("{}/{}", spec.underlay_ip, spec.prefix_len);
+    let gw = spec.gateway.to_string();
+    let hub_side = spec.name;
+    cmd::ip([
+        "-n",
+        spec.hub_ns,
+        "link",
+        "add",
+        hub_side,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        spec.netns,
+    ])?;
+    cmd::ip([
+        "-n",
+        spec.hub_ns,
+        "link",
+        "set",
+        hub_side,
+        "master",
+        spec.hub_bridge,
+        "up",
+    ])?;
+    cmd::ip(["-n", spec.netns, "addr", "add", &ip_cidr, "dev", "eth0"])?;
+    cmd::ip(["-n", spec.netns, "link", "set", "eth0", "up"])?;
+    cmd::ip(["-n", spec.netns, "route", "add", "default", "via", &gw])?;
+    Ok(())
+}
+
+fn start_holder(spec: &NodeSpec<'_>) -> Result<u32, NodeError> {
+    let dir = spec.dir;
+    let ready = dir.join("mounted");
+    let log = dir.join("holder.log");
+    let _ = std::fs::remove_file(&ready);
+    let mut script = String::from("set -eu\nhostname \"$WEFT_NODE\"\n");
+    for d in OVERLAID {
+        script.push_str(&format!(
+            "mount -t overlay \"weftlab-$WEFT_LAB\" -o \"lowerdir=/{d},upperdir=$WEFT_NODE_DIR/root/{d},workdir=$WEFT_NODE_DIR/work/{d}\" /{d}\n"
+        ));
+    }
+    script.push_str(
+        "mkdir -p /run/netns\nmount -t tmpfs -o mode=0755 \"weftlab-$WEFT_LAB\" /run/netns\n",
+    );
+    for d in NODE_DIRS {
+        script.push_str(&format!("mkdir -p {d}\n"));
+    }
+    script.push_str(": > \"$WEFT_NODE_DIR/mounted\"\n");
+    script.push_str("exec -a \"weft-lab-node $WEFT_LAB/$WEFT_NODE\" sleep infinity\n");
+
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", spec.netns, "unshare", "--uts", "--"])
+        .args(["bash", "-c", &script])
+        .env("WEFT_NODE", spec.name)
+        .env("WEFT_NODE_DIR", dir);
+    let pid = procs::spawn(spec.lab, &mut c, &log).map_err(|source| NodeError::Holder {
+        node: spec.name.to_string(),
+        source,
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ready.exists() {
+        if !procs::alive(pid as i32) {
+            return Err(NodeError::HolderDied {
+                node: spec.name.to_string(),
+                log: log.clone(),
+                tail: crate::control_plane::log_tail(&log, 10),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(NodeError::HolderSlow {
+                node: spec.name.to_string(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(pid)
+}
