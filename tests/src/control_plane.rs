@@ -221,6 +221,7 @@ pub fn start_apiserver(spec: &ApiserverSpec<'_>) -> Result<u32, ControlPlaneErro
         .arg("--api-audiences=https://kubernetes.default.svc.cluster.local")
         .arg("--service-cluster-ip-range=10.96.0.0/16")
         .arg("--authorization-mode=Node,RBAC")
+        .arg("--anonymous-auth=false")
         .arg("--endpoint-reconciler-type=none")
         .arg("--allow-privileged=true")
         .arg("--profiling=false")

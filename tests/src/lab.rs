@@ -137,6 +137,7 @@ pub struct LabState {
     pub etcd_url: String,
     pub etcd_pid: u32,
     pub apiserver_pid: u32,
+    pub apiserver_bin: PathBuf,
     pub nodes: Vec<NodeState>,
     pub cidrs: CidrAllocator,
     pub next_node_index: u32,
@@ -407,6 +408,18 @@ impl Lab {
         save_state(&self.state)
     }
 
+    /// Stops the API server (SIGTERM, then SIGKILL after 10 s), as an
+    /// outage or a control-plane upgrade would.
+    pub fn stop_apiserver(&mut self) {
+        procs::terminate(&[self.state.apiserver_pid as i32], Duration::from_secs(10));
+    }
+
+    /// Starts the API server again (after `stop_apiserver`) and waits until
+    /// it is ready.
+    pub fn start_apiserver(&mut self) -> Result<(), LabError> {
+        start_apiserver(&mut self.state)
+    }
+
     /// Adds a node: namespaces, underlay, then its Node object with the next
     /// free podCIDR (none when `with_pod_cidr` is false, as before the
     /// controller gets to it).
@@ -490,6 +503,32 @@ fn save_state(state: &LabState) -> Result<(), LabError> {
     std::fs::write(&tmp, text)
         .and_then(|()| std::fs::rename(&tmp, &path))
         .map_err(|source| LabError::State { path, source })
+}
+
+/// Starts the lab's kube-apiserver, records its PID and waits until ready.
+fn start_apiserver(state: &mut LabState) -> Result<(), LabError> {
+    let api_log = state.dir.join("logs/kube-apiserver.log");
+    let pki = Pki {
+        dir: state.dir.join("pki"),
+    };
+    state.apiserver_pid = cp::start_apiserver(&cp::ApiserverSpec {
+        lab: &state.name,
+        hub_ns: &state.hub_netns,
+        hub_ip: IpAddr::V4(state.hub_ip),
+        binary: &state.apiserver_bin,
+        pki: &pki,
+        log: &api_log,
+    })?;
+    save_state(state)?;
+    cp::wait_apiserver(
+        &state.hub_netns,
+        &state.dir.join("admin.kubeconfig"),
+        state.apiserver_pid,
+        &api_log,
+        Duration::from_secs(90),
+        &interrupted,
+    )?;
+    Ok(())
 }
 
 fn check_interrupt() -> Result<(), LabError> {
@@ -598,6 +637,7 @@ fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab, LabError>
         etcd_url: format!("http://{HUB_IP}:{}", cp::ETCD_PORT),
         etcd_pid,
         apiserver_pid: 0,
+        apiserver_bin: apiserver.to_path_buf(),
         nodes: Vec::new(),
         cidrs: CidrAllocator::new(
             CLUSTER_CIDR.parse().map_err(|_| LabError::BadName {
