@@ -100,8 +100,7 @@ impl CidrAllocator {
         let size = 1u32 << (32 - self.node_prefix);
         let base = u32::from(self.cluster_cidr.network()) + index * size;
         // A prefix no longer than 32 over an aligned base is always valid.
-        Ipv4Network::new(Ipv4Addr::from(base), self.node_prefix)
-            .unwrap_or(self.cluster_cidr)
+        Ipv4Network::new(Ipv4Addr::from(base), self.node_prefix).unwrap_or(self.cluster_cidr)
     }
 
     /// The next free subnet, scanning on from the last one handed out.

@@ -169,7 +169,8 @@ fn is_lab_netns(ns: &str, lab: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn validate_name(name: &str) -> Result<(), LabError> {
+/// Checks a lab name: it becomes part of paths and namespace names.
+pub fn validate_name(name: &str) -> Result<(), LabError> {
     let ok = !name.is_empty()
         && name.len() <= 24
         && name

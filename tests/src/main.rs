@@ -58,7 +58,11 @@ enum Cmd {
     /// Stop the lab and remove everything it created.
     Down,
     /// Remove whatever any lab run left behind (namespaces, processes, files).
-    Clean,
+    Clean {
+        /// Only the leftovers of this lab (default: every lab's).
+        #[arg(long)]
+        lab: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,7 +90,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     "--pods-per-node needs the weft CNI plugin, which the lab does not run yet; use --pods-per-node 0"
                 );
             }
-            watch_ctrl_c();
+            watch_ctrl_c()?;
             let t0 = std::time::Instant::now();
             let lab = Lab::up(&LabConfig {
                 name: cli.name.clone(),
@@ -136,8 +140,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Clean => {
-            let removed = lab::clean_all();
+        Cmd::Clean { lab: only } => {
+            let removed = match only {
+                Some(name) => {
+                    lab::validate_name(&name)?;
+                    lab::teardown(&name)
+                }
+                None => lab::clean_all(),
+            };
             if removed.is_empty() {
                 println!("nothing to clean");
             }
@@ -159,21 +169,34 @@ fn exit_code(status: std::process::ExitStatus) -> ExitCode {
     ExitCode::from(status.code().map(|c| c as u8).unwrap_or(1))
 }
 
-/// Ctrl-C during `up` stops it at its next step; `up` then removes the
-/// partly built lab.
-fn watch_ctrl_c() {
-    std::thread::spawn(|| {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
-        if rt.block_on(tokio::signal::ctrl_c()).is_ok() {
-            eprintln!("weft-lab: interrupted, removing the partly built lab");
-            lab::interrupt();
-        }
+/// Ctrl-C (or SIGTERM) during `up` stops it at its next step; `up` then
+/// removes the partly built lab. The handlers are in place before this
+/// returns.
+fn watch_ctrl_c() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal watcher")?;
+    let (mut int, mut term) = rt
+        .block_on(async {
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })
+        .context("installing the Ctrl-C handler")?;
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        });
+        eprintln!("weft-lab: interrupted, removing the partly built lab");
+        lab::interrupt();
     });
+    Ok(())
 }
 
 #[derive(serde::Serialize)]

@@ -1,11 +1,15 @@
 //! kube-rs, the client weftd uses, against the lab's real kube-apiserver:
 //! watches, status patches and RBAC behave as they do in a cluster.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use weft_lab::{Lab, LabConfig, cluster, netns, pki, unique_name};
@@ -113,7 +117,11 @@ fn seen(item: Result<watcher::Event<Node>, watcher::Error>) -> Seen {
     }
 }
 
-async fn wait_for(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>, want: Seen, log: &mut Vec<Seen>) {
+async fn wait_for(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    want: Seen,
+    log: &mut Vec<Seen>,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let item = tokio::time::timeout_at(deadline, rx.recv())
@@ -181,7 +189,10 @@ fn a_compacted_resource_version_gets_410_and_the_watcher_relists() {
                 matches!(next_event(&mut stream).await, WatchEvent::Error(e) if e.code == 410)
             }
         };
-        assert!(gone, "a watch from compacted resourceVersion {old_rv} must get 410 Gone");
+        assert!(
+            gone,
+            "a watch from compacted resourceVersion {old_rv} must get 410 Gone"
+        );
 
         api.create(&PostParams::default(), &node("c2", "10.244.2.0/24"))
             .await
@@ -311,7 +322,10 @@ fn weft_identity_is_limited_to_its_cluster_role_and_strangers_are_refused() {
         let nodes: Api<Node> = Api::all(client.clone());
         // Allowed: nodes get/list/watch, nodes/status patch.
         nodes.get("node-1").await.expect("get node");
-        nodes.list(&ListParams::default()).await.expect("list nodes");
+        nodes
+            .list(&ListParams::default())
+            .await
+            .expect("list nodes");
         let _watch = nodes
             .watch(&WatchParams::default().timeout(1), "0")
             .await
@@ -410,8 +424,18 @@ fn nodes_are_registered_like_kubelet_and_ipam_would() {
     assert_eq!(
         seen,
         vec![
-            ("node-1".into(), "198.51.100.11".into(), "10.244.0.0/24".into(), true),
-            ("node-2".into(), "198.51.100.12".into(), "10.244.1.0/24".into(), true),
+            (
+                "node-1".into(),
+                "198.51.100.11".into(),
+                "10.244.0.0/24".into(),
+                true
+            ),
+            (
+                "node-2".into(),
+                "198.51.100.12".into(),
+                "10.244.1.0/24".into(),
+                true
+            ),
         ]
     );
 

@@ -4,6 +4,8 @@
 //! onlink route) moves ICMP and TCP from a pod on one node to a pod on the
 //! other, and tearing the lab down leaves nothing behind.
 
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
 use std::time::{Duration, Instant};
 
 use weft_lab::{Lab, LabConfig, procs, unique_name};
@@ -97,7 +99,10 @@ fn hand_programmed_vxlan_carries_icmp_and_tcp_between_pods_and_teardown_leaves_n
 
     // What the kernel holds is exactly the per-peer triple.
     let fdb = lab
-        .run("node-1", &["bridge", "-j", "fdb", "show", "dev", "flannel.1"])
+        .run(
+            "node-1",
+            &["bridge", "-j", "fdb", "show", "dev", "flannel.1"],
+        )
         .unwrap();
     assert!(
         fdb.contains("\"mac\":\"02:77:65:66:74:02\"") && fdb.contains("\"dst\":\"198.51.100.12\""),
@@ -115,7 +120,20 @@ fn hand_programmed_vxlan_carries_icmp_and_tcp_between_pods_and_teardown_leaves_n
     let ping = lab
         .exec(
             "node-1",
-            &["ip", "netns", "exec", "pod", "ping", "-c", "3", "-i", "0.2", "-W", "2", "10.244.1.2"],
+            &[
+                "ip",
+                "netns",
+                "exec",
+                "pod",
+                "ping",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                "10.244.1.2",
+            ],
         )
         .unwrap();
     assert!(
@@ -132,7 +150,17 @@ fn hand_programmed_vxlan_carries_icmp_and_tcp_between_pods_and_teardown_leaves_n
     let log = lab.dir().join("logs/iperf3-server.log");
     lab.spawn_on(
         "node-2",
-        &["ip", "netns", "exec", "pod", "iperf3", "-s", "-1", "-B", "10.244.1.2"],
+        &[
+            "ip",
+            "netns",
+            "exec",
+            "pod",
+            "iperf3",
+            "-s",
+            "-1",
+            "-B",
+            "10.244.1.2",
+        ],
         &log,
     )
     .unwrap();
@@ -148,7 +176,18 @@ fn hand_programmed_vxlan_carries_icmp_and_tcp_between_pods_and_teardown_leaves_n
     let out = lab
         .run(
             "node-1",
-            &["ip", "netns", "exec", "pod", "iperf3", "-c", "10.244.1.2", "-t", "2", "-J"],
+            &[
+                "ip",
+                "netns",
+                "exec",
+                "pod",
+                "iperf3",
+                "-c",
+                "10.244.1.2",
+                "-t",
+                "2",
+                "-J",
+            ],
         )
         .expect("iperf3 client");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -160,11 +199,19 @@ fn hand_programmed_vxlan_carries_icmp_and_tcp_between_pods_and_teardown_leaves_n
     eprintln!("pod-to-pod TCP over hand-made VXLAN: {bytes} bytes, {gbps:.2} Gbit/s");
     assert!(bytes > 1_000_000, "TCP transfer moved only {bytes} bytes");
 
-    let holders: Vec<i32> = lab.state.nodes.iter().map(|n| n.holder_pid as i32).collect();
+    let holders: Vec<i32> = lab
+        .state
+        .nodes
+        .iter()
+        .map(|n| n.holder_pid as i32)
+        .collect();
     let dir = lab.dir().to_path_buf();
     drop(lab);
     assert_eq!(weft_lab::lab::lab_netns(&name), Vec::<String>::new());
     assert_eq!(procs::marked(Some(&name)), Vec::<i32>::new());
-    assert!(holders.iter().all(|&p| !procs::alive(p)), "node holders gone");
+    assert!(
+        holders.iter().all(|&p| !procs::alive(p)),
+        "node holders gone"
+    );
     assert!(!dir.exists(), "state directory {} removed", dir.display());
 }
