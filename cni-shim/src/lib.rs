@@ -24,3 +24,22 @@ impl CniError {
             .unwrap_or_else(|_| format!(r#"{{"code":{},"msg":"unprintable error"}}"#, self.code))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_json_has_the_spec_fields_and_omits_empty_details() {
+        let e = CniError {
+            cni_version: "1.0.0".into(),
+            code: 11,
+            msg: "try again".into(),
+            details: String::new(),
+        };
+        assert_eq!(
+            e.to_json(),
+            r#"{"cniVersion":"1.0.0","code":11,"msg":"try again"}"#
+        );
+    }
+}

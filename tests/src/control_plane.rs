@@ -64,6 +64,12 @@ pub enum ControlPlaneError {
         #[source]
         source: kube::Error,
     },
+    #[error("building bootstrap object {what}")]
+    BootstrapObject {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("interrupted")]
     Interrupted,
 }
@@ -277,8 +283,8 @@ pub fn wait_apiserver(
 }
 
 /// weft's least-privilege ClusterRole: what weftd needs and nothing more.
-pub fn weft_cluster_role() -> ClusterRole {
-    serde_json::from_value(serde_json::json!({
+pub fn weft_cluster_role() -> serde_json::Value {
+    serde_json::json!({
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
         "metadata": {"name": "weft"},
@@ -286,48 +292,62 @@ pub fn weft_cluster_role() -> ClusterRole {
             {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
         ],
-    }))
-    .unwrap_or_default()
+    })
+}
+
+/// Creates one object of kind `K` from its JSON form.
+async fn create<K>(
+    api: Api<K>,
+    what: &str,
+    object: serde_json::Value,
+) -> Result<(), ControlPlaneError>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
+{
+    let obj: K =
+        serde_json::from_value(object).map_err(|source| ControlPlaneError::BootstrapObject {
+            what: what.to_string(),
+            source,
+        })?;
+    api.create(&PostParams::default(), &obj)
+        .await
+        .map(drop)
+        .map_err(|source| ControlPlaneError::Bootstrap {
+            what: what.to_string(),
+            source,
+        })
 }
 
 /// Creates weft's Namespace, ServiceAccount, ClusterRole and binding.
 pub async fn bootstrap_rbac(client: &Client) -> Result<(), ControlPlaneError> {
-    let pp = PostParams::default();
-    let err = |what: &str| {
-        let what = what.to_string();
-        move |source| ControlPlaneError::Bootstrap { what, source }
-    };
-    let ns: Namespace = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": WEFT_NAMESPACE,
-                     "labels": {"pod-security.kubernetes.io/enforce": "privileged"}},
-    }))
-    .unwrap_or_default();
-    Api::<Namespace>::all(client.clone())
-        .create(&pp, &ns)
-        .await
-        .map_err(err("Namespace kube-weft"))?;
-    let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": WEFT_SERVICE_ACCOUNT, "namespace": WEFT_NAMESPACE},
-    }))
-    .unwrap_or_default();
-    Api::<ServiceAccount>::namespaced(client.clone(), WEFT_NAMESPACE)
-        .create(&pp, &sa)
-        .await
-        .map_err(err("ServiceAccount kube-weft/weft"))?;
-    Api::<ClusterRole>::all(client.clone())
-        .create(&pp, &weft_cluster_role())
-        .await
-        .map_err(err("ClusterRole weft"))?;
-    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "weft"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weft"},
-        "subjects": [{"kind": "ServiceAccount", "name": WEFT_SERVICE_ACCOUNT,
-                      "namespace": WEFT_NAMESPACE}],
-    }))
-    .unwrap_or_default();
-    Api::<ClusterRoleBinding>::all(client.clone())
-        .create(&pp, &binding)
-        .await
-        .map_err(err("ClusterRoleBinding weft"))?;
-    Ok(())
+    create(
+        Api::<Namespace>::all(client.clone()),
+        "Namespace kube-weft",
+        serde_json::json!({"metadata": {"name": WEFT_NAMESPACE,
+            "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}),
+    )
+    .await?;
+    create(
+        Api::<ServiceAccount>::namespaced(client.clone(), WEFT_NAMESPACE),
+        "ServiceAccount kube-weft/weft",
+        serde_json::json!({"metadata": {"name": WEFT_SERVICE_ACCOUNT, "namespace": WEFT_NAMESPACE}}),
+    )
+    .await?;
+    create(
+        Api::<ClusterRole>::all(client.clone()),
+        "ClusterRole weft",
+        weft_cluster_role(),
+    )
+    .await?;
+    create(
+        Api::<ClusterRoleBinding>::all(client.clone()),
+        "ClusterRoleBinding weft",
+        serde_json::json!({
+            "metadata": {"name": "weft"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weft"},
+            "subjects": [{"kind": "ServiceAccount", "name": WEFT_SERVICE_ACCOUNT,
+                          "namespace": WEFT_NAMESPACE}],
+        }),
+    )
+    .await
 }

@@ -345,20 +345,33 @@ impl Lab {
         Ok(cmd::run(&mut c)?)
     }
 
-    /// Starts `args` on node `node` in the background, output to `log`.
-    pub fn spawn_on(&self, node: &str, args: &[&str], log: &Path) -> Result<u32, LabError> {
+    /// Starts `args` on node `node` in the background, with stdout and
+    /// stderr appended to the node's log `<node dir>/logs/<log>.log`.
+    /// Returns the PID and the log's path.
+    pub fn spawn_on(
+        &self,
+        node: &str,
+        log: &str,
+        args: &[&str],
+    ) -> Result<(u32, PathBuf), LabError> {
         let (prog, rest) = args.split_first().ok_or_else(|| LabError::MissingTool {
             tool: "(empty command)".into(),
         })?;
-        let mut c = self.node_command(node, prog)?;
+        let n = self.node(node)?;
+        let dir = n.dir.join("logs");
+        std::fs::create_dir_all(&dir).map_err(|source| LabError::State {
+            path: dir.clone(),
+            source,
+        })?;
+        let path = dir.join(format!("{log}.log"));
+        let mut c = n.command(&self.state.name, prog);
         c.args(rest);
-        procs::spawn(&self.state.name, &mut c, log).map_err(|source| {
-            LabError::Node(NodeError::Exec {
+        let pid =
+            procs::spawn(&self.state.name, &mut c, &path).map_err(|source| NodeError::Spawn {
                 node: node.to_string(),
-                cmd: args.join(" "),
-                source: std::io::Error::other(source.to_string()),
-            })
-        })
+                source,
+            })?;
+        Ok((pid, path))
     }
 
     /// Runs the future made by `f` inside the hub namespace, where the API

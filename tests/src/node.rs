@@ -67,12 +67,11 @@ pub enum NodeError {
     },
     #[error("node {node}'s holder did not finish mounting within 10 s")]
     HolderSlow { node: String },
-    #[error("running `{cmd}` on node {node}")]
-    Exec {
+    #[error("starting a process on node {node}")]
+    Spawn {
         node: String,
-        cmd: String,
         #[source]
-        source: std::io::Error,
+        source: ProcError,
     },
 }
 

@@ -147,23 +147,18 @@ fn hand_programmed_vxlan_carries_icmp_and_tcp_between_pods_and_teardown_leaves_n
     );
 
     // TCP: an iperf3 transfer from pod to pod.
-    let log = lab.dir().join("logs/iperf3-server.log");
-    lab.spawn_on(
-        "node-2",
-        &[
-            "ip",
-            "netns",
-            "exec",
-            "pod",
-            "iperf3",
-            "-s",
-            "-1",
-            "-B",
-            "10.244.1.2",
-        ],
-        &log,
-    )
-    .unwrap();
+    let server = [
+        "ip",
+        "netns",
+        "exec",
+        "pod",
+        "iperf3",
+        "-s",
+        "-1",
+        "-B",
+        "10.244.1.2",
+    ];
+    lab.spawn_on("node-2", "iperf3-server", &server).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !lab
         .run("node-2", &["ip", "netns", "exec", "pod", "ss", "-Hltn"])
