@@ -16,6 +16,9 @@ PACKAGES=(
   golang-github-modern-go-reflect2-dev procps util-linux ethtool
 )
 
+# kubectl: this machine image may carry a newer one; otherwise Debian's.
+command -v kubectl >/dev/null || PACKAGES+=(kubernetes-client)
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

@@ -33,6 +33,12 @@ fn status_code(err: &kube::Error) -> Option<u16> {
     }
 }
 
+/// The resourceVersion of a fresh list of Nodes.
+async fn list_version(api: &Api<Node>) -> String {
+    let list = api.list(&ListParams::default()).await.unwrap();
+    list.metadata.resource_version.unwrap()
+}
+
 async fn next_event(
     stream: &mut (impl futures::Stream<Item = kube::Result<WatchEvent<Node>>> + Unpin),
 ) -> WatchEvent<Node> {
@@ -49,13 +55,7 @@ fn list_then_watch_sees_add_modify_delete_in_order() {
     let admin = lab.admin_kubeconfig();
     lab.block_on(|| async {
         let api: Api<Node> = Api::all(cluster::client(&admin).await.unwrap());
-        let rv = api
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .metadata
-            .resource_version
-            .unwrap();
+        let rv = list_version(&api).await;
         let mut stream = api
             .watch(&WatchParams::default().timeout(60), &rv)
             .await
@@ -160,13 +160,7 @@ fn a_compacted_resource_version_gets_410_and_the_watcher_relists() {
         let mut log = Vec::new();
         wait_for(&mut rx, Seen::InitApply("c1".into()), &mut log).await;
         wait_for(&mut rx, Seen::InitDone, &mut log).await;
-        let old_rv = api
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .metadata
-            .resource_version
-            .unwrap();
+        let old_rv = list_version(&api).await;
 
         // While the API server is down, etcd moves on and is compacted: the
         // resource version every client holds is gone for good.
