@@ -1,8 +1,15 @@
 //! weftd: the per-node agent of weft.
 //!
-//! The agent (lease from the Node's podCIDR, VXLAN backend, level-triggered
-//! reconcile) is built in the issue "weftd: subnet from the Node's podCIDR";
-//! this crate currently only carries the version the binaries report.
+//! Reads flannel's `net-conf.json`, takes the node's subnet from its Node's
+//! podCIDR, publishes flannel's annotations, writes `subnet.env`, and keeps
+//! the backend device and its per-peer entries in line with the complete set
+//! of peers after every change (level-triggered).
+
+pub mod annotations;
+pub mod config;
+pub mod files;
+pub mod netlink;
+pub mod vxlan;
 
 /// The version every weft binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
