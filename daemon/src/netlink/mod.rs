@@ -4,6 +4,7 @@
 //! keeps them in memory for unit tests.
 
 pub mod fake;
+pub mod kernel;
 
 use std::net::IpAddr;
 

@@ -1,1 +1,336 @@
+//! The VXLAN backend, flannel's wire format kept byte for byte.
+//!
+//! Per address family one device, `flannel.<VNI>` (`flannel-v6.<VNI>` for
+//! IPv6): VXLAN id VNI, UDP port 8472, `nolearning`, local address = this
+//! node's external IP, MAC = the VtepMAC this node publishes (kept across
+//! restarts by reading it back from our own `backend-data` annotation), MTU =
+//! underlay MTU − 50, address = our subnet's network address as a /32
+//! (/128), and no prefix route.
+//!
+//! Per peer, three entries, all on our device:
+//! - neighbour `<peer subnet>.0 lladdr <peer VtepMAC> nud permanent`, so the
+//!   kernel never ARPs across the overlay;
+//! - FDB `<peer VtepMAC> dst <peer public IP> self permanent`, which tells
+//!   the VXLAN driver which underlay address to encapsulate towards;
+//! - route `<peer subnet> via <peer subnet>.0 dev flannel.1 onlink`, which
+//!   sends pod traffic for that subnet into the device with the neighbour's
+//!   MAC as destination.
+//!
+//! The device is created or adopted (kept when VNI, port, local IP, underlay
+//! device, learning and GBP match; recreated otherwise), then every reconcile
+//! plans against what the kernel holds (see [`plan`]) and applies the
+//! difference; a second reconcile with nothing changed writes nothing.
+
 pub mod plan;
+
+use std::collections::BTreeMap;
+
+use ipnetwork::IpNetwork;
+
+use crate::annotations::Mac;
+use crate::netlink::{LinkInfo, Netlink, NetlinkError, Op, VxlanSpec};
+use plan::PeerEntry;
+
+/// VXLAN's overhead on the underlay: outer IP header + UDP (8) + VXLAN (8) +
+/// inner Ethernet (14): 50 bytes over IPv4, 70 over IPv6. (flannel subtracts
+/// 50 for its IPv6 device too; the kernel then clamps that device to 70
+/// below the underlay, so weft asks for what it will get.)
+pub fn overhead(underlay_ipv6: bool) -> u32 {
+    if underlay_ipv6 { 70 } else { 50 }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VxlanError {
+    #[error("looking up device {name}")]
+    Lookup {
+        name: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("creating device {name}")]
+    Create {
+        name: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("setting MTU and state of device {name}")]
+    SetLink {
+        name: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("setting the address of device {name}")]
+    Address {
+        name: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("reading the neighbours, FDB and routes of device {name}")]
+    Observe {
+        name: String,
+        #[source]
+        source: NetlinkError,
+    },
+    #[error("the kernel gave device {name} MAC {got} instead of {want}")]
+    MacMismatch {
+        name: String,
+        want: Mac,
+        got: String,
+    },
+}
+
+/// One family's device, as weft wants it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceConfig {
+    pub spec: VxlanSpec,
+    /// Our pod subnet of this family.
+    pub subnet: IpNetwork,
+    /// The whole pod network of this family (other addresses in it are removed).
+    pub network: IpNetwork,
+}
+
+/// The device name of a family (`flannel.1`, `flannel-v6.1`).
+pub fn device_name(vni: u32, ipv6: bool) -> String {
+    if ipv6 {
+        format!("flannel-v6.{vni}")
+    } else {
+        format!("flannel.{vni}")
+    }
+}
+
+/// The address weft puts on the device: the subnet's network address, alone.
+pub fn device_address(subnet: IpNetwork) -> IpNetwork {
+    let host = if subnet.is_ipv4() { 32 } else { 128 };
+    IpNetwork::new(subnet.network(), host).unwrap_or(subnet)
+}
+
+/// What one reconcile did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Outcome {
+    /// Writes done, by operation kind.
+    pub done: BTreeMap<&'static str, u64>,
+    /// Operations the kernel refused, with why.
+    pub failed: Vec<(Op, String)>,
+    /// Whether the device had to be created (first run, or it was deleted).
+    pub created: bool,
+}
+
+/// Creates or adopts the device; returns it and whether it was created.
+pub async fn ensure_device<N: Netlink>(
+    nl: &N,
+    cfg: &DeviceConfig,
+) -> Result<(LinkInfo, bool), VxlanError> {
+    let name = &cfg.spec.name;
+    let existing = nl
+        .link_by_name(name)
+        .await
+        .map_err(|source| VxlanError::Lookup {
+            name: name.clone(),
+            source,
+        })?;
+    let adoptable = existing.as_ref().filter(|l| {
+        l.vxlan.as_ref().is_some_and(|a| cfg.spec.matches(a)) && l.mac == Some(cfg.spec.mac)
+    });
+    let (link, created) = match adoptable {
+        Some(l) => {
+            if l.mtu != cfg.spec.mtu || !l.up {
+                nl.set_link(l.index, cfg.spec.mtu, true)
+                    .await
+                    .map_err(|source| VxlanError::SetLink {
+                        name: name.clone(),
+                        source,
+                    })?;
+            }
+            (l.clone(), false)
+        }
+        None => {
+            let l = nl
+                .create_vxlan(&cfg.spec)
+                .await
+                .map_err(|source| VxlanError::Create {
+                    name: name.clone(),
+                    source,
+                })?;
+            if l.mac != Some(cfg.spec.mac) {
+                return Err(VxlanError::MacMismatch {
+                    name: name.clone(),
+                    want: cfg.spec.mac,
+                    got: l
+                        .mac
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "none".into()),
+                });
+            }
+            (l, true)
+        }
+    };
+    ensure_address(nl, link.index, cfg).await?;
+    Ok((link, created))
+}
+
+async fn ensure_address<N: Netlink>(
+    nl: &N,
+    index: u32,
+    cfg: &DeviceConfig,
+) -> Result<(), VxlanError> {
+    let err = |source| VxlanError::Address {
+        name: cfg.spec.name.clone(),
+        source,
+    };
+    let want = device_address(cfg.subnet);
+    let have = nl.addresses(index).await.map_err(err)?;
+    for a in &have {
+        if *a != want && a.is_ipv4() == want.is_ipv4() && cfg.network.contains(a.ip()) {
+            nl.set_address(index, *a, false).await.map_err(err)?;
+        }
+    }
+    if !have.contains(&want) {
+        nl.set_address(index, want, true).await.map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Makes the device and its per-peer entries match `peers`: ensures the
+/// device, then plans against the kernel and applies the difference.
+pub async fn reconcile<N: Netlink>(
+    nl: &N,
+    cfg: &DeviceConfig,
+    peers: &[PeerEntry],
+) -> Result<Outcome, VxlanError> {
+    let (link, created) = ensure_device(nl, cfg).await?;
+    let observed = nl
+        .observe(link.index, cfg.subnet.is_ipv6())
+        .await
+        .map_err(|source| VxlanError::Observe {
+            name: cfg.spec.name.clone(),
+            source,
+        })?;
+    let ops = plan::plan(link.index, peers, &observed);
+    let results = nl.apply(&ops).await;
+    let mut out = Outcome {
+        created,
+        ..Default::default()
+    };
+    for (op, r) in ops.into_iter().zip(results) {
+        match r {
+            Ok(()) => *out.done.entry(op.kind()).or_default() += 1,
+            Err(e) => out.failed.push((op, e.to_string())),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::fake::Fake;
+
+    fn cfg(underlay: u32) -> DeviceConfig {
+        DeviceConfig {
+            spec: VxlanSpec {
+                name: "flannel.1".into(),
+                vni: 1,
+                port: 8472,
+                local: "198.51.100.11".parse().unwrap(),
+                underlay,
+                learning: false,
+                gbp: false,
+                mac: Mac([0x0a, 0, 0, 0, 0, 1]),
+                mtu: 1450,
+            },
+            subnet: "10.244.0.0/24".parse().unwrap(),
+            network: "10.244.0.0/16".parse().unwrap(),
+        }
+    }
+
+    fn peer(n: u8) -> PeerEntry {
+        PeerEntry {
+            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            public_ip: format!("198.51.100.{}", 10 + n).parse().unwrap(),
+            vtep_mac: Mac([0x0a, 0, 0, 0, 0, n]),
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn reconcile_converges_then_does_nothing_then_prunes() {
+        block_on(async {
+            let nl = Fake::new();
+            let eth0 = nl.add_link("eth0", 1500);
+            let c = cfg(eth0);
+            let peers = [peer(2), peer(3)];
+
+            let first = reconcile(&nl, &c, &peers).await.unwrap();
+            assert!(first.created);
+            assert!(first.failed.is_empty());
+            let link = nl.link_by_name("flannel.1").await.unwrap().unwrap();
+            assert_eq!(nl.dump(link.index), plan::desired(link.index, &peers));
+            assert_eq!(
+                nl.addresses(link.index).await.unwrap(),
+                vec!["10.244.0.0/32".parse::<IpNetwork>().unwrap()]
+            );
+
+            let writes = nl.writes();
+            let second = reconcile(&nl, &c, &peers).await.unwrap();
+            assert_eq!(second, Outcome::default(), "nothing to do");
+            assert_eq!(nl.writes(), writes, "a second pass writes nothing");
+
+            reconcile(&nl, &c, &peers[..1]).await.unwrap();
+            assert_eq!(nl.dump(link.index), plan::desired(link.index, &peers[..1]));
+        });
+    }
+
+    #[test]
+    fn a_deleted_device_is_recreated_and_every_peer_replayed() {
+        block_on(async {
+            let nl = Fake::new();
+            let c = cfg(nl.add_link("eth0", 1500));
+            let peers = [peer(2), peer(3), peer(4)];
+            reconcile(&nl, &c, &peers).await.unwrap();
+            nl.delete_link("flannel.1");
+            let again = reconcile(&nl, &c, &peers).await.unwrap();
+            assert!(again.created);
+            let link = nl.link_by_name("flannel.1").await.unwrap().unwrap();
+            assert_eq!(nl.dump(link.index), plan::desired(link.index, &peers));
+        });
+    }
+
+    #[test]
+    fn an_incompatible_device_is_recreated_and_a_compatible_one_adopted() {
+        block_on(async {
+            let nl = Fake::new();
+            let c = cfg(nl.add_link("eth0", 1500));
+            let mut wrong = c.spec.clone();
+            wrong.port = 4789;
+            nl.create_vxlan(&wrong).await.unwrap();
+            let (_, created) = ensure_device(&nl, &c).await.unwrap();
+            assert!(created, "a device on another port is replaced");
+            let before = nl.writes();
+            let (_, created) = ensure_device(&nl, &c).await.unwrap();
+            assert!(!created, "a matching device is adopted");
+            assert_eq!(nl.writes(), before);
+        });
+    }
+
+    #[test]
+    fn a_failing_kind_of_write_does_not_stop_the_others() {
+        block_on(async {
+            let nl = Fake::new();
+            let c = cfg(nl.add_link("eth0", 1500));
+            nl.fail_ops(&["replace_fdb"]);
+            let out = reconcile(&nl, &c, &[peer(2), peer(3)]).await.unwrap();
+            assert_eq!(out.failed.len(), 2);
+            assert_eq!(out.done.get("replace_route"), Some(&2));
+            nl.fail_ops(&[]);
+            let retry = reconcile(&nl, &c, &[peer(2), peer(3)]).await.unwrap();
+            assert_eq!(retry.done.get("replace_fdb"), Some(&2));
+            assert!(retry.failed.is_empty());
+        });
+    }
+}

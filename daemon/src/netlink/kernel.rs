@@ -1,0 +1,587 @@
+//! The real kernel, over rtnetlink. Requests are pipelined: `apply` puts up
+//! to [`IN_FLIGHT`] requests on the one socket before collecting their acks,
+//! instead of one round trip per entry (flannel opens a fresh socket and
+//! waits for each of its three requests per peer).
+
+use std::net::IpAddr;
+
+use futures::{StreamExt, TryStreamExt};
+use ipnetwork::IpNetwork;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
+};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteFlags, RouteHeader, RouteMessage, RouteProtocol, RouteScope,
+    RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::Handle;
+
+use super::{
+    Fdb, LinkInfo, Neigh, Netlink, NetlinkError, Observed, Op, Route, VxlanAttrs, VxlanSpec,
+};
+use crate::annotations::Mac;
+
+/// Requests on the socket at once.
+pub const IN_FLIGHT: usize = 512;
+
+const ENOENT: i32 = 2;
+const ESRCH: i32 = 3;
+const ENODEV: i32 = 19;
+
+/// The kernel's tables through one rtnetlink socket.
+#[derive(Debug, Clone)]
+pub struct Kernel {
+    handle: Handle,
+}
+
+impl Kernel {
+    /// Opens the socket; its connection task runs on the current tokio runtime.
+    pub fn connect() -> Result<Kernel, NetlinkError> {
+        let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        tokio::spawn(conn);
+        Ok(Kernel { handle })
+    }
+
+    /// Sends `msg` and waits for its ack.
+    async fn ack(
+        &self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<(), NetlinkError> {
+        let mut req = NetlinkMessage::from(msg);
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
+        let mut handle = self.handle.clone();
+        let mut resp = handle
+            .request(req)
+            .map_err(|e| request_err(op, e.to_string(), None))?;
+        while let Some(m) = resp.next().await {
+            if let NetlinkPayload::Error(e) = m.payload
+                && let Some(code) = e.code
+            {
+                let errno = -code.get();
+                return Err(request_err(op, e.to_io().to_string(), Some(errno)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends a dump request and collects the answers.
+    async fn dump(
+        &self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        let mut req = NetlinkMessage::from(msg);
+        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let mut handle = self.handle.clone();
+        let resp = handle
+            .request(req)
+            .map_err(|e| request_err(op, e.to_string(), None))?;
+        resp.map(|m| match m.payload {
+            NetlinkPayload::InnerMessage(inner) => Ok(Some(inner)),
+            NetlinkPayload::Error(e) if e.code.is_some() => Err(request_err(
+                op,
+                e.to_io().to_string(),
+                e.code.map(|c| -c.get()),
+            )),
+            _ => Ok(None),
+        })
+        .try_filter_map(|m| async move { Ok(m) })
+        .try_collect()
+        .await
+    }
+
+    async fn carry_out(&self, op: &Op) -> Result<(), NetlinkError> {
+        let desc = format!("{op:?}");
+        let tolerant = |r: Result<(), NetlinkError>| match r {
+            Err(e) if matches!(e.errno(), Some(ENOENT | ESRCH)) => Ok(()),
+            other => other,
+        };
+        match *op {
+            Op::ReplaceNeigh(n) => {
+                self.ack(
+                    &desc,
+                    RouteNetlinkMessage::NewNeighbour(neigh_msg(&n)),
+                    NLM_F_CREATE | NLM_F_REPLACE,
+                )
+                .await
+            }
+            Op::DelNeigh(n) => tolerant(
+                self.ack(&desc, RouteNetlinkMessage::DelNeighbour(neigh_msg(&n)), 0)
+                    .await,
+            ),
+            Op::ReplaceFdb(f) => {
+                self.ack(
+                    &desc,
+                    RouteNetlinkMessage::NewNeighbour(fdb_msg(&f)),
+                    NLM_F_CREATE | NLM_F_REPLACE,
+                )
+                .await
+            }
+            Op::DelFdb(f) => tolerant(
+                self.ack(&desc, RouteNetlinkMessage::DelNeighbour(fdb_msg(&f)), 0)
+                    .await,
+            ),
+            Op::ReplaceRoute(r) => {
+                self.ack(
+                    &desc,
+                    RouteNetlinkMessage::NewRoute(route_msg(&r)),
+                    NLM_F_CREATE | NLM_F_REPLACE,
+                )
+                .await
+            }
+            Op::DelRoute(r) => tolerant(
+                self.ack(&desc, RouteNetlinkMessage::DelRoute(route_msg(&r)), 0)
+                    .await,
+            ),
+        }
+    }
+}
+
+fn request_err(op: &str, message: String, errno: Option<i32>) -> NetlinkError {
+    NetlinkError::Request {
+        op: op.to_string(),
+        message,
+        errno,
+    }
+}
+
+fn family(ip: &IpAddr) -> AddressFamily {
+    if ip.is_ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    }
+}
+
+fn neigh_addr(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }
+}
+
+fn neigh_ip(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        NeighbourAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        // AF_BRIDGE (FDB) messages carry the remote as raw bytes.
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(b.as_slice()).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+        RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+        _ => None,
+    }
+}
+
+fn mac_of(bytes: &[u8]) -> Option<Mac> {
+    <[u8; 6]>::try_from(bytes).ok().map(Mac)
+}
+
+/// `ip neigh ... dev LINK nud permanent`
+fn neigh_msg(n: &Neigh) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family(&n.ip);
+    m.header.ifindex = n.link;
+    m.header.state = NeighbourState::Permanent;
+    m.header.kind = RouteType::Unspec;
+    m.attributes
+        .push(NeighbourAttribute::Destination(neigh_addr(n.ip)));
+    m.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(n.mac.0.to_vec()));
+    m
+}
+
+/// `bridge fdb ... MAC dev LINK dst IP self permanent`
+fn fdb_msg(f: &Fdb) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Bridge;
+    m.header.ifindex = f.link;
+    m.header.state = NeighbourState::Permanent;
+    m.header.flags = NeighbourFlags::Own;
+    m.header.kind = RouteType::Unspec;
+    m.attributes
+        .push(NeighbourAttribute::LinkLayerAddress(f.mac.0.to_vec()));
+    m.attributes
+        .push(NeighbourAttribute::Destination(neigh_addr(f.dst)));
+    m
+}
+
+/// `ip route ... DST via GW dev LINK [onlink]` in the main table.
+fn route_msg(r: &Route) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = family(&r.dst.ip());
+    m.header.destination_prefix_length = r.dst.prefix();
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::Boot;
+    m.header.scope = RouteScope::Universe;
+    m.header.kind = RouteType::Unicast;
+    if r.onlink {
+        m.header.flags = RouteFlags::Onlink;
+    }
+    m.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(
+            r.dst.network(),
+        )));
+    if let Some(gw) = r.gateway {
+        m.attributes
+            .push(RouteAttribute::Gateway(RouteAddress::from(gw)));
+    }
+    m.attributes.push(RouteAttribute::Oif(r.link));
+    m
+}
+
+fn link_info(m: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: m.header.index,
+        name: String::new(),
+        mac: None,
+        mtu: 0,
+        up: m.header.flags.contains(LinkFlags::Up),
+        vxlan: None,
+    };
+    let mut is_vxlan = false;
+    let mut attrs = VxlanAttrs {
+        vni: 0,
+        port: 0,
+        local: None,
+        underlay: None,
+        learning: true,
+        gbp: false,
+    };
+    for a in &m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => info.name = n.clone(),
+            LinkAttribute::Address(b) => info.mac = mac_of(b),
+            LinkAttribute::Mtu(mtu) => info.mtu = *mtu,
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    match i {
+                        NlLinkInfo::Kind(InfoKind::Vxlan) => is_vxlan = true,
+                        NlLinkInfo::Data(InfoData::Vxlan(v)) => {
+                            for x in v {
+                                match x {
+                                    InfoVxlan::Id(id) => attrs.vni = *id,
+                                    InfoVxlan::Port(p) => attrs.port = *p,
+                                    InfoVxlan::Local(a) => attrs.local = Some(IpAddr::V4(*a)),
+                                    InfoVxlan::Local6(a) => attrs.local = Some(IpAddr::V6(*a)),
+                                    InfoVxlan::Link(l) => attrs.underlay = Some(*l),
+                                    InfoVxlan::Learning(l) => attrs.learning = *l,
+                                    InfoVxlan::Gbp => attrs.gbp = true,
+                                    _ => {}
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if is_vxlan {
+        info.vxlan = Some(attrs);
+    }
+    info
+}
+
+impl Netlink for Kernel {
+    async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+        let mut req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match req.try_next().await {
+            Ok(Some(m)) => Ok(Some(link_info(&m))),
+            Ok(None) => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e))
+                if e.code.is_some_and(|c| -c.get() == ENODEV) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(request_err(
+                &format!("get link {name}"),
+                e.to_string(),
+                None,
+            )),
+        }
+    }
+
+    async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<LinkInfo, NetlinkError> {
+        if let Some(old) = self.link_by_name(&spec.name).await? {
+            let mut m = LinkMessage::default();
+            m.header.index = old.index;
+            self.ack(
+                &format!("delete link {}", spec.name),
+                RouteNetlinkMessage::DelLink(m),
+                0,
+            )
+            .await?;
+        }
+        let mut data = vec![
+            InfoVxlan::Id(spec.vni),
+            InfoVxlan::Link(spec.underlay),
+            match spec.local {
+                IpAddr::V4(a) => InfoVxlan::Local(a),
+                IpAddr::V6(a) => InfoVxlan::Local6(a),
+            },
+            InfoVxlan::Port(spec.port),
+            InfoVxlan::Learning(spec.learning),
+            InfoVxlan::Ttl(0),
+            InfoVxlan::Tos(0),
+        ];
+        if spec.gbp {
+            data.push(InfoVxlan::Gbp);
+        }
+        let mut m = LinkMessage::default();
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        m.attributes.push(LinkAttribute::IfName(spec.name.clone()));
+        m.attributes.push(LinkAttribute::Mtu(spec.mtu));
+        m.attributes
+            .push(LinkAttribute::Address(spec.mac.0.to_vec()));
+        m.attributes.push(LinkAttribute::LinkInfo(vec![
+            NlLinkInfo::Kind(InfoKind::Vxlan),
+            NlLinkInfo::Data(InfoData::Vxlan(data)),
+        ]));
+        self.ack(
+            &format!("create vxlan device {}", spec.name),
+            RouteNetlinkMessage::NewLink(m),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .await?;
+        self.link_by_name(&spec.name).await?.ok_or_else(|| {
+            request_err(
+                &format!("create vxlan device {}", spec.name),
+                "the device is gone right after its creation".into(),
+                None,
+            )
+        })
+    }
+
+    async fn set_link(&self, index: u32, mtu: u32, up: bool) -> Result<(), NetlinkError> {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        if up {
+            m.header.flags = LinkFlags::Up;
+        }
+        m.header.change_mask = LinkFlags::Up;
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+        self.ack(
+            &format!("set link {index}"),
+            RouteNetlinkMessage::SetLink(m),
+            0,
+        )
+        .await
+    }
+
+    async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>, NetlinkError> {
+        let msgs = self
+            .dump(
+                "dump addresses",
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            )
+            .await?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                    let ip = a.attributes.iter().find_map(|x| match x {
+                        AddressAttribute::Local(ip) => Some(*ip),
+                        _ => None,
+                    });
+                    let ip = ip.or_else(|| {
+                        a.attributes.iter().find_map(|x| match x {
+                            AddressAttribute::Address(ip) => Some(*ip),
+                            _ => None,
+                        })
+                    })?;
+                    IpNetwork::new(ip, a.header.prefix_len).ok()
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    async fn set_address(
+        &self,
+        index: u32,
+        addr: IpNetwork,
+        add: bool,
+    ) -> Result<(), NetlinkError> {
+        let mut m = AddressMessage::default();
+        m.header.family = family(&addr.ip());
+        m.header.prefix_len = addr.prefix();
+        m.header.index = index;
+        m.attributes.push(AddressAttribute::Local(addr.ip()));
+        m.attributes.push(AddressAttribute::Address(addr.ip()));
+        let op = format!(
+            "{} address {addr} on link {index}",
+            if add { "add" } else { "delete" }
+        );
+        if add {
+            self.ack(
+                &op,
+                RouteNetlinkMessage::NewAddress(m),
+                NLM_F_CREATE | NLM_F_REPLACE,
+            )
+            .await
+        } else {
+            match self.ack(&op, RouteNetlinkMessage::DelAddress(m), 0).await {
+                Err(e) if matches!(e.errno(), Some(ENOENT | 99)) => Ok(()),
+                other => other,
+            }
+        }
+    }
+
+    async fn observe(&self, index: u32, ipv6: bool) -> Result<Observed, NetlinkError> {
+        let fam = if ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let mut neigh_req = NeighbourMessage::default();
+        neigh_req.header.family = fam;
+        let mut fdb_req = NeighbourMessage::default();
+        fdb_req.header.family = AddressFamily::Bridge;
+        let mut route_req = RouteMessage::default();
+        route_req.header.address_family = fam;
+        let (neighs, fdb, routes) = futures::try_join!(
+            self.dump(
+                "dump neighbours",
+                RouteNetlinkMessage::GetNeighbour(neigh_req)
+            ),
+            self.dump("dump fdb", RouteNetlinkMessage::GetNeighbour(fdb_req)),
+            self.dump("dump routes", RouteNetlinkMessage::GetRoute(route_req)),
+        )?;
+        let mut out = Observed::default();
+        for m in neighs {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != index || n.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let ip = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(d) => neigh_ip(d),
+                _ => None,
+            });
+            let mac = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(b) => mac_of(b),
+                _ => None,
+            });
+            if let (Some(ip), Some(mac)) = (ip, mac) {
+                out.neighs.push(Neigh {
+                    link: index,
+                    ip,
+                    mac,
+                });
+            }
+        }
+        for m in fdb {
+            let RouteNetlinkMessage::NewNeighbour(n) = m else {
+                continue;
+            };
+            if n.header.ifindex != index {
+                continue;
+            }
+            let dst = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::Destination(d) => neigh_ip(d),
+                _ => None,
+            });
+            let mac = n.attributes.iter().find_map(|a| match a {
+                NeighbourAttribute::LinkLayerAddress(b) => mac_of(b),
+                _ => None,
+            });
+            // Only unicast remotes of this family's underlay are ours.
+            if let (Some(dst), Some(mac)) = (dst, mac)
+                && mac.is_unicast()
+            {
+                out.fdb.push(Fdb {
+                    link: index,
+                    mac,
+                    dst,
+                });
+            }
+        }
+        for m in routes {
+            let RouteNetlinkMessage::NewRoute(r) = m else {
+                continue;
+            };
+            let table = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Table(t) => Some(*t),
+                    _ => None,
+                })
+                .unwrap_or(u32::from(r.header.table));
+            if table != u32::from(RouteHeader::RT_TABLE_MAIN)
+                || r.header.protocol == RouteProtocol::Kernel
+            {
+                continue;
+            }
+            let oif = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(o) => Some(*o),
+                _ => None,
+            });
+            if oif != Some(index) {
+                continue;
+            }
+            let dst = r
+                .attributes
+                .iter()
+                .find_map(|a| match a {
+                    RouteAttribute::Destination(d) => route_ip(d),
+                    _ => None,
+                })
+                .unwrap_or(if ipv6 {
+                    IpAddr::from([0u16; 8])
+                } else {
+                    IpAddr::from([0u8; 4])
+                });
+            let gateway = r.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Gateway(g) => route_ip(g),
+                _ => None,
+            });
+            let Ok(dst) = IpNetwork::new(dst, r.header.destination_prefix_length) else {
+                continue;
+            };
+            out.routes.push(Route {
+                link: index,
+                dst,
+                gateway,
+                onlink: r.header.flags.contains(RouteFlags::Onlink),
+            });
+        }
+        Ok(out)
+    }
+
+    async fn apply(&self, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {
+        futures::stream::iter(ops.iter().map(|op| self.carry_out(op)))
+            .buffered(IN_FLIGHT)
+            .collect()
+            .await
+    }
+}

@@ -1,0 +1,260 @@
+//! The VXLAN backend against the real kernel, in a private network namespace
+//! per test (the test thread unshares its own; everything in it vanishes
+//! with the thread). Needs root.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::process::Command;
+
+use ipnetwork::IpNetwork;
+use weftd::annotations::Mac;
+use weftd::netlink::VxlanSpec;
+use weftd::netlink::kernel::Kernel;
+use weftd::vxlan::plan::PeerEntry;
+use weftd::vxlan::{self, DeviceConfig, Outcome};
+
+/// Runs `f` on a thread in a fresh network namespace with a tokio runtime.
+fn in_private_netns<F: std::future::Future<Output = ()>>(f: impl FnOnce() -> F + Send) {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare a network namespace (root needed)");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f());
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+fn sh(script: &str) -> String {
+    let out = Command::new("bash")
+        .args(["-euc", script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(script: &str) -> serde_json::Value {
+    serde_json::from_str(&sh(script)).unwrap()
+}
+
+fn peer(n: u8, v6: bool) -> PeerEntry {
+    if v6 {
+        PeerEntry {
+            subnet: format!("fd00:10:244:{n}::/64").parse().unwrap(),
+            public_ip: format!("2001:db8::{n}").parse().unwrap(),
+            vtep_mac: Mac([0x0a, 6, 0, 0, 0, n]),
+        }
+    } else {
+        PeerEntry {
+            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            public_ip: format!("198.51.100.{}", 10 + n).parse().unwrap(),
+            vtep_mac: Mac([0x0a, 4, 0, 0, 0, n]),
+        }
+    }
+}
+
+fn device(v6: bool, underlay: u32) -> DeviceConfig {
+    let (local, subnet, network) = if v6 {
+        ("2001:db8::1", "fd00:10:244:1::/64", "fd00:10:244::/48")
+    } else {
+        ("198.51.100.11", "10.244.1.0/24", "10.244.0.0/16")
+    };
+    DeviceConfig {
+        spec: VxlanSpec {
+            name: vxlan::device_name(1, v6),
+            vni: 1,
+            port: 8472,
+            local: local.parse().unwrap(),
+            underlay,
+            learning: false,
+            gbp: false,
+            mac: Mac([0x0a, if v6 { 6 } else { 4 }, 0, 0, 0, 1]),
+            mtu: 1500 - vxlan::overhead(v6),
+        },
+        subnet: subnet.parse().unwrap(),
+        network: network.parse().unwrap(),
+    }
+}
+
+/// The kernel's neighbours, FDB entries and routes on `dev`, as text sets.
+fn kernel_entries(dev: &str, v6: bool) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let fam = if v6 { "-6" } else { "-4" };
+    let mut neighs: Vec<String> = json(&format!("ip -j {fam} neigh show dev {dev}"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            format!(
+                "{} {} {}",
+                n["dst"].as_str().unwrap(),
+                n["lladdr"].as_str().unwrap(),
+                n["state"][0].as_str().unwrap()
+            )
+        })
+        .collect();
+    let mut fdb: Vec<String> = json(&format!("bridge -j fdb show dev {dev}"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["dst"].is_string())
+        .map(|f| {
+            format!(
+                "{} {} {}",
+                f["mac"].as_str().unwrap(),
+                f["dst"].as_str().unwrap(),
+                f["state"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let mut routes: Vec<String> = json(&format!("ip -j {fam} route show dev {dev}"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["protocol"].as_str() != Some("kernel"))
+        .map(|r| {
+            format!(
+                "{} via {} {:?}",
+                r["dst"].as_str().unwrap(),
+                r["gateway"].as_str().unwrap_or("-"),
+                r["flags"]
+            )
+        })
+        .collect();
+    neighs.sort();
+    fdb.sort();
+    routes.sort();
+    (neighs, fdb, routes)
+}
+
+fn expected(peers: &[PeerEntry]) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let mut n: Vec<String> = peers
+        .iter()
+        .map(|p| format!("{} {} PERMANENT", p.subnet.network(), p.vtep_mac))
+        .collect();
+    let mut f: Vec<String> = peers
+        .iter()
+        .map(|p| format!("{} {} permanent", p.vtep_mac, p.public_ip))
+        .collect();
+    let mut r: Vec<String> = peers
+        .iter()
+        .map(|p| {
+            format!(
+                "{} via {} Array [String(\"onlink\")]",
+                p.subnet,
+                p.subnet.network()
+            )
+        })
+        .collect();
+    n.sort();
+    f.sort();
+    r.sort();
+    (n, f, r)
+}
+
+fn scenario(v6: bool) {
+    in_private_netns(|| async move {
+        let underlay = if v6 {
+            "2001:db8::1/64"
+        } else {
+            "198.51.100.11/24"
+        };
+        // No dummy driver here: a veth pair stands in for the underlay NIC.
+        sh(&format!(
+            "ip link add eth0 type veth peer name eth0p
+             ip addr add {underlay} dev eth0 nodad
+             ip link set eth0p up
+             ip link set eth0 up"
+        ));
+        let eth0 = json("ip -j link show eth0")[0]["ifindex"].as_u64().unwrap() as u32;
+        let nl = Kernel::connect().unwrap();
+        let cfg = device(v6, eth0);
+        let dev = cfg.spec.name.clone();
+        let peers = [peer(2, v6), peer(3, v6), peer(4, v6)];
+
+        let first = vxlan::reconcile(&nl, &cfg, &peers).await.unwrap();
+        assert!(first.created && first.failed.is_empty(), "{first:?}");
+        let link = &json(&format!("ip -j -d link show {dev}"))[0];
+        assert_eq!(link["mtu"], cfg.spec.mtu);
+        assert_eq!(link["address"], cfg.spec.mac.to_string());
+        let info = &link["linkinfo"]["info_data"];
+        assert_eq!(info["id"], 1);
+        assert_eq!(info["port"], 8472);
+        assert_eq!(info["learning"], false);
+        assert_eq!(info["link"], "eth0");
+        assert!(link["flags"].as_array().unwrap().contains(&"UP".into()));
+        let addrs: Vec<String> = json(&format!("ip -j addr show dev {dev}"))[0]["addr_info"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["scope"] == "global")
+            .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
+            .collect();
+        assert_eq!(addrs, vec![vxlan::device_address(cfg.subnet).to_string()]);
+        assert_eq!(kernel_entries(&dev, v6), expected(&peers));
+
+        let second = vxlan::reconcile(&nl, &cfg, &peers).await.unwrap();
+        assert_eq!(second, Outcome::default(), "a second pass writes nothing");
+
+        // Stale entries (a node deleted while weftd was down), a changed MAC
+        // and a changed public IP are all brought in line.
+        let stale = peer(9, v6);
+        sh(&format!(
+            "ip neigh add {} lladdr {} dev {dev} nud permanent
+             bridge fdb append {} dev {dev} dst {} self permanent
+             ip route add {} via {} dev {dev} onlink",
+            stale.subnet.network(),
+            stale.vtep_mac,
+            stale.vtep_mac,
+            stale.public_ip,
+            stale.subnet,
+            stale.subnet.network()
+        ));
+        let mut changed = peers;
+        changed[0].vtep_mac.0[5] = 0x42;
+        changed[1].public_ip = if v6 {
+            "2001:db8::99".parse().unwrap()
+        } else {
+            "198.51.100.99".parse().unwrap()
+        };
+        let third = vxlan::reconcile(&nl, &cfg, &changed).await.unwrap();
+        assert!(third.failed.is_empty(), "{third:?}");
+        assert_eq!(kernel_entries(&dev, v6), expected(&changed));
+
+        // Someone deletes the device: recreated, every peer replayed.
+        sh(&format!("ip link del {dev}"));
+        let fourth = vxlan::reconcile(&nl, &cfg, &changed).await.unwrap();
+        assert!(fourth.created);
+        assert_eq!(kernel_entries(&dev, v6), expected(&changed));
+
+        // Other addresses inside the pod network are removed from the device.
+        let extra: IpNetwork = if v6 {
+            "fd00:10:244:7::5/128".parse().unwrap()
+        } else {
+            "10.244.7.5/32".parse().unwrap()
+        };
+        sh(&format!("ip addr add {extra} dev {dev}"));
+        vxlan::reconcile(&nl, &cfg, &changed).await.unwrap();
+        let out = sh(&format!("ip addr show dev {dev}"));
+        assert!(!out.contains(&extra.ip().to_string()), "{out}");
+    });
+}
+
+#[test]
+fn ipv4_device_and_peers_are_programmed_kept_pruned_and_restored() {
+    scenario(false);
+}
+
+#[test]
+fn ipv6_goes_through_the_same_path() {
+    scenario(true);
+}
