@@ -1,0 +1,5 @@
+//! The Kubernetes lease source: our Node's podCIDR is our subnet; every
+//! other Node with flannel's annotations is a peer.
+
+pub mod node;
+pub mod peers;

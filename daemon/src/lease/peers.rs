@@ -1,0 +1,471 @@
+//! From the complete list of Nodes to the complete peer set, purely.
+//!
+//! A peer is a node annotated `kube-subnet-manager: "true"` (weft's or
+//! flannel's) with a podCIDR inside Network and valid backend annotations.
+//! Each address family is judged on its own. A node with garbage (bad JSON,
+//! bad MAC, bad IP, a podCIDR outside Network or overlapping ours or an
+//! older peer's) is skipped with its reason; it never disturbs the others.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use super::node::SlimNode;
+use crate::annotations::{Names, VxlanData};
+use crate::vxlan::plan::PeerEntry;
+
+/// Why a node is not a peer (the metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipReason {
+    NoPodCidr,
+    BadPodCidr,
+    OutsideNetwork,
+    OverlapsLocal,
+    OverlapsPeer,
+    OtherBackend,
+    BadPublicIp,
+    BadBackendData,
+}
+
+impl SkipReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            SkipReason::NoPodCidr => "no_pod_cidr",
+            SkipReason::BadPodCidr => "bad_pod_cidr",
+            SkipReason::OutsideNetwork => "pod_cidr_outside_network",
+            SkipReason::OverlapsLocal => "overlaps_local_subnet",
+            SkipReason::OverlapsPeer => "overlaps_peer_subnet",
+            SkipReason::OtherBackend => "other_backend_type",
+            SkipReason::BadPublicIp => "bad_public_ip",
+            SkipReason::BadBackendData => "bad_backend_data",
+        }
+    }
+
+    pub const ALL: [SkipReason; 8] = [
+        SkipReason::NoPodCidr,
+        SkipReason::BadPodCidr,
+        SkipReason::OutsideNetwork,
+        SkipReason::OverlapsLocal,
+        SkipReason::OverlapsPeer,
+        SkipReason::OtherBackend,
+        SkipReason::BadPublicIp,
+        SkipReason::BadBackendData,
+    ];
+}
+
+/// One node skipped for one family.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Skip {
+    pub node: String,
+    pub ipv6: bool,
+    pub reason: SkipReason,
+    pub detail: String,
+}
+
+/// One enabled address family, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Family {
+    pub network: IpNetwork,
+    pub local_subnet: IpNetwork,
+}
+
+/// What peer derivation needs to know about this node.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub names: Names,
+    pub own_name: String,
+    pub v4: Option<Family>,
+    pub v6: Option<Family>,
+    pub vni: u32,
+}
+
+/// The complete peer set, per family, plus what was skipped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PeerSet {
+    pub v4: Vec<PeerEntry>,
+    pub v6: Vec<PeerEntry>,
+    pub skipped: Vec<Skip>,
+}
+
+/// Whether two networks share any address.
+pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+fn masked(n: IpNetwork) -> IpNetwork {
+    IpNetwork::new(n.network(), n.prefix()).unwrap_or(n)
+}
+
+/// One node's entry for one family, or why it has none.
+fn entry(
+    ctx: &Context,
+    fam: &Family,
+    ipv6: bool,
+    node: &SlimNode,
+) -> Result<PeerEntry, (SkipReason, String)> {
+    let cidrs = node.pod_cidrs();
+    if cidrs.is_empty() {
+        return Err((SkipReason::NoPodCidr, "spec.podCIDR is not set".into()));
+    }
+    let mut subnet = None;
+    for c in cidrs {
+        let n: IpNetwork = c.parse().map_err(|_| {
+            (
+                SkipReason::BadPodCidr,
+                format!("podCIDR {c:?} is not a CIDR"),
+            )
+        })?;
+        if n.is_ipv6() == ipv6 {
+            subnet = Some(masked(n));
+        }
+    }
+    let subnet = subnet.ok_or_else(|| {
+        (
+            SkipReason::NoPodCidr,
+            format!("no IPv{} podCIDR", if ipv6 { 6 } else { 4 }),
+        )
+    })?;
+    if !(fam.network.contains(subnet.network()) && subnet.prefix() >= fam.network.prefix()) {
+        return Err((
+            SkipReason::OutsideNetwork,
+            format!("podCIDR {subnet} is outside Network {}", fam.network),
+        ));
+    }
+    let names = &ctx.names;
+    let ty = node.annotation(&names.backend_type).unwrap_or("");
+    if ty != "vxlan" {
+        return Err((
+            SkipReason::OtherBackend,
+            format!("{} is {ty:?}, not \"vxlan\"", names.backend_type),
+        ));
+    }
+    let ip_key = if ipv6 {
+        &names.public_ipv6
+    } else {
+        &names.public_ip
+    };
+    let ip_text = node.annotation(ip_key).unwrap_or("");
+    let public_ip: IpAddr = ip_text
+        .parse()
+        .ok()
+        .filter(|ip: &IpAddr| ip.is_ipv6() == ipv6)
+        .ok_or_else(|| (SkipReason::BadPublicIp, format!("{ip_key} is {ip_text:?}")))?;
+    let data_key = if ipv6 {
+        &names.backend_v6_data
+    } else {
+        &names.backend_data
+    };
+    let data_text = node.annotation(data_key).unwrap_or("");
+    let data = VxlanData::decode(data_text).map_err(|e| {
+        (
+            SkipReason::BadBackendData,
+            format!("{data_key} {data_text:?}: {e}"),
+        )
+    })?;
+    if data.vni != ctx.vni {
+        return Err((
+            SkipReason::BadBackendData,
+            format!(
+                "{data_key} has VNI {}, this node uses {}",
+                data.vni, ctx.vni
+            ),
+        ));
+    }
+    if !data.vtep_mac.is_unicast() {
+        return Err((
+            SkipReason::BadBackendData,
+            format!("{data_key} VtepMAC {} is not a unicast MAC", data.vtep_mac),
+        ));
+    }
+    Ok(PeerEntry {
+        subnet,
+        public_ip,
+        vtep_mac: data.vtep_mac,
+    })
+}
+
+/// Derives the complete peer set from every Node.
+pub fn derive<'a>(ctx: &Context, nodes: impl IntoIterator<Item = &'a SlimNode>) -> PeerSet {
+    let mut out = PeerSet::default();
+    // Candidates per family with (creation time, name) so that, of two
+    // nodes claiming overlapping subnets, the older keeps it.
+    let mut cands: [Vec<(String, String, PeerEntry)>; 2] = [Vec::new(), Vec::new()];
+    for node in nodes {
+        let name = node.name();
+        if name == ctx.own_name || node.annotation(&ctx.names.subnet_manager) != Some("true") {
+            continue;
+        }
+        for (i, fam) in [ctx.v4, ctx.v6].iter().enumerate() {
+            let Some(fam) = fam else { continue };
+            let ipv6 = i == 1;
+            match entry(ctx, fam, ipv6, node) {
+                Ok(e) => cands[i].push((node.created(), name.to_string(), e)),
+                Err((reason, detail)) => out.skipped.push(Skip {
+                    node: name.to_string(),
+                    ipv6,
+                    reason,
+                    detail,
+                }),
+            }
+        }
+    }
+    for (i, fam) in [ctx.v4, ctx.v6].iter().enumerate() {
+        let Some(fam) = fam else { continue };
+        let list = &mut cands[i];
+        list.sort();
+        let mut accepted: Vec<(String, PeerEntry)> = Vec::with_capacity(list.len());
+        for (_, name, e) in list.drain(..) {
+            let skip = |reason, detail| Skip {
+                node: name.clone(),
+                ipv6: i == 1,
+                reason,
+                detail,
+            };
+            if overlaps(&e.subnet, &fam.local_subnet) {
+                out.skipped.push(skip(
+                    SkipReason::OverlapsLocal,
+                    format!(
+                        "podCIDR {} overlaps this node's {}",
+                        e.subnet, fam.local_subnet
+                    ),
+                ));
+            } else if let Some((other, o)) = accepted
+                .iter()
+                .find(|(_, o)| overlaps(&o.subnet, &e.subnet))
+            {
+                out.skipped.push(skip(
+                    SkipReason::OverlapsPeer,
+                    format!(
+                        "podCIDR {} overlaps {} of older node {other}",
+                        e.subnet, o.subnet
+                    ),
+                ));
+            } else {
+                accepted.push((name, e));
+            }
+        }
+        let entries = accepted.into_iter().map(|(_, e)| e).collect();
+        if i == 0 {
+            out.v4 = entries;
+        } else {
+            out.v6 = entries;
+        }
+    }
+    out.skipped.sort();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::annotations::{DEFAULT_PREFIX, Mac};
+
+    fn ctx() -> Context {
+        Context {
+            names: Names::new(DEFAULT_PREFIX).unwrap(),
+            own_name: "me".into(),
+            v4: Some(Family {
+                network: "10.244.0.0/16".parse().unwrap(),
+                local_subnet: "10.244.1.0/24".parse().unwrap(),
+            }),
+            v6: None,
+            vni: 1,
+        }
+    }
+
+    fn node(name: &str, created: &str, cidr: &str, ip: &str, data: &str) -> SlimNode {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "creationTimestamp": created,
+                "annotations": {
+                    "flannel.alpha.coreos.com/kube-subnet-manager": "true",
+                    "flannel.alpha.coreos.com/backend-type": "vxlan",
+                    "flannel.alpha.coreos.com/public-ip": ip,
+                    "flannel.alpha.coreos.com/backend-data": data,
+                }
+            },
+            "spec": {"podCIDR": cidr},
+        }))
+        .unwrap()
+    }
+
+    fn good(name: &str, n: u8) -> SlimNode {
+        node(
+            name,
+            &format!("2026-01-01T00:00:{n:02}Z"),
+            &format!("10.244.{n}.0/24"),
+            &format!("198.51.100.{n}"),
+            &format!(r#"{{"VNI":1,"VtepMAC":"0a:00:00:00:00:{n:02x}"}}"#),
+        )
+    }
+
+    fn entry_of(n: u8) -> PeerEntry {
+        PeerEntry {
+            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            public_ip: format!("198.51.100.{n}").parse().unwrap(),
+            vtep_mac: Mac([0x0a, 0, 0, 0, 0, n]),
+        }
+    }
+
+    fn reasons(set: &PeerSet) -> Vec<(String, &'static str)> {
+        set.skipped
+            .iter()
+            .map(|s| (s.node.clone(), s.reason.label()))
+            .collect()
+    }
+
+    #[test]
+    fn good_peers_are_taken_and_self_and_unmanaged_nodes_left_out() {
+        let mut unmanaged = good("flannel-less", 5);
+        unmanaged.metadata.annotations = None;
+        let nodes = [good("a", 2), good("b", 3), good("me", 1), unmanaged];
+        let set = derive(&ctx(), &nodes);
+        assert_eq!(set.v4, vec![entry_of(2), entry_of(3)]);
+        assert!(set.skipped.is_empty());
+    }
+
+    #[test]
+    fn each_kind_of_garbage_is_skipped_with_its_reason_and_the_rest_unaffected() {
+        let d = |mac: &str| format!(r#"{{"VNI":1,"VtepMAC":"{mac}"}}"#);
+        let t = "2026-01-01T00:00:00Z";
+        let mut other_backend = good("hostgw", 20);
+        other_backend.metadata.annotations.as_mut().unwrap().insert(
+            "flannel.alpha.coreos.com/backend-type".into(),
+            "host-gw".into(),
+        );
+        let nodes = [
+            good("fine", 2),
+            node("badjson", t, "10.244.10.0/24", "198.51.100.10", "{not json"),
+            node(
+                "badmac",
+                t,
+                "10.244.11.0/24",
+                "198.51.100.11",
+                &d("zz:00:00:00:00:01"),
+            ),
+            node(
+                "multicastmac",
+                t,
+                "10.244.12.0/24",
+                "198.51.100.12",
+                &d("01:00:5e:00:00:01"),
+            ),
+            node(
+                "badip",
+                t,
+                "10.244.13.0/24",
+                "198.51.100.300",
+                &d("0a:00:00:00:00:13"),
+            ),
+            node(
+                "v6ip",
+                t,
+                "10.244.14.0/24",
+                "2001:db8::1",
+                &d("0a:00:00:00:00:14"),
+            ),
+            node(
+                "outside",
+                t,
+                "10.99.0.0/24",
+                "198.51.100.15",
+                &d("0a:00:00:00:00:15"),
+            ),
+            node(
+                "badcidr",
+                t,
+                "10.244.16.0/33",
+                "198.51.100.16",
+                &d("0a:00:00:00:00:16"),
+            ),
+            node("nocidr", t, "", "198.51.100.17", &d("0a:00:00:00:00:17")),
+            node(
+                "onme",
+                t,
+                "10.244.1.0/24",
+                "198.51.100.18",
+                &d("0a:00:00:00:00:18"),
+            ),
+            node(
+                "vni",
+                t,
+                "10.244.19.0/24",
+                "198.51.100.19",
+                r#"{"VNI":2,"VtepMAC":"0a:00:00:00:00:19"}"#,
+            ),
+            other_backend,
+        ];
+        let set = derive(&ctx(), &nodes);
+        assert_eq!(set.v4, vec![entry_of(2)], "the good peer is unaffected");
+        let mut got = reasons(&set);
+        got.sort();
+        let mut want = vec![
+            ("badjson".to_string(), "bad_backend_data"),
+            ("badmac".into(), "bad_backend_data"),
+            ("multicastmac".into(), "bad_backend_data"),
+            ("badip".into(), "bad_public_ip"),
+            ("v6ip".into(), "bad_public_ip"),
+            ("outside".into(), "pod_cidr_outside_network"),
+            ("badcidr".into(), "bad_pod_cidr"),
+            ("nocidr".into(), "no_pod_cidr"),
+            ("onme".into(), "overlaps_local_subnet"),
+            ("vni".into(), "bad_backend_data"),
+            ("hostgw".into(), "other_backend_type"),
+        ];
+        want.sort();
+        assert_eq!(got, want);
+        let badjson = set.skipped.iter().find(|s| s.node == "badjson").unwrap();
+        assert!(
+            badjson
+                .detail
+                .contains("flannel.alpha.coreos.com/backend-data"),
+            "{}",
+            badjson.detail
+        );
+    }
+
+    #[test]
+    fn of_two_overlapping_peers_the_older_keeps_its_subnet() {
+        let older = good("older", 2);
+        let mut newer = good("newer", 9);
+        newer.spec.pod_cidr = Some("10.244.2.0/23".into());
+        newer.metadata.creation_timestamp =
+            Some(serde_json::from_value(serde_json::json!("2026-06-01T00:00:00Z")).unwrap());
+        let set = derive(&ctx(), &[newer, older]);
+        assert_eq!(set.v4, vec![entry_of(2)]);
+        assert_eq!(
+            reasons(&set),
+            vec![("newer".to_string(), "overlaps_peer_subnet")]
+        );
+    }
+
+    #[test]
+    fn dual_stack_families_are_judged_separately() {
+        let mut c = ctx();
+        c.v6 = Some(Family {
+            network: "fd00:10:244::/48".parse().unwrap(),
+            local_subnet: "fd00:10:244:1::/64".parse().unwrap(),
+        });
+        let mut n = good("dual", 2);
+        n.spec.pod_cidrs = Some(vec!["10.244.2.0/24".into(), "fd00:10:244:2::/64".into()]);
+        let a = n.metadata.annotations.as_mut().unwrap();
+        a.insert(
+            "flannel.alpha.coreos.com/public-ipv6".into(),
+            "2001:db8::2".into(),
+        );
+        a.insert(
+            "flannel.alpha.coreos.com/backend-v6-data".into(),
+            r#"{"VNI":1,"VtepMAC":"0a:06:00:00:00:02"}"#.into(),
+        );
+        let v4only = good("v4only", 3);
+        let set = derive(&c, &[n, v4only]);
+        assert_eq!(set.v4, vec![entry_of(2), entry_of(3)]);
+        assert_eq!(set.v6.len(), 1);
+        assert_eq!(
+            set.v6[0].public_ip,
+            "2001:db8::2".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(reasons(&set), vec![("v4only".to_string(), "no_pod_cidr")]);
+    }
+}
