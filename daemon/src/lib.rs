@@ -8,6 +8,7 @@
 pub mod annotations;
 pub mod config;
 pub mod files;
+pub mod iface;
 pub mod lease;
 pub mod netlink;
 pub mod vxlan;

@@ -122,6 +122,19 @@ impl Fake {
 }
 
 impl Netlink for Fake {
+    async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
+        Ok(self.with(|t| t.links.clone()))
+    }
+
+    async fn default_route_link(&self, ipv6: bool) -> Result<Option<u32>, NetlinkError> {
+        Ok(self.with(|t| {
+            t.routes
+                .iter()
+                .find(|r| r.dst.prefix() == 0 && r.dst.is_ipv6() == ipv6)
+                .map(|r| r.link)
+        }))
+    }
+
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
         Ok(self.with(|t| t.links.iter().find(|l| l.name == name).cloned()))
     }

@@ -305,6 +305,48 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
 }
 
 impl Netlink for Kernel {
+    async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
+        let msgs = self
+            .dump(
+                "dump links",
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            )
+            .await?;
+        let mut links: Vec<LinkInfo> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_info(l)),
+                _ => None,
+            })
+            .collect();
+        links.sort_by_key(|l| l.index);
+        Ok(links)
+    }
+
+    async fn default_route_link(&self, ipv6: bool) -> Result<Option<u32>, NetlinkError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = if ipv6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let msgs = self
+            .dump("dump routes", RouteNetlinkMessage::GetRoute(req))
+            .await?;
+        Ok(msgs.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r)
+                if r.header.destination_prefix_length == 0
+                    && r.header.table == RouteHeader::RT_TABLE_MAIN =>
+            {
+                r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(o) => Some(*o),
+                    _ => None,
+                })
+            }
+            _ => None,
+        }))
+    }
+
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
         let mut req = self
             .handle

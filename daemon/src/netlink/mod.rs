@@ -152,6 +152,10 @@ impl NetlinkError {
 /// What weftd needs from the kernel's tables.
 #[allow(async_fn_in_trait)]
 pub trait Netlink {
+    /// Every link, in index order.
+    async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError>;
+    /// The link of the main table's default route of a family, if any.
+    async fn default_route_link(&self, ipv6: bool) -> Result<Option<u32>, NetlinkError>;
     /// The link named `name`, if it exists.
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError>;
     /// Creates a VXLAN device (deleting any link of that name first), sets
