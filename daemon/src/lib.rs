@@ -8,8 +8,10 @@
 pub mod annotations;
 pub mod config;
 pub mod files;
+pub mod health;
 pub mod iface;
 pub mod lease;
+pub mod metrics;
 pub mod netlink;
 pub mod vxlan;
 

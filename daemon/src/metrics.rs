@@ -1,0 +1,224 @@
+//! weftd's metrics, rendered in Prometheus' text format on `/metrics`, and
+//! the readiness `/readyz` reports.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::lease::peers::SkipReason;
+
+#[derive(Debug, Default)]
+struct Values {
+    peers: BTreeMap<&'static str, u64>,
+    skipped: BTreeMap<&'static str, u64>,
+    netlink_ops: BTreeMap<&'static str, u64>,
+    netlink_errors: BTreeMap<&'static str, u64>,
+    reconciles: u64,
+    reconcile_errors: u64,
+    reconcile_seconds_sum: f64,
+    reconcile_seconds_last: f64,
+    device_creations: u64,
+    node_events: u64,
+}
+
+/// Shared by the reconcile loop (writer) and the HTTP server (reader).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    v: Mutex<Values>,
+    ready: AtomicBool,
+}
+
+impl Metrics {
+    fn with<R>(&self, f: impl FnOnce(&mut Values) -> R) -> R {
+        match self.v.lock() {
+            Ok(mut v) => f(&mut v),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::SeqCst);
+    }
+
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Current peers of a family ("ipv4"/"ipv6").
+    pub fn set_peers(&self, family: &'static str, n: usize) {
+        self.with(|v| v.peers.insert(family, n as u64));
+    }
+
+    /// Current skipped nodes by reason (every reason present, zero or not).
+    pub fn set_skipped(&self, counts: &BTreeMap<SkipReason, u64>) {
+        self.with(|v| {
+            for r in SkipReason::ALL {
+                v.skipped
+                    .insert(r.label(), counts.get(&r).copied().unwrap_or(0));
+            }
+        });
+    }
+
+    pub fn node_event(&self) {
+        self.with(|v| v.node_events += 1);
+    }
+
+    /// Records one reconcile: its duration, netlink writes by kind, failed
+    /// writes by kind, whether it failed as a whole, whether a device was
+    /// created.
+    pub fn reconciled(
+        &self,
+        seconds: f64,
+        done: &BTreeMap<&'static str, u64>,
+        failed: &[&'static str],
+        error: bool,
+        created: bool,
+    ) {
+        self.with(|v| {
+            v.reconciles += 1;
+            v.reconcile_seconds_sum += seconds;
+            v.reconcile_seconds_last = seconds;
+            for (k, n) in done {
+                *v.netlink_ops.entry(k).or_default() += n;
+            }
+            for k in failed {
+                *v.netlink_errors.entry(k).or_default() += 1;
+            }
+            if error || !failed.is_empty() {
+                v.reconcile_errors += 1;
+            }
+            if created {
+                v.device_creations += 1;
+            }
+        });
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let ready = u64::from(self.ready());
+        self.with(|v| {
+            let mut s = String::new();
+            let labelled =
+                |label: &str, m: &BTreeMap<&'static str, u64>| -> Vec<(String, String)> {
+                    m.iter()
+                        .map(|(k, n)| (format!("{{{label}=\"{k}\"}}"), n.to_string()))
+                        .collect()
+                };
+            let plain = |x: String| vec![(String::new(), x)];
+            let families: [(&str, &str, &str, Vec<(String, String)>); 11] = [
+                (
+                    "weft_ready",
+                    "1 once the first full reconcile is done and subnet.env is written.",
+                    "gauge",
+                    plain(ready.to_string()),
+                ),
+                (
+                    "weft_peers",
+                    "Nodes this node currently routes to, by address family.",
+                    "gauge",
+                    labelled("family", &v.peers),
+                ),
+                (
+                    "weft_skipped_peers",
+                    "Nodes skipped as peers, by reason.",
+                    "gauge",
+                    labelled("reason", &v.skipped),
+                ),
+                (
+                    "weft_node_events_total",
+                    "Node watch events received.",
+                    "counter",
+                    plain(v.node_events.to_string()),
+                ),
+                (
+                    "weft_reconciles_total",
+                    "Reconcile passes.",
+                    "counter",
+                    plain(v.reconciles.to_string()),
+                ),
+                (
+                    "weft_reconcile_errors_total",
+                    "Reconcile passes that did not fully succeed.",
+                    "counter",
+                    plain(v.reconcile_errors.to_string()),
+                ),
+                (
+                    "weft_reconcile_duration_seconds",
+                    "Time spent reconciling.",
+                    "summary",
+                    vec![
+                        ("_sum".to_string(), v.reconcile_seconds_sum.to_string()),
+                        ("_count".to_string(), v.reconciles.to_string()),
+                    ],
+                ),
+                (
+                    "weft_reconcile_last_duration_seconds",
+                    "Duration of the last reconcile.",
+                    "gauge",
+                    plain(v.reconcile_seconds_last.to_string()),
+                ),
+                (
+                    "weft_netlink_operations_total",
+                    "Kernel table writes, by kind.",
+                    "counter",
+                    labelled("kind", &v.netlink_ops),
+                ),
+                (
+                    "weft_netlink_errors_total",
+                    "Kernel table writes refused, by kind.",
+                    "counter",
+                    labelled("kind", &v.netlink_errors),
+                ),
+                (
+                    "weft_device_creations_total",
+                    "Backend devices created (first start, or after deletion).",
+                    "counter",
+                    plain(v.device_creations.to_string()),
+                ),
+            ];
+            for (name, help, kind, samples) in families {
+                let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
+                for (suffix, value) in samples {
+                    let _ = writeln!(s, "{name}{suffix} {value}");
+                }
+            }
+            s
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text_with_labels() {
+        let m = Metrics::default();
+        m.set_peers("ipv4", 4);
+        let mut skipped = BTreeMap::new();
+        skipped.insert(SkipReason::BadBackendData, 2);
+        m.set_skipped(&skipped);
+        let mut done = BTreeMap::new();
+        done.insert("replace_route", 4);
+        m.reconciled(0.25, &done, &["replace_fdb"], false, true);
+        m.set_ready();
+        let text = m.render();
+        for line in [
+            "weft_ready 1",
+            "weft_peers{family=\"ipv4\"} 4",
+            "weft_skipped_peers{reason=\"bad_backend_data\"} 2",
+            "weft_skipped_peers{reason=\"bad_public_ip\"} 0",
+            "weft_netlink_operations_total{kind=\"replace_route\"} 4",
+            "weft_netlink_errors_total{kind=\"replace_fdb\"} 1",
+            "weft_reconcile_errors_total 1",
+            "weft_device_creations_total 1",
+            "# TYPE weft_reconciles_total counter",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
+        }
+    }
+}
