@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::lease::peers::SkipReason;
 
+/// One metric family: name, help, type, and its samples (suffix or labels, value).
+type Family = (&'static str, &'static str, &'static str, Vec<(String, String)>);
+
 #[derive(Debug, Default)]
 struct Values {
     peers: BTreeMap<&'static str, u64>,
@@ -106,7 +109,7 @@ impl Metrics {
                         .collect()
                 };
             let plain = |x: String| vec![(String::new(), x)];
-            let families: [(&str, &str, &str, Vec<(String, String)>); 11] = [
+            let families: [Family; 11] = [
                 (
                     "weft_ready",
                     "1 once the first full reconcile is done and subnet.env is written.",
