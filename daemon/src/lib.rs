@@ -5,6 +5,7 @@
 //! the backend device and its per-peer entries in line with the complete set
 //! of peers after every change (level-triggered).
 
+pub mod agent;
 pub mod annotations;
 pub mod config;
 pub mod files;

@@ -1,12 +1,139 @@
-use clap::Parser;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
-/// weft's node agent (flannel-compatible overlay networking for Kubernetes).
+use clap::Parser;
+use weftd::agent::{self, Options};
+use weftd::annotations::DEFAULT_PREFIX;
+use weftd::iface::Selection;
+
+/// weft's node agent: flannel-compatible overlay networking for Kubernetes.
 #[derive(Parser, Debug)]
 #[command(name = "weftd", version = weftd::VERSION)]
-struct Args {}
+struct Args {
+    /// Kubeconfig to reach the API server (default: in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// flannel's network configuration.
+    #[arg(
+        long,
+        env = "WEFTD_NET_CONFIG_PATH",
+        default_value = "/etc/kube-flannel/net-conf.json"
+    )]
+    net_config_path: PathBuf,
+    /// Where to write flannel's subnet.env.
+    #[arg(
+        long,
+        env = "WEFTD_SUBNET_FILE",
+        default_value = "/run/flannel/subnet.env"
+    )]
+    subnet_file: PathBuf,
+    /// External interface, by name or address (repeatable; first found wins).
+    #[arg(long, env = "WEFTD_IFACE", value_delimiter = ',')]
+    iface: Vec<String>,
+    /// Regex over interface names or addresses (repeatable).
+    #[arg(long, env = "WEFTD_IFACE_REGEX", value_delimiter = ',')]
+    iface_regex: Vec<String>,
+    /// IPv4 address the VTEP binds and other nodes reach (default: the interface's).
+    #[arg(long, env = "WEFTD_PUBLIC_IP")]
+    public_ip: Option<IpAddr>,
+    /// IPv6 address the VTEP binds and other nodes reach.
+    #[arg(long, env = "WEFTD_PUBLIC_IPV6")]
+    public_ipv6: Option<IpAddr>,
+    /// Masquerade traffic leaving the pod network (written to subnet.env).
+    #[arg(long, env = "WEFTD_IP_MASQ")]
+    ip_masq: bool,
+    /// Address of /healthz, /readyz and /metrics ("" turns them off).
+    #[arg(long, env = "WEFTD_HEALTHZ_ADDR", default_value = "0.0.0.0:8081")]
+    healthz_addr: String,
+    /// Prefix of the node annotations (flannel's by default, for interop).
+    #[arg(long, env = "WEFTD_KUBE_ANNOTATION_PREFIX", default_value = DEFAULT_PREFIX)]
+    kube_annotation_prefix: String,
+    /// Seconds between full resyncs against the kernel.
+    #[arg(long, env = "WEFTD_RESYNC_SECONDS", default_value_t = 10)]
+    resync_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
 
-fn main() -> std::process::ExitCode {
-    let _args = Args::parse();
-    eprintln!("weftd: the node agent is not implemented yet; only --version and --help work");
-    std::process::ExitCode::from(2)
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFTD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => fmt.json().init(),
+        LogFormat::Text => fmt.init(),
+    }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let node_name = std::env::var("NODE_NAME").map_err(|_| {
+        anyhow::anyhow!(
+            "NODE_NAME is not set: give weftd its node's name (the DaemonSet passes spec.nodeName)"
+        )
+    })?;
+    let healthz_addr = match args.healthz_addr.as_str() {
+        "" => None,
+        a => Some(
+            a.parse::<SocketAddr>()
+                .map_err(|e| anyhow::anyhow!("--healthz-addr {a:?}: {e}"))?,
+        ),
+    };
+    let opts = Options {
+        node_name,
+        kubeconfig: args.kubeconfig,
+        net_config_path: args.net_config_path,
+        subnet_file: args.subnet_file,
+        iface: Selection {
+            ifaces: args.iface,
+            regexes: args.iface_regex,
+        },
+        public_ip: args.public_ip,
+        public_ipv6: args.public_ipv6,
+        ip_masq: args.ip_masq,
+        healthz_addr,
+        annotation_prefix: args.kube_annotation_prefix,
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        agent::run(opts, shutdown)
+            .await
+            .map_err(|e| anyhow::anyhow!(agent::chain(&e)))
+    })
 }

@@ -9,7 +9,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::lease::peers::SkipReason;
 
 /// One metric family: name, help, type, and its samples (suffix or labels, value).
-type Family = (&'static str, &'static str, &'static str, Vec<(String, String)>);
+type Family = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Vec<(String, String)>,
+);
 
 #[derive(Debug, Default)]
 struct Values {

@@ -1,5 +1,7 @@
 //! The Kubernetes lease source: our Node's podCIDR is our subnet; every
 //! other Node with flannel's annotations is a peer.
 
+pub mod acquire;
 pub mod node;
 pub mod peers;
+pub mod watch;

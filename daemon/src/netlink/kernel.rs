@@ -627,3 +627,33 @@ impl Netlink for Kernel {
             .await
     }
 }
+
+/// Watches link deletions: the returned channel gets a message whenever a
+/// link named one of `names` is deleted (by a person, `service network
+/// restart`, anything), so the reconcile loop can recreate and replay it at
+/// once instead of at the next resync.
+pub fn watch_link_deletions(
+    names: Vec<String>,
+) -> Result<tokio::sync::mpsc::Receiver<String>, NetlinkError> {
+    use rtnetlink::sys::{AsyncSocket, SocketAddr};
+    let (mut conn, _handle, mut messages) =
+        rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))
+        .map_err(NetlinkError::Connect)?;
+    tokio::spawn(conn);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Some((msg, _)) = messages.next().await {
+            let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) = msg.payload else {
+                continue;
+            };
+            let name = link_info(&l).name;
+            if names.contains(&name) && tx.send(name).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
+}

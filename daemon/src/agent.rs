@@ -1,0 +1,371 @@
+//! The agent: set up once (config, lease, interface, device, annotations,
+//! subnet.env), then keep the kernel in line with the complete peer set,
+//! level-triggered: every peer-set change, every deletion of our device and
+//! every resync tick runs the same reconcile against the whole desired
+//! state; failures are retried with backoff and never stop the loop.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+
+use crate::annotations::{AnnotationError, Mac, Names, VxlanData};
+use crate::config::{BackendConfig, ConfigError, NetConfig};
+use crate::files::{FileError, SubnetEnv};
+use crate::health::{self, HealthError};
+use crate::iface::{self, IfaceError};
+use crate::lease::acquire::{self, LeaseError};
+use crate::lease::node::SlimNode;
+use crate::lease::peers::{Context, Family, PeerSet};
+use crate::lease::watch;
+use crate::metrics::Metrics;
+use crate::netlink::kernel::{self, Kernel};
+use crate::netlink::{NetlinkError, VxlanSpec};
+use crate::vxlan::{self, DeviceConfig, VxlanError};
+
+/// Everything the flags say.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub node_name: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub net_config_path: PathBuf,
+    pub subnet_file: PathBuf,
+    pub iface: iface::Selection,
+    pub public_ip: Option<IpAddr>,
+    pub public_ipv6: Option<IpAddr>,
+    pub ip_masq: bool,
+    pub healthz_addr: Option<SocketAddr>,
+    pub annotation_prefix: String,
+    pub resync: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("the {backend} backend is not available in this version of weft")]
+    UnsupportedBackend { backend: &'static str },
+    #[error("--kube-annotation-prefix")]
+    Prefix(#[source] AnnotationError),
+    #[error("connecting to the Kubernetes API ({how})")]
+    Client {
+        how: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Health(#[from] HealthError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error(transparent)]
+    Iface(#[from] IfaceError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Vxlan(#[from] VxlanError),
+    #[error(transparent)]
+    Files(#[from] FileError),
+    #[error("--public-ip{v6} {ip} is not an IPv{n} address", v6 = if *.ipv6 { "v6" } else { "" }, n = if *.ipv6 { 6 } else { 4 })]
+    PublicIpFamily { ip: IpAddr, ipv6: bool },
+    #[error("generating a VTEP MAC")]
+    Mac(#[source] std::io::Error),
+}
+
+async fn client(opts: &Options) -> Result<Client, AgentError> {
+    match &opts.kubeconfig {
+        Some(path) => {
+            let how = format!("kubeconfig {}", path.display());
+            let err = |e: Box<dyn std::error::Error + Send + Sync>| AgentError::Client {
+                how: how.clone(),
+                source: e,
+            };
+            let kc = Kubeconfig::read_from(path).map_err(|e| err(Box::new(e)))?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(Box::new(e)))?;
+            Client::try_from(cfg).map_err(|e| err(Box::new(e)))
+        }
+        None => Client::try_default().await.map_err(|e| AgentError::Client {
+            how: "in-cluster configuration or $KUBECONFIG".into(),
+            source: Box::new(e),
+        }),
+    }
+}
+
+/// Runs until `shutdown` resolves; leaves the data plane in place.
+pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let cfg = NetConfig::load(&opts.net_config_path)?;
+    let vx = match &cfg.backend {
+        BackendConfig::Vxlan(v) => v.clone(),
+        BackendConfig::Udp(_) => return Err(AgentError::UnsupportedBackend { backend: "udp" }),
+    };
+    let names = Names::new(&opts.annotation_prefix).map_err(AgentError::Prefix)?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = opts.healthz_addr {
+        health::serve(addr, metrics.clone()).await?;
+    }
+    let api: Api<SlimNode> = Api::all(client(&opts).await?);
+
+    let node = tokio::select! {
+        n = acquire::wait_for_pod_cidr(&api, &opts.node_name) => n,
+        () = &mut shutdown => return Ok(()),
+    };
+    let subnets = acquire::own_subnets(&cfg, &node)?;
+    let nl = Kernel::connect()?;
+    let internal: Vec<IpAddr> = node.internal_ips().filter_map(|s| s.parse().ok()).collect();
+    let ext = iface::select(&nl, &opts.iface, &internal, cfg.ipv4.is_none()).await?;
+    tracing::info!(iface = %ext.name, mtu = ext.mtu, "external interface chosen");
+
+    // Per family: the device, and what to publish.
+    let mut devices: Vec<DeviceConfig> = Vec::new();
+    let mut wanted = BTreeMap::from([
+        (names.backend_type.clone(), "vxlan".to_string()),
+        (names.subnet_manager.clone(), "true".to_string()),
+    ]);
+    let networks = [&cfg.ipv4, &cfg.ipv6];
+    for (i, subnet) in subnets.iter().enumerate() {
+        let (Some(subnet), Some(fam)) = (subnet, networks[i]) else {
+            continue;
+        };
+        let ipv6 = i == 1;
+        let (flag, node_key, over_key, data_key, ip_key) = if ipv6 {
+            (
+                opts.public_ipv6,
+                &names.node_public_ipv6,
+                &names.public_ipv6_overwrite,
+                &names.backend_v6_data,
+                &names.public_ipv6,
+            )
+        } else {
+            (
+                opts.public_ip,
+                &names.node_public_ip,
+                &names.public_ip_overwrite,
+                &names.backend_data,
+                &names.public_ip,
+            )
+        };
+        let local = match flag.or_else(|| node.annotation(node_key).and_then(|s| s.parse().ok())) {
+            Some(ip) if ip.is_ipv6() != ipv6 => {
+                return Err(AgentError::PublicIpFamily { ip, ipv6 });
+            }
+            Some(ip) => ip,
+            None => ext.ip(ipv6)?,
+        };
+        let advertised = node
+            .annotation(over_key)
+            .and_then(|s| s.parse::<IpAddr>().ok())
+            .filter(|ip| ip.is_ipv6() == ipv6)
+            .unwrap_or(local);
+        // Keep the VTEP MAC across restarts: peers know us by it.
+        let mac = match node
+            .annotation(data_key)
+            .and_then(|d| VxlanData::decode(d).ok())
+        {
+            Some(d) if d.vtep_mac.is_unicast() => d.vtep_mac,
+            _ => Mac::random().map_err(AgentError::Mac)?,
+        };
+        let mtu = vx.mtu.unwrap_or(ext.mtu) - vxlan::overhead(local.is_ipv6());
+        let dc = DeviceConfig {
+            spec: VxlanSpec {
+                name: vxlan::device_name(vx.vni, ipv6),
+                vni: vx.vni,
+                port: vx.port,
+                local,
+                underlay: ext.index,
+                learning: vx.learning,
+                gbp: vx.gbp,
+                mac,
+                mtu,
+            },
+            subnet: *subnet,
+            network: fam.network,
+        };
+        let (link, created) = vxlan::ensure_device(&nl, &dc).await?;
+        tracing::info!(device = %dc.spec.name, index = link.index, created, %subnet, %local, %mac, "device ready");
+        wanted.insert(
+            data_key.clone(),
+            VxlanData {
+                vni: vx.vni,
+                vtep_mac: mac,
+            }
+            .encode(),
+        );
+        wanted.insert(ip_key.clone(), advertised.to_string());
+        devices.push(dc);
+    }
+
+    let mut backoff = Backoff::new();
+    loop {
+        match acquire::publish(&api, &node, &wanted).await {
+            Ok(patched) => {
+                tracing::info!(patched, "annotations published");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "publishing annotations; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next()) => {}
+                    () = &mut shutdown => return Ok(()),
+                }
+            }
+        }
+    }
+    let env = SubnetEnv {
+        ipv4: subnets[0]
+            .zip(cfg.ipv4.as_ref())
+            .map(|(s, f)| (f.network, s)),
+        ipv6: subnets[1]
+            .zip(cfg.ipv6.as_ref())
+            .map(|(s, f)| (f.network, s)),
+        mtu: devices.first().map(|d| d.spec.mtu).unwrap_or(ext.mtu),
+        ip_masq: opts.ip_masq,
+    };
+    env.write(&opts.subnet_file)?;
+    tracing::info!(path = %opts.subnet_file.display(), "subnet.env written");
+    {
+        let api = api.clone();
+        let name = opts.node_name.clone();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new();
+            while let Err(e) = acquire::set_network_available(&api, &name).await {
+                tracing::warn!(error = %chain(&e), "setting NetworkUnavailable=False; retrying");
+                tokio::time::sleep(backoff.next()).await;
+            }
+        });
+    }
+
+    let fam = |i: usize| {
+        subnets[i].zip(networks[i].as_ref()).map(|(s, f)| Family {
+            network: f.network,
+            local_subnet: s,
+        })
+    };
+    let ctx = Context {
+        names,
+        own_name: opts.node_name.clone(),
+        v4: fam(0),
+        v6: fam(1),
+        vni: vx.vni,
+    };
+    let mut peers_rx = watch::spawn(api, ctx, metrics.clone());
+    let mut deleted =
+        kernel::watch_link_deletions(devices.iter().map(|d| d.spec.name.clone()).collect())?;
+    let mut resync = tokio::time::interval(opts.resync);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    resync.tick().await;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut backoff = Backoff::new();
+    let mut current: Option<Arc<PeerSet>> = None;
+    loop {
+        tokio::select! {
+            r = peers_rx.changed() => {
+                if r.is_err() { break; }
+                current = peers_rx.borrow_and_update().clone();
+            }
+            Some(name) = deleted.recv() => tracing::warn!(device = %name, "device deleted; recreating it and replaying every peer"),
+            _ = resync.tick() => {}
+            () = sleep_until(retry_at) => {}
+            () = &mut shutdown => break,
+        }
+        let Some(set) = current.clone() else { continue };
+        let ok = reconcile_all(&nl, &devices, &set, &metrics).await;
+        if ok {
+            retry_at = None;
+            backoff = Backoff::new();
+            if !metrics.ready() {
+                metrics.set_ready();
+                tracing::info!(
+                    peers_v4 = set.v4.len(),
+                    peers_v6 = set.v6.len(),
+                    "first full reconcile done: ready"
+                );
+            }
+        } else {
+            retry_at = Some(tokio::time::Instant::now() + backoff.next());
+        }
+    }
+    tracing::info!("shutting down; the data plane stays in place");
+    Ok(())
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// One reconcile of every device; whether everything succeeded.
+async fn reconcile_all(
+    nl: &Kernel,
+    devices: &[DeviceConfig],
+    set: &PeerSet,
+    metrics: &Metrics,
+) -> bool {
+    let mut ok = true;
+    for dc in devices {
+        let entries = if dc.subnet.is_ipv6() {
+            &set.v6
+        } else {
+            &set.v4
+        };
+        let t0 = Instant::now();
+        let result = vxlan::reconcile(nl, dc, entries).await;
+        let secs = t0.elapsed().as_secs_f64();
+        match result {
+            Ok(out) => {
+                let failed: Vec<&'static str> =
+                    out.failed.iter().map(|(op, _)| op.kind()).collect();
+                metrics.reconciled(secs, &out.done, &failed, false, out.created);
+                let writes: u64 = out.done.values().sum();
+                if writes > 0 || !out.failed.is_empty() {
+                    tracing::info!(device = %dc.spec.name, peers = entries.len(), writes, failed = out.failed.len(), ms = secs * 1e3, "reconciled");
+                }
+                for (op, why) in out.failed.iter().take(5) {
+                    tracing::warn!(device = %dc.spec.name, ?op, error = %why, "kernel refused a write; will retry");
+                }
+                ok &= out.failed.is_empty();
+            }
+            Err(e) => {
+                metrics.reconciled(secs, &BTreeMap::new(), &[], true, false);
+                tracing::warn!(device = %dc.spec.name, error = %chain(&e), "reconcile failed; will retry");
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+/// The error and its causes, joined.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// 200 ms doubling to 10 s.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(Duration::from_millis(200))
+    }
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(10));
+        d
+    }
+}

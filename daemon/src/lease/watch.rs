@@ -1,0 +1,101 @@
+//! Watching every Node and handing on the complete peer set after every
+//! change (never single events: a delete missed while weftd was down is
+//! still pruned, because what is not in the list is not a peer).
+//!
+//! During the initial list nothing is handed on until the list is complete;
+//! events that arrive together are applied together and the peer set is
+//! derived once for the batch.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use futures::{FutureExt, StreamExt};
+use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::watch;
+
+use super::node::SlimNode;
+use super::peers::{self, Context, PeerSet, Skip};
+use crate::metrics::Metrics;
+
+/// Starts the watch; the receiver sees `None` until the first complete list.
+pub fn spawn(
+    api: Api<SlimNode>,
+    ctx: Context,
+    metrics: Arc<Metrics>,
+) -> watch::Receiver<Option<Arc<PeerSet>>> {
+    let (tx, rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut nodes: BTreeMap<String, SlimNode> = BTreeMap::new();
+        let mut listing: Option<BTreeMap<String, SlimNode>> = None;
+        let mut listed = false;
+        let mut warned: BTreeSet<Skip> = BTreeSet::new();
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(first) = stream.next().await {
+            let mut changed = false;
+            let mut item = Some(first);
+            // Take every event that is already here before deriving.
+            while let Some(ev) = item {
+                metrics.node_event();
+                match ev {
+                    Ok(watcher::Event::Init) => listing = Some(BTreeMap::new()),
+                    Ok(watcher::Event::InitApply(n)) => {
+                        if let Some(l) = listing.as_mut() {
+                            l.insert(n.name().to_string(), n);
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(l) = listing.take() {
+                            nodes = l;
+                        }
+                        listed = true;
+                        changed = true;
+                    }
+                    Ok(watcher::Event::Apply(n)) => {
+                        nodes.insert(n.name().to_string(), n);
+                        changed = true;
+                    }
+                    Ok(watcher::Event::Delete(n)) => {
+                        nodes.remove(n.name());
+                        changed = true;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "watching Nodes"),
+                }
+                item = stream.next().now_or_never().flatten();
+            }
+            if !(changed && listed) {
+                continue;
+            }
+            let set = peers::derive(&ctx, nodes.values());
+            report(&set, &mut warned, &metrics);
+            if tx.send(Some(Arc::new(set))).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Warns once per distinct problem and updates the peer metrics.
+fn report(set: &PeerSet, warned: &mut BTreeSet<Skip>, metrics: &Metrics) {
+    let now: BTreeSet<Skip> = set.skipped.iter().cloned().collect();
+    for s in now.difference(warned) {
+        tracing::warn!(
+            node = %s.node,
+            reason = s.reason.label(),
+            family = if s.ipv6 { "ipv6" } else { "ipv4" },
+            "skipping node {} as a peer: {}",
+            s.node,
+            s.detail
+        );
+    }
+    *warned = now;
+    let mut counts = BTreeMap::new();
+    for s in &set.skipped {
+        *counts.entry(s.reason).or_insert(0u64) += 1;
+    }
+    metrics.set_skipped(&counts);
+    metrics.set_peers("ipv4", set.v4.len());
+    metrics.set_peers("ipv6", set.v6.len());
+}
