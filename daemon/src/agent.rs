@@ -188,6 +188,9 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             network: fam.network,
         };
         let (link, created) = vxlan::ensure_device(&nl, &dc).await?;
+        if created {
+            metrics.device_created();
+        }
         tracing::info!(device = %dc.spec.name, index = link.index, created, %subnet, %local, %mac, "device ready");
         wanted.insert(
             data_key.clone(),

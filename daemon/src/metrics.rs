@@ -68,6 +68,11 @@ impl Metrics {
         });
     }
 
+    /// A backend device was created outside a reconcile (at start-up).
+    pub fn device_created(&self) {
+        self.with(|v| v.device_creations += 1);
+    }
+
     pub fn node_event(&self) {
         self.with(|v| v.node_events += 1);
     }

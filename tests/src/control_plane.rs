@@ -4,8 +4,7 @@
 //! interfaces). Each lab has its own hub namespace, so the standard ports
 //! (2379, 6443) never collide between labs.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -148,8 +147,8 @@ pub fn wait_etcd(
     let addr = SocketAddr::from(([127, 0, 0, 1], ETCD_PORT));
     let deadline = Instant::now() + timeout;
     loop {
-        let healthy = netns::run_in(hub_ns, || http_get_plain(addr, "/health"))?
-            .map(|body| body.contains("\"health\":\"true\""))
+        let healthy = netns::run_in(hub_ns, || crate::http::get(addr, "/health"))?
+            .map(|(_, body)| body.contains("\"health\":\"true\""))
             .unwrap_or(false);
         if healthy {
             return Ok(());
@@ -180,15 +179,6 @@ fn check_alive(what: &'static str, pid: u32, log: &Path) -> Result<(), ControlPl
             tail: log_tail(log, 15),
         })
     }
-}
-
-fn http_get_plain(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
-    Ok(body)
 }
 
 /// Everything kube-apiserver needs from the lab.

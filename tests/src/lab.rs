@@ -41,6 +41,7 @@ pub const UNDERLAY: &str = "198.51.100.0/24";
 pub const HUB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const HUB_BRIDGE: &str = "br0";
+const HUB_MAC: &str = "02:77:65:66:74:01";
 const FIRST_NODE_HOST: u32 = 10;
 
 /// The overlay backend a lab's nodes run.
@@ -73,6 +74,15 @@ pub enum LabError {
     },
     #[error("the lab can hold at most {max} nodes on its underlay")]
     TooManyNodes { max: usize },
+    #[error("weftd on {node} is not ready ({why}); its log {log} ends with:\n{tail}")]
+    WeftdNotReady {
+        node: String,
+        why: &'static str,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("the {backend} backend is not built yet; use --backend vxlan")]
+    BackendNotBuilt { backend: &'static str },
     #[error("interrupted: the partly built lab was removed")]
     Interrupted,
     #[error("reading or writing lab state {path}")]
@@ -109,6 +119,8 @@ pub struct LabConfig {
     pub name: String,
     pub nodes: usize,
     pub backend: Backend,
+    /// Run weftd on every node (and wait until each is ready).
+    pub weftd: bool,
     /// Print progress lines on stderr.
     pub verbose: bool,
 }
@@ -119,7 +131,16 @@ impl LabConfig {
             name: name.to_string(),
             nodes,
             backend: Backend::Vxlan,
+            weftd: false,
             verbose: false,
+        }
+    }
+
+    /// The same, with weftd running on every node.
+    pub fn with_weftd(name: &str, nodes: usize) -> Self {
+        LabConfig {
+            weftd: true,
+            ..LabConfig::new(name, nodes)
         }
     }
 }
@@ -233,6 +254,12 @@ impl Lab {
         let max = 240usize;
         if cfg.nodes > max {
             return Err(LabError::TooManyNodes { max });
+        }
+        if cfg.weftd && cfg.backend == Backend::Udp {
+            return Err(LabError::BackendNotBuilt { backend: "udp" });
+        }
+        if cfg.weftd {
+            crate::weftd::find_weftd()?;
         }
         let result = build(cfg, &dir, &apiserver);
         match result {
@@ -507,7 +534,8 @@ impl Lab {
     }
 }
 
-fn save_state(state: &LabState) -> Result<(), LabError> {
+/// Writes `lab.json` atomically.
+pub fn save_state(state: &LabState) -> Result<(), LabError> {
     let path = state.dir.join("lab.json");
     let tmp = state.dir.join("lab.json.tmp");
     let text = serde_json::to_string_pretty(state).map_err(|source| LabError::StateFormat {
@@ -580,7 +608,12 @@ fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab, LabError>
     netns::create(&hub_ns)?;
     let hub_cidr = format!("{HUB_IP}/{}", underlay.prefix());
     (|| {
-        cmd::ip(["-n", &hub_ns, "link", "add", HUB_BRIDGE, "type", "bridge"])?;
+        // A fixed MAC: a bridge otherwise takes its lowest port's, and
+        // changes it when that node leaves, stranding every node's ARP entry
+        // for the hub (the API server) until it expires.
+        cmd::ip([
+            "-n", &hub_ns, "link", "add", HUB_BRIDGE, "address", HUB_MAC, "type", "bridge",
+        ])?;
         cmd::ip(["-n", &hub_ns, "addr", "add", &hub_cidr, "dev", HUB_BRIDGE])?;
         cmd::ip(["-n", &hub_ns, "link", "set", HUB_BRIDGE, "up"])?;
         Ok(())
@@ -717,6 +750,18 @@ fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab, LabError>
         lab.add_node(true).inspect_err(|_| {
             lab.detached = true;
         })?;
+    }
+    if cfg.weftd {
+        let names: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
+        for n in &names {
+            check_interrupt()?;
+            lab.say(&format!("starting weftd on {n}"));
+            lab.start_weftd(n).inspect_err(|_| lab.detached = true)?;
+        }
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        lab.wait_weftd_ready(&refs, Duration::from_secs(60))
+            .inspect_err(|_| lab.detached = true)?;
+        lab.say("weftd is ready on every node");
     }
     lab.say(&format!("lab {name} is up"));
     Ok(lab)

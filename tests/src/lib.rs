@@ -10,11 +10,14 @@
 pub mod cluster;
 pub mod cmd;
 pub mod control_plane;
+pub mod http;
 pub mod lab;
 pub mod netns;
 pub mod node;
 pub mod pki;
+pub mod pods;
 pub mod procs;
+pub mod weftd;
 
 pub use lab::{Backend, Lab, LabConfig, LabError, LabState};
 

@@ -96,12 +96,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 name: cli.name.clone(),
                 nodes,
                 backend,
+                weftd: true,
                 verbose: true,
             })?;
-            eprintln!(
-                "==> up in {:.1} s (weftd is not run by the lab yet: nodes have no overlay)",
-                t0.elapsed().as_secs_f64()
-            );
+            eprintln!("==> up in {:.1} s", t0.elapsed().as_secs_f64());
             print_status(&lab, json)?;
             lab.detach();
             Ok(ExitCode::SUCCESS)
@@ -204,9 +202,17 @@ struct NodeRow {
     node: String,
     underlay_ip: String,
     pod_cidr: Option<String>,
+    /// The Node's Ready condition.
     ready: bool,
-    netns: String,
+    /// The node's namespaces are held (the node exists).
     running: bool,
+    /// weftd answers /readyz with 200.
+    weftd_ready: bool,
+    /// The VTEP MAC weftd published (backend-data).
+    vtep_mac: Option<String>,
+    /// The public IP weftd published.
+    public_ip: Option<String>,
+    netns: String,
 }
 
 #[derive(serde::Serialize)]
@@ -235,13 +241,22 @@ fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
             let api = api_nodes
                 .iter()
                 .find(|a| a.metadata.name.as_deref() == Some(&n.name));
+            let ann = |k: &str| api.and_then(|a| a.metadata.annotations.as_ref()?.get(k).cloned());
+            let vtep_mac = ann("flannel.alpha.coreos.com/backend-data").and_then(|d| {
+                serde_json::from_str::<serde_json::Value>(&d).ok()?["VtepMAC"]
+                    .as_str()
+                    .map(String::from)
+            });
             NodeRow {
                 node: n.name.clone(),
                 underlay_ip: n.underlay_ip.to_string(),
                 pod_cidr: api.and_then(|a| a.spec.as_ref()?.pod_cidr.clone()),
                 ready: api.is_some_and(cluster::is_ready),
-                netns: n.netns.clone(),
                 running: weft_lab::procs::alive(n.holder_pid as i32),
+                weftd_ready: lab.weftd_ready(&n.name).unwrap_or(false),
+                vtep_mac,
+                public_ip: ann("flannel.alpha.coreos.com/public-ip"),
+                netns: n.netns.clone(),
             }
         })
         .collect();
@@ -264,18 +279,20 @@ fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
     println!("admin kubeconfig: {}", view.admin_kubeconfig);
     println!();
     println!(
-        "{:<10} {:<16} {:<16} {:<6} {:<8} NETNS",
-        "NODE", "UNDERLAY IP", "POD CIDR", "READY", "RUNNING"
+        "{:<10} {:<16} {:<16} {:<6} {:<6} {:<18} PUBLIC IP",
+        "NODE", "UNDERLAY IP", "POD CIDR", "READY", "WEFTD", "VTEP MAC"
     );
+    let yes = |b: bool| if b { "yes" } else { "no" };
     for r in &view.nodes {
         println!(
-            "{:<10} {:<16} {:<16} {:<6} {:<8} {}",
+            "{:<10} {:<16} {:<16} {:<6} {:<6} {:<18} {}",
             r.node,
             r.underlay_ip,
             r.pod_cidr.as_deref().unwrap_or("-"),
-            if r.ready { "yes" } else { "no" },
-            if r.running { "yes" } else { "no" },
-            r.netns
+            yes(r.ready && r.running),
+            if r.weftd_ready { "ready" } else { "no" },
+            r.vtep_mac.as_deref().unwrap_or("-"),
+            r.public_ip.as_deref().unwrap_or("-"),
         );
     }
     Ok(())

@@ -88,6 +88,9 @@ pub struct NodeState {
     pub holder_pid: u32,
     /// The node's directory on the host.
     pub dir: PathBuf,
+    /// PID of the node's weftd, when the lab runs one.
+    #[serde(default)]
+    pub weftd_pid: Option<u32>,
 }
 
 impl NodeState {
@@ -146,6 +149,7 @@ pub fn create(spec: &NodeSpec<'_>) -> Result<NodeState, NodeError> {
         underlay_ip: spec.underlay_ip,
         holder_pid,
         dir: spec.dir.to_path_buf(),
+        weftd_pid: None,
     })
 }
 

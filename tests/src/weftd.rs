@@ -1,0 +1,143 @@
+//! Running the real `weftd` binary on lab nodes, as the DaemonSet would:
+//! in the node's namespaces, with its real default paths (net-conf.json in
+//! `/etc/kube-flannel`, subnet.env in `/run/flannel`), `NODE_NAME` set, and
+//! the lab's least-privilege kubeconfig (weft's ServiceAccount identity).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::lab::{Backend, Lab, LabError, save_state};
+use crate::{netns, procs};
+
+/// Where weftd serves /healthz, /readyz and /metrics on every node.
+pub const HEALTHZ_PORT: u16 = 8081;
+
+/// The weftd binary: `$WEFT_LAB_WEFTD`, else next to the running program
+/// (or one directory up, for test binaries under `target/*/deps`).
+pub fn find_weftd() -> Result<PathBuf, LabError> {
+    if let Some(p) = std::env::var_os("WEFT_LAB_WEFTD") {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|source| LabError::State {
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
+    [dir.join("weftd"), dir.join("../weftd")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or(LabError::MissingTool {
+            tool: "weftd (build it: cargo build --workspace --bins)".into(),
+        })
+}
+
+/// flannel's net-conf.json for the lab's cluster CIDR and backend.
+pub fn net_conf(backend: Backend) -> String {
+    let ty = match backend {
+        Backend::Vxlan => "vxlan",
+        Backend::Udp => "udp",
+    };
+    format!(
+        r#"{{"Network":"{}","EnableNFTables":false,"Backend":{{"Type":"{ty}"}}}}"#,
+        crate::lab::CLUSTER_CIDR
+    )
+}
+
+/// A GET of weftd's health server inside a node's namespace.
+fn http_get(netns_name: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    netns::run_in(netns_name, || crate::http::get(addr, path).ok())
+        .ok()
+        .flatten()
+}
+
+impl Lab {
+    /// Starts weftd on `node` (writing its net-conf.json first).
+    pub fn start_weftd(&mut self, node: &str) -> Result<u32, LabError> {
+        let weftd = find_weftd()?;
+        let n = self.node(node)?.clone();
+        let conf = n.host_path("/etc/kube-flannel/net-conf.json");
+        if !conf.exists() {
+            std::fs::write(&conf, net_conf(self.state.backend))
+                .map_err(|source| LabError::State { path: conf, source })?;
+        }
+        let kubeconfig = self.node_kubeconfig();
+        let healthz = format!("0.0.0.0:{HEALTHZ_PORT}");
+        let args = [
+            weftd.to_str().unwrap_or("weftd"),
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap_or(""),
+            "--ip-masq",
+            "--healthz-addr",
+            &healthz,
+        ];
+        let (pid, _) = self.spawn_on(node, "weftd", &args)?;
+        if let Some(s) = self.state.nodes.iter_mut().find(|s| s.name == node) {
+            s.weftd_pid = Some(pid);
+        }
+        save_state(&self.state)?;
+        Ok(pid)
+    }
+
+    /// Stops weftd on `node` with `signal` (SIGTERM: a clean exit; SIGKILL:
+    /// a crash) and waits until it is gone.
+    pub fn stop_weftd(&mut self, node: &str, signal: Signal) -> Result<(), LabError> {
+        let pid = self.node(node)?.weftd_pid;
+        if let Some(pid) = pid {
+            let _ = kill(Pid::from_raw(pid as i32), signal);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while procs::alive(pid as i32) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            procs::terminate(&[pid as i32], Duration::from_secs(2));
+        }
+        if let Some(s) = self.state.nodes.iter_mut().find(|s| s.name == node) {
+            s.weftd_pid = None;
+        }
+        save_state(&self.state)
+    }
+
+    /// Whether weftd on `node` answers /readyz with 200.
+    pub fn weftd_ready(&self, node: &str) -> Result<bool, LabError> {
+        let n = self.node(node)?;
+        Ok(http_get(&n.netns, HEALTHZ_PORT, "/readyz").is_some_and(|(c, _)| c == 200))
+    }
+
+    /// weftd's /metrics on `node`.
+    pub fn weftd_metrics(&self, node: &str) -> Result<String, LabError> {
+        let n = self.node(node)?;
+        Ok(http_get(&n.netns, HEALTHZ_PORT, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default())
+    }
+
+    /// Waits until weftd on every listed node is ready; on timeout or if
+    /// one exits, an error quoting its log.
+    pub fn wait_weftd_ready(&self, nodes: &[&str], timeout: Duration) -> Result<(), LabError> {
+        let deadline = Instant::now() + timeout;
+        for node in nodes {
+            loop {
+                if self.weftd_ready(node)? {
+                    break;
+                }
+                let n = self.node(node)?;
+                let log = n.dir.join("logs/weftd.log");
+                let dead = n.weftd_pid.is_none_or(|p| !procs::alive(p as i32));
+                if dead || Instant::now() > deadline {
+                    return Err(LabError::WeftdNotReady {
+                        node: node.to_string(),
+                        why: if dead { "it exited" } else { "timed out" },
+                        log: log.clone(),
+                        tail: crate::control_plane::log_tail(&log, 12),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,416 @@
+//! weftd on a 3-node lab, VXLAN backend, behaviour a user sees: the kernel
+//! holds exactly flannel's per-peer triples, pods ping across nodes, and
+//! that stays true through node churn, garbage annotations, a deleted
+//! device, a crash and restart, and a node deleted while weftd was down.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use nix::sys::signal::Signal;
+use weft_lab::pods::Pod;
+use weft_lab::{Lab, LabConfig, cluster, unique_name};
+
+const PREFIX: &str = "flannel.alpha.coreos.com";
+
+fn lab(tag: &str, nodes: usize) -> Lab {
+    Lab::up(&LabConfig::with_weftd(&unique_name(tag), nodes)).expect("lab with weftd comes up")
+}
+
+/// Per node, as published in the API: (podCIDR, VtepMAC, public IP).
+fn published(lab: &Lab) -> BTreeMap<String, (String, String, String)> {
+    let admin = lab.admin_kubeconfig();
+    let nodes = lab
+        .block_on(|| async {
+            let client = cluster::client(&admin).await.unwrap();
+            cluster::list_nodes(&client).await.unwrap()
+        })
+        .unwrap();
+    nodes
+        .into_iter()
+        .filter_map(|n| {
+            let ann = n.metadata.annotations.clone().unwrap_or_default();
+            let data: serde_json::Value =
+                serde_json::from_str(ann.get(&format!("{PREFIX}/backend-data"))?).ok()?;
+            Some((
+                n.metadata.name.clone()?,
+                (
+                    n.spec?.pod_cidr?,
+                    data["VtepMAC"].as_str()?.to_string(),
+                    ann.get(&format!("{PREFIX}/public-ip"))?.clone(),
+                ),
+            ))
+        })
+        .collect()
+}
+
+type View = (Vec<String>, Vec<String>, Vec<String>);
+
+/// What `node`'s kernel holds on flannel.1: neighbours, FDB, routes.
+fn kernel_view(lab: &Lab, node: &str) -> View {
+    let json = |args: &[&str]| -> Vec<serde_json::Value> {
+        match lab.exec(node, args) {
+            Ok(o) if o.status.success() => serde_json::from_slice(&o.stdout).unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    };
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+    let mut neighs: Vec<String> = json(&["ip", "-j", "-4", "neigh", "show", "dev", "flannel.1"])
+        .iter()
+        .map(|n| format!("{} {} {}", s(&n["dst"]), s(&n["lladdr"]), s(&n["state"][0])))
+        .collect();
+    let mut fdb: Vec<String> = json(&["bridge", "-j", "fdb", "show", "dev", "flannel.1"])
+        .iter()
+        .filter(|f| f["dst"].is_string())
+        .map(|f| format!("{} {} {}", s(&f["mac"]), s(&f["dst"]), s(&f["state"])))
+        .collect();
+    let mut routes: Vec<String> = json(&["ip", "-j", "-4", "route", "show", "dev", "flannel.1"])
+        .iter()
+        .filter(|r| r["protocol"].as_str() != Some("kernel"))
+        .map(|r| {
+            format!(
+                "{} via {} onlink={}",
+                s(&r["dst"]),
+                s(&r["gateway"]),
+                r["flags"].to_string().contains("onlink")
+            )
+        })
+        .collect();
+    neighs.sort();
+    fdb.sort();
+    routes.sort();
+    (neighs, fdb, routes)
+}
+
+/// What DESIGN.md prescribes on `node` toward every other published node.
+fn expected_view(all: &BTreeMap<String, (String, String, String)>, node: &str) -> View {
+    let mut v: View = Default::default();
+    for (name, (cidr, mac, ip)) in all {
+        if name == node {
+            continue;
+        }
+        let gw = cidr.split('/').next().unwrap();
+        v.0.push(format!("{gw} {mac} PERMANENT"));
+        v.1.push(format!("{mac} {ip} permanent"));
+        v.2.push(format!("{cidr} via {gw} onlink=true"));
+    }
+    v.0.sort();
+    v.1.sort();
+    v.2.sort();
+    v
+}
+
+/// Polls `f` every 10 ms up to `limit`; how long it took, or panics with `what`.
+fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if f() {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn pods(lab: &Lab) -> Vec<Pod> {
+    lab.state
+        .nodes
+        .iter()
+        .map(|n| {
+            lab.add_plain_pod(&n.name, &format!("pod-{}", n.name), 2)
+                .unwrap()
+        })
+        .collect()
+}
+
+fn all_ping(lab: &Lab, pods: &[Pod]) {
+    for a in pods {
+        for b in pods {
+            if a != b {
+                assert!(
+                    lab.pod_pings(a, b, 2).unwrap(),
+                    "{} -> {} ({})",
+                    a.name,
+                    b.name,
+                    b.ip
+                );
+            }
+        }
+    }
+}
+
+fn metric(lab: &Lab, node: &str, line_prefix: &str) -> Option<f64> {
+    lab.weftd_metrics(node)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
+}
+
+#[test]
+fn every_node_holds_exactly_flannels_triples_and_pods_ping_across_nodes() {
+    let lab = lab("triples", 3);
+    let all = published(&lab);
+    assert_eq!(all.len(), 3, "every weftd published its annotations");
+    for node in ["node-1", "node-2", "node-3"] {
+        assert_eq!(
+            kernel_view(&lab, node),
+            expected_view(&all, node),
+            "on {node}"
+        );
+        let env =
+            std::fs::read_to_string(lab.node(node).unwrap().host_path("/run/flannel/subnet.env"))
+                .unwrap();
+        let cidr = &all[node].0;
+        let first = cidr.replace(".0/", ".1/");
+        assert_eq!(
+            env,
+            format!(
+                "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET={first}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+            )
+        );
+        assert_eq!(metric(&lab, node, "weft_peers{family=\"ipv4\"}"), Some(2.0));
+    }
+    // NetworkUnavailable=False is set; Ready is kept.
+    let admin = lab.admin_kubeconfig();
+    let conds = lab
+        .block_on(|| async {
+            let api: Api<Node> = Api::all(cluster::client(&admin).await.unwrap());
+            api.get("node-2")
+                .await
+                .unwrap()
+                .status
+                .unwrap()
+                .conditions
+                .unwrap()
+        })
+        .unwrap();
+    let mut c: Vec<(String, String)> = conds.into_iter().map(|c| (c.type_, c.status)).collect();
+    c.sort();
+    assert_eq!(
+        c,
+        vec![
+            ("NetworkUnavailable".into(), "False".into()),
+            ("Ready".into(), "True".into())
+        ]
+    );
+
+    let pods = pods(&lab);
+    all_ping(&lab, &pods);
+    // TCP across nodes too.
+    lab.spawn_on(
+        "node-3",
+        "iperf3",
+        &["ip", "netns", "exec", "pod-node-3", "iperf3", "-s", "-1"],
+    )
+    .unwrap();
+    within(Duration::from_secs(5), "iperf3 listening", || {
+        lab.pod_exec(&pods[2], &["ss", "-Hltn"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains(":5201"))
+            .unwrap_or(false)
+    });
+    let out = lab
+        .pod_exec(
+            &pods[0],
+            &["iperf3", "-c", &pods[2].ip.to_string(), "-t", "1", "-J"],
+        )
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["end"]["sum_received"]["bytes"].as_u64().unwrap_or(0) > 1_000_000);
+}
+
+#[test]
+fn a_deleted_node_is_gone_from_the_others_and_a_joining_node_reachable_within_2s() {
+    let mut lab = lab("churn", 3);
+    let pods = pods(&lab);
+    lab.remove_node("node-3").unwrap();
+    for node in ["node-1", "node-2"] {
+        let took = within(Duration::from_secs(2), "node-3's entries removed", || {
+            kernel_view(&lab, node) == expected_view(&published(&lab), node)
+                && !kernel_view(&lab, node)
+                    .2
+                    .iter()
+                    .any(|r| r.starts_with("10.244.2.0/24"))
+        });
+        eprintln!("{node}: node-3 pruned after {took:?}");
+    }
+    assert!(lab.pod_pings(&pods[0], &pods[1], 1).unwrap());
+
+    let joined = lab.add_node(true).unwrap();
+    lab.start_weftd(&joined.name).unwrap();
+    lab.wait_weftd_ready(&[&joined.name], Duration::from_secs(30))
+        .unwrap();
+    let new_pod = lab.add_plain_pod(&joined.name, "pod-new", 2).unwrap();
+    let took = within(
+        Duration::from_secs(2),
+        "the new node reachable from node-1",
+        || lab.pod_pings(&pods[0], &new_pod, 1).unwrap_or(false),
+    );
+    eprintln!(
+        "{} reachable {took:?} after its weftd was ready",
+        joined.name
+    );
+    assert!(lab.pod_pings(&new_pod, &pods[1], 1).unwrap());
+}
+
+#[test]
+fn a_peer_with_garbage_annotations_is_skipped_and_the_rest_still_ping() {
+    let lab = lab("garbage", 3);
+    let pods = pods(&lab);
+    let admin = lab.admin_kubeconfig();
+    lab.block_on(|| async {
+        let api: Api<Node> = Api::all(cluster::client(&admin).await.unwrap());
+        let body = serde_json::json!({"metadata": {"annotations": {
+            format!("{PREFIX}/backend-data"): "{this is not json"}}});
+        api.patch("node-3", &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .unwrap();
+    })
+    .unwrap();
+    for node in ["node-1", "node-2"] {
+        within(Duration::from_secs(2), "node-3 skipped", || {
+            !kernel_view(&lab, node)
+                .2
+                .iter()
+                .any(|r| r.starts_with("10.244.2.0/24"))
+        });
+        assert_eq!(
+            metric(
+                &lab,
+                node,
+                "weft_skipped_peers{reason=\"bad_backend_data\"}"
+            ),
+            Some(1.0)
+        );
+        assert!(
+            lab.weftd_ready(node).unwrap(),
+            "weftd on {node} is unharmed"
+        );
+    }
+    assert!(lab.pod_pings(&pods[0], &pods[1], 2).unwrap());
+    assert!(lab.pod_pings(&pods[1], &pods[0], 2).unwrap());
+    let log =
+        std::fs::read_to_string(lab.node("node-1").unwrap().dir.join("logs/weftd.log")).unwrap();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("skipping node node-3"))
+        .count();
+    assert_eq!(warnings, 1, "one warning per distinct problem:\n{log}");
+}
+
+#[test]
+fn a_deleted_device_comes_back_with_every_peer_and_traffic_resumes() {
+    let lab = lab("devdel", 3);
+    let pods = pods(&lab);
+    let before = kernel_view(&lab, "node-1");
+    lab.run("node-1", &["ip", "link", "del", "flannel.1"])
+        .unwrap();
+    let took = within(
+        Duration::from_secs(2),
+        "flannel.1 recreated and replayed",
+        || kernel_view(&lab, "node-1") == before,
+    );
+    eprintln!("flannel.1 back with all peers after {took:?}");
+    all_ping(&lab, &pods);
+    assert_eq!(
+        metric(&lab, "node-1", "weft_device_creations_total"),
+        Some(2.0)
+    );
+}
+
+/// `ping -i 0.01` in the background for `secs`; (transmitted, received).
+fn ping_run(
+    lab: &Lab,
+    from: &Pod,
+    to: &Pod,
+    secs: u32,
+    log: &str,
+) -> std::thread::JoinHandle<(u64, u64)> {
+    let mut cmd = lab.node_command(&from.node, "ip").unwrap();
+    cmd.args([
+        "netns",
+        "exec",
+        &from.name,
+        "ping",
+        "-q",
+        "-i",
+        "0.01",
+        "-w",
+        &secs.to_string(),
+        &to.ip.to_string(),
+    ]);
+    let log = log.to_string();
+    std::thread::spawn(move || {
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .unwrap_or_else(|| panic!("{log}: {text}"));
+        let nums: Vec<u64> = line
+            .split(|c: char| !c.is_ascii_digit())
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        (nums[0], nums[1])
+    })
+}
+
+#[test]
+fn weftd_killed_and_restarted_during_a_10ms_ping_loses_nothing_after_the_restart() {
+    let mut lab = lab("restart", 2);
+    let pods = pods(&lab);
+    let mac_before = published(&lab)["node-1"].1.clone();
+    let during = ping_run(&lab, &pods[0], &pods[1], 4, "ping during restart");
+    std::thread::sleep(Duration::from_millis(1000));
+    lab.stop_weftd("node-1", Signal::SIGKILL).unwrap();
+    let t0 = Instant::now();
+    lab.start_weftd("node-1").unwrap();
+    lab.wait_weftd_ready(&["node-1"], Duration::from_secs(30))
+        .unwrap();
+    eprintln!("weftd restarted and ready in {:?}", t0.elapsed());
+    let (sent, got) = during.join().unwrap();
+    eprintln!(
+        "ping every 10 ms across a SIGKILL + restart: {sent} sent, {} lost",
+        sent - got
+    );
+
+    let after = ping_run(&lab, &pods[0], &pods[1], 2, "ping after restart");
+    let (sent2, got2) = after.join().unwrap();
+    assert!(sent2 > 100, "{sent2} pings sent");
+    assert_eq!(sent2, got2, "no loss after the restart completed");
+    assert_eq!(
+        published(&lab)["node-1"].1,
+        mac_before,
+        "the VTEP MAC survives the restart"
+    );
+    assert_eq!(
+        sent, got,
+        "no loss across the restart either (the data plane stays in place)"
+    );
+}
+
+#[test]
+fn a_node_deleted_while_weftd_was_down_is_cleaned_up_on_its_next_start() {
+    let mut lab = lab("downdel", 3);
+    lab.stop_weftd("node-1", Signal::SIGTERM).unwrap();
+    let stale = kernel_view(&lab, "node-1");
+    assert_eq!(stale.2.len(), 2, "SIGTERM leaves the data plane in place");
+    lab.remove_node("node-3").unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        kernel_view(&lab, "node-1"),
+        stale,
+        "nobody touched node-1 meanwhile"
+    );
+    lab.start_weftd("node-1").unwrap();
+    lab.wait_weftd_ready(&["node-1"], Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(
+        kernel_view(&lab, "node-1"),
+        expected_view(&published(&lab), "node-1")
+    );
+    assert_eq!(kernel_view(&lab, "node-1").2.len(), 1);
+}
