@@ -50,6 +50,8 @@ pub enum AgentError {
     Config(#[from] ConfigError),
     #[error("the {backend} backend is not available in this version of weft")]
     UnsupportedBackend { backend: &'static str },
+    #[error("net-conf.json: {field} is not supported by this version of weft yet")]
+    UnsupportedOption { field: &'static str },
     #[error("--kube-annotation-prefix")]
     Prefix(#[source] AnnotationError),
     #[error("connecting to the Kubernetes API ({how})")]
@@ -105,6 +107,11 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         BackendConfig::Vxlan(v) => v.clone(),
         BackendConfig::Udp(_) => return Err(AgentError::UnsupportedBackend { backend: "udp" }),
     };
+    if vx.direct_routing {
+        return Err(AgentError::UnsupportedOption {
+            field: "Backend.DirectRouting",
+        });
+    }
     let names = Names::new(&opts.annotation_prefix).map_err(AgentError::Prefix)?;
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = opts.healthz_addr {
