@@ -26,7 +26,7 @@ use crate::lease::watch;
 use crate::metrics::Metrics;
 use crate::netlink::kernel::{self, Kernel};
 use crate::netlink::{NetlinkError, VxlanSpec};
-use crate::vxlan::{self, DeviceConfig, VxlanError};
+use crate::vxlan::{self, Device, DeviceConfig, VxlanError};
 
 /// Everything the flags say.
 #[derive(Debug, Clone)]
@@ -130,7 +130,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     tracing::info!(iface = %ext.name, mtu = ext.mtu, "external interface chosen");
 
     // Per family: the device, and what to publish.
-    let mut devices: Vec<DeviceConfig> = Vec::new();
+    let mut devices: Vec<Device> = Vec::new();
     let mut wanted = BTreeMap::from([
         (names.backend_type.clone(), "vxlan".to_string()),
         (names.subnet_manager.clone(), "true".to_string()),
@@ -208,7 +208,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             .encode(),
         );
         wanted.insert(ip_key.clone(), advertised.to_string());
-        devices.push(dc);
+        devices.push(Device::new(dc));
     }
 
     let mut backoff = Backoff::new();
@@ -234,7 +234,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         ipv6: subnets[1]
             .zip(cfg.ipv6.as_ref())
             .map(|(s, f)| (f.network, s)),
-        mtu: devices.first().map(|d| d.spec.mtu).unwrap_or(ext.mtu),
+        mtu: devices.first().map(|d| d.cfg.spec.mtu).unwrap_or(ext.mtu),
         ip_masq: opts.ip_masq,
     };
     env.write(&opts.subnet_file)?;
@@ -266,7 +266,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     };
     let mut peers_rx = watch::spawn(api, ctx, metrics.clone());
     let mut deleted =
-        kernel::watch_link_deletions(devices.iter().map(|d| d.spec.name.clone()).collect())?;
+        kernel::watch_link_deletions(devices.iter().map(|d| d.cfg.spec.name.clone()).collect())?;
     let mut resync = tokio::time::interval(opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
@@ -274,18 +274,26 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     let mut backoff = Backoff::new();
     let mut current: Option<Arc<PeerSet>> = None;
     loop {
-        tokio::select! {
+        // A peer-set change plans against the known state; everything else
+        // (device deleted, resync, retry) reads the kernel again.
+        let full = tokio::select! {
             r = peers_rx.changed() => {
                 if r.is_err() { break; }
                 current = peers_rx.borrow_and_update().clone();
+                false
             }
-            Some(name) = deleted.recv() => tracing::warn!(device = %name, "device deleted; recreating it and replaying every peer"),
-            _ = resync.tick() => {}
-            () = sleep_until(retry_at) => {}
+            Some(name) = deleted.recv() => {
+                tracing::warn!(device = %name, "device deleted; recreating it and replaying every peer");
+                true
+            }
+            _ = resync.tick() => true,
+            () = sleep_until(retry_at) => true,
             () = &mut shutdown => break,
-        }
+        };
         let Some(set) = current.clone() else { continue };
-        let ok = reconcile_all(&nl, &devices, &set, &metrics).await;
+        let t0 = Instant::now();
+        let ok = reconcile_all(&nl, &mut devices, &set, &metrics, full).await;
+        tracing::debug!(full, us = t0.elapsed().as_micros() as u64, "reconcile pass");
         if ok {
             retry_at = None;
             backoff = Backoff::new();
@@ -315,19 +323,21 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// One reconcile of every device; whether everything succeeded.
 async fn reconcile_all(
     nl: &Kernel,
-    devices: &[DeviceConfig],
+    devices: &mut [Device],
     set: &PeerSet,
     metrics: &Metrics,
+    full: bool,
 ) -> bool {
     let mut ok = true;
-    for dc in devices {
-        let entries = if dc.subnet.is_ipv6() {
+    for dev in devices {
+        let entries = if dev.cfg.subnet.is_ipv6() {
             &set.v6
         } else {
             &set.v4
         };
         let t0 = Instant::now();
-        let result = vxlan::reconcile(nl, dc, entries).await;
+        let result = dev.reconcile(nl, entries, full).await;
+        let dc = &dev.cfg;
         let secs = t0.elapsed().as_secs_f64();
         match result {
             Ok(out) => {

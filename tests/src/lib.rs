@@ -7,6 +7,7 @@
 //! namespace. See `Lab` for the API tests build on, and the `weft-lab` binary
 //! for the CLI.
 
+pub mod bench;
 pub mod cluster;
 pub mod cmd;
 pub mod control_plane;

@@ -57,11 +57,33 @@ enum Cmd {
     },
     /// Stop the lab and remove everything it created.
     Down,
+    /// Benchmarks (programs that print a table and write JSON).
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Remove whatever any lab run left behind (namespaces, processes, files).
     Clean {
         /// Only the leftovers of this lab (default: every lab's).
         #[arg(long)]
         lab: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BenchCmd {
+    /// weftd's control plane at scale: sync time, add->route latency, memory, idle CPU.
+    ControlPlane {
+        /// Nodes in the cluster (weftd's node included).
+        #[arg(long, default_value_t = 5000)]
+        nodes: usize,
+        /// Nodes added one at a time for the latency figures.
+        #[arg(long, default_value_t = 200)]
+        adds: usize,
+        /// Seconds of idleness over which CPU is measured.
+        #[arg(long, default_value_t = 30)]
+        idle_seconds: u64,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "bench-control-plane.json")]
+        json: std::path::PathBuf,
     },
 }
 
@@ -136,6 +158,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 removed.processes.len(),
                 removed.namespaces.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(BenchCmd::ControlPlane {
+            nodes,
+            adds,
+            idle_seconds,
+            json,
+        }) => {
+            watch_ctrl_c()?;
+            let bench = weft_lab::bench::ControlPlaneBench {
+                nodes,
+                adds,
+                idle: std::time::Duration::from_secs(idle_seconds),
+            };
+            let name = if cli.name == "default" {
+                "bench-cp".to_string()
+            } else {
+                cli.name.clone()
+            };
+            let log = json.with_extension("weftd.log");
+            let report = bench.run(&name, &log)?;
+            eprintln!("==> weftd's log kept as {}", log.display());
+            report.print_table(&mut std::io::stdout())?;
+            std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", json.display()))?;
+            eprintln!("==> JSON written to {}", json.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Clean { lab: only } => {

@@ -6,6 +6,7 @@
 //! bad MAC, bad IP, a podCIDR outside Network or overlapping ours or an
 //! older peer's) is skipped with its reason; it never disturbs the others.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -184,43 +185,90 @@ fn entry(
     })
 }
 
-/// Derives the complete peer set from every Node.
-pub fn derive<'a>(ctx: &Context, nodes: impl IntoIterator<Item = &'a SlimNode>) -> PeerSet {
-    let mut out = PeerSet::default();
-    // Candidates per family with (creation time, name) so that, of two
-    // nodes claiming overlapping subnets, the older keeps it.
-    let mut cands: [Vec<(String, String, PeerEntry)>; 2] = [Vec::new(), Vec::new()];
-    for node in nodes {
-        let name = node.name();
-        if name == ctx.own_name || node.annotation(&ctx.names.subnet_manager) != Some("true") {
-            continue;
+/// One node judged on its own: its entry or skip reason per family.
+/// Computed once per Node event, so a change to one node costs one parse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    pub name: String,
+    /// RFC 3339 creation time: the older of two overlapping nodes wins.
+    pub created: String,
+    /// IPv4 then IPv6; `None` for a disabled family or an unmanaged node.
+    pub families: [Option<Result<PeerEntry, (SkipReason, String)>>; 2],
+}
+
+/// Judges one Node; `None` for our own node and for nodes that are not
+/// flannel/weft nodes at all (no `kube-subnet-manager: "true"`).
+pub fn judge(ctx: &Context, node: &SlimNode) -> Option<Judged> {
+    let name = node.name();
+    if name == ctx.own_name || node.annotation(&ctx.names.subnet_manager) != Some("true") {
+        return None;
+    }
+    let mut families = [None, None];
+    for (i, fam) in [ctx.v4, ctx.v6].iter().enumerate() {
+        if let Some(fam) = fam {
+            families[i] = Some(entry(ctx, fam, i == 1, node));
         }
-        for (i, fam) in [ctx.v4, ctx.v6].iter().enumerate() {
-            let Some(fam) = fam else { continue };
-            let ipv6 = i == 1;
-            match entry(ctx, fam, ipv6, node) {
-                Ok(e) => cands[i].push((node.created(), name.to_string(), e)),
-                Err((reason, detail)) => out.skipped.push(Skip {
-                    node: name.to_string(),
-                    ipv6,
-                    reason,
-                    detail,
+    }
+    Some(Judged {
+        name: name.to_string(),
+        created: node.created(),
+        families,
+    })
+}
+
+/// The address range of a network, as numbers (for overlap checks).
+fn range(n: &IpNetwork) -> (u128, u128) {
+    let (start, bits) = match n.network() {
+        IpAddr::V4(a) => (u128::from(u32::from(a)), 32),
+        IpAddr::V6(a) => (u128::from(a), 128),
+    };
+    let host_bits = bits - u32::from(n.prefix());
+    let size_minus_one = if host_bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
+    (start, start.saturating_add(size_minus_one))
+}
+
+/// Assembles the complete peer set from judged nodes: drops subnets that
+/// overlap ours or an older peer's (in O(n log n)), collects skips.
+pub fn assemble<'a>(ctx: &Context, judged: impl IntoIterator<Item = &'a Judged>) -> PeerSet {
+    let mut out = PeerSet::default();
+    let mut cands: [Vec<(&str, &str, PeerEntry)>; 2] = [Vec::new(), Vec::new()];
+    for j in judged {
+        for (i, f) in j.families.iter().enumerate() {
+            match f {
+                Some(Ok(e)) => cands[i].push((&j.created, &j.name, *e)),
+                Some(Err((reason, detail))) => out.skipped.push(Skip {
+                    node: j.name.clone(),
+                    ipv6: i == 1,
+                    reason: *reason,
+                    detail: detail.clone(),
                 }),
+                None => {}
             }
         }
     }
     for (i, fam) in [ctx.v4, ctx.v6].iter().enumerate() {
         let Some(fam) = fam else { continue };
         let list = &mut cands[i];
-        list.sort();
-        let mut accepted: Vec<(String, PeerEntry)> = Vec::with_capacity(list.len());
-        for (_, name, e) in list.drain(..) {
+        list.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        // Accepted subnets are disjoint: start -> (end, node, subnet).
+        let mut taken: BTreeMap<u128, (u128, &str, IpNetwork)> = BTreeMap::new();
+        let mut entries = Vec::with_capacity(list.len());
+        for &(_, name, e) in list.iter() {
             let skip = |reason, detail| Skip {
-                node: name.clone(),
+                node: name.to_string(),
                 ipv6: i == 1,
                 reason,
                 detail,
             };
+            let (start, end) = range(&e.subnet);
+            let clash = taken
+                .range(..=end)
+                .next_back()
+                .filter(|(_, (other_end, _, _))| *other_end >= start);
             if overlaps(&e.subnet, &fam.local_subnet) {
                 out.skipped.push(skip(
                     SkipReason::OverlapsLocal,
@@ -229,22 +277,17 @@ pub fn derive<'a>(ctx: &Context, nodes: impl IntoIterator<Item = &'a SlimNode>) 
                         e.subnet, fam.local_subnet
                     ),
                 ));
-            } else if let Some((other, o)) = accepted
-                .iter()
-                .find(|(_, o)| overlaps(&o.subnet, &e.subnet))
-            {
+            } else if let Some((_, (_, other, o))) = clash {
                 out.skipped.push(skip(
                     SkipReason::OverlapsPeer,
-                    format!(
-                        "podCIDR {} overlaps {} of older node {other}",
-                        e.subnet, o.subnet
-                    ),
+                    format!("podCIDR {} overlaps {o} of older node {other}", e.subnet),
                 ));
             } else {
-                accepted.push((name, e));
+                taken.insert(start, (end, name, e.subnet));
+                entries.push(e);
             }
         }
-        let entries = accepted.into_iter().map(|(_, e)| e).collect();
+        entries.sort_unstable();
         if i == 0 {
             out.v4 = entries;
         } else {
@@ -253,6 +296,12 @@ pub fn derive<'a>(ctx: &Context, nodes: impl IntoIterator<Item = &'a SlimNode>) 
     }
     out.skipped.sort();
     out
+}
+
+/// Derives the complete peer set from every Node.
+pub fn derive<'a>(ctx: &Context, nodes: impl IntoIterator<Item = &'a SlimNode>) -> PeerSet {
+    let judged: Vec<Judged> = nodes.into_iter().filter_map(|n| judge(ctx, n)).collect();
+    assemble(ctx, &judged)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
 use super::node::SlimNode;
-use super::peers::{self, Context, PeerSet, Skip};
+use super::peers::{self, Context, Judged, PeerSet, Skip};
 use crate::metrics::Metrics;
 
 /// Starts the watch; the receiver sees `None` until the first complete list.
@@ -26,11 +26,16 @@ pub fn spawn(
 ) -> watch::Receiver<Option<Arc<PeerSet>>> {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
-        let mut nodes: BTreeMap<String, SlimNode> = BTreeMap::new();
-        let mut listing: Option<BTreeMap<String, SlimNode>> = None;
+        // Only the judgement of each node is kept, not the node.
+        let mut nodes: BTreeMap<String, Option<Judged>> = BTreeMap::new();
+        let mut listing: Option<BTreeMap<String, Option<Judged>>> = None;
         let mut listed = false;
         let mut warned: BTreeSet<Skip> = BTreeSet::new();
-        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        // Lists are served from the API server's watch cache (resourceVersion
+        // "0", as client-go's informers and flanneld do): no quorum read of
+        // every Node from etcd, page by page.
+        let config = watcher::Config::default().any_semantic();
+        let stream = watcher(api, config).default_backoff();
         let mut stream = std::pin::pin!(stream);
         while let Some(first) = stream.next().await {
             let mut changed = false;
@@ -42,7 +47,7 @@ pub fn spawn(
                     Ok(watcher::Event::Init) => listing = Some(BTreeMap::new()),
                     Ok(watcher::Event::InitApply(n)) => {
                         if let Some(l) = listing.as_mut() {
-                            l.insert(n.name().to_string(), n);
+                            l.insert(n.name().to_string(), peers::judge(&ctx, &n));
                         }
                     }
                     Ok(watcher::Event::InitDone) => {
@@ -53,7 +58,7 @@ pub fn spawn(
                         changed = true;
                     }
                     Ok(watcher::Event::Apply(n)) => {
-                        nodes.insert(n.name().to_string(), n);
+                        nodes.insert(n.name().to_string(), peers::judge(&ctx, &n));
                         changed = true;
                     }
                     Ok(watcher::Event::Delete(n)) => {
@@ -67,7 +72,9 @@ pub fn spawn(
             if !(changed && listed) {
                 continue;
             }
-            let set = peers::derive(&ctx, nodes.values());
+            let t0 = std::time::Instant::now();
+            let set = peers::assemble(&ctx, nodes.values().flatten());
+            tracing::debug!(nodes = nodes.len(), us = t0.elapsed().as_micros() as u64, "peer set assembled");
             report(&set, &mut warned, &metrics);
             if tx.send(Some(Arc::new(set))).is_err() {
                 return;

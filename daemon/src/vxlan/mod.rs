@@ -197,27 +197,110 @@ pub async fn reconcile<N: Netlink>(
     cfg: &DeviceConfig,
     peers: &[PeerEntry],
 ) -> Result<Outcome, VxlanError> {
-    let (link, created) = ensure_device(nl, cfg).await?;
-    let observed = nl
-        .observe(link.index, cfg.subnet.is_ipv6())
-        .await
-        .map_err(|source| VxlanError::Observe {
-            name: cfg.spec.name.clone(),
-            source,
-        })?;
-    let ops = plan::plan(link.index, peers, &observed);
-    let results = nl.apply(&ops).await;
-    let mut out = Outcome {
-        created,
-        ..Default::default()
-    };
-    for (op, r) in ops.into_iter().zip(results) {
-        match r {
-            Ok(()) => *out.done.entry(op.kind()).or_default() += 1,
-            Err(e) => out.failed.push((op, e.to_string())),
+    Device::new(cfg.clone()).reconcile(nl, peers, true).await
+}
+
+/// A device and what weft knows its kernel tables hold.
+///
+/// A full reconcile ensures the device and reads the kernel's tables; a
+/// quick one (after a peer-set change) plans against the state the last
+/// successful reconcile left, which is exact as long as nobody else writes
+/// to our device; the periodic resync and device events run full ones, so
+/// anything changed behind weft's back is still repaired.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub cfg: DeviceConfig,
+    /// The link index and the (sorted) peers the kernel was last made to hold.
+    known: Option<(u32, Vec<PeerEntry>)>,
+}
+
+impl Device {
+    pub fn new(cfg: DeviceConfig) -> Device {
+        Device { cfg, known: None }
+    }
+
+    /// Forgets the known state: the next reconcile is a full one.
+    pub fn forget(&mut self) {
+        self.known = None;
+    }
+
+    pub async fn reconcile<N: Netlink>(
+        &mut self,
+        nl: &N,
+        peers: &[PeerEntry],
+        full: bool,
+    ) -> Result<Outcome, VxlanError> {
+        let mut created = false;
+        let mut sorted = peers.to_vec();
+        sorted.sort_unstable();
+        let (index, ops) = match self.known.take() {
+            // Quick: only the peers that changed since the kernel was last
+            // made to match (a Node event touches one or two).
+            Some((index, old)) if !full => {
+                let (gone, new) = diff(&old, &sorted);
+                (index, plan::plan(index, &new, &plan::desired(index, &gone)))
+            }
+            _ => {
+                let (link, c) = ensure_device(nl, &self.cfg).await?;
+                created = c;
+                let observed = nl
+                    .observe(link.index, self.cfg.subnet.is_ipv6())
+                    .await
+                    .map_err(|source| VxlanError::Observe {
+                        name: self.cfg.spec.name.clone(),
+                        source,
+                    })?;
+                (link.index, plan::plan(link.index, &sorted, &observed))
+            }
+        };
+        let results = nl.apply(&ops).await;
+        let mut out = Outcome {
+            created,
+            ..Default::default()
+        };
+        for (op, r) in ops.into_iter().zip(results) {
+            match r {
+                Ok(()) => *out.done.entry(op.kind()).or_default() += 1,
+                Err(e) => out.failed.push((op, e.to_string())),
+            }
+        }
+        if out.failed.is_empty() {
+            self.known = Some((index, sorted));
+        }
+        Ok(out)
+    }
+}
+
+/// Entries only in `old` and entries only in `new` (both sorted).
+fn diff(old: &[PeerEntry], new: &[PeerEntry]) -> (Vec<PeerEntry>, Vec<PeerEntry>) {
+    let (mut gone, mut added) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < old.len() || j < new.len() {
+        match (old.get(i), new.get(j)) {
+            (Some(a), Some(b)) if a == b => {
+                i += 1;
+                j += 1;
+            }
+            (Some(a), Some(b)) if a < b => {
+                gone.push(*a);
+                i += 1;
+            }
+            (Some(_), Some(b)) => {
+                added.push(*b);
+                j += 1;
+            }
+            (Some(a), None) => {
+                gone.push(*a);
+                i += 1;
+            }
+            (None, Some(b)) => {
+                added.push(*b);
+                j += 1;
+            }
+            (None, None) => break,
         }
     }
-    Ok(out)
+    (gone, added)
 }
 
 #[cfg(test)]
@@ -283,6 +366,48 @@ mod tests {
 
             reconcile(&nl, &c, &peers[..1]).await.unwrap();
             assert_eq!(nl.dump(link.index), plan::desired(link.index, &peers[..1]));
+        });
+    }
+
+    #[test]
+    fn quick_reconciles_touch_only_what_changed_and_full_ones_repair() {
+        block_on(async {
+            let nl = Fake::new();
+            let mut dev = Device::new(cfg(nl.add_link("eth0", 1500)));
+            dev.reconcile(&nl, &[peer(2)], true).await.unwrap();
+            let writes = nl.writes();
+            let out = dev
+                .reconcile(&nl, &[peer(2), peer(3)], false)
+                .await
+                .unwrap();
+            assert_eq!(out.done.values().sum::<u64>(), 3, "only peer 3's triple");
+            assert_eq!(nl.writes(), writes + 3, "no device or address writes");
+            // Someone removes an entry behind weft's back: a quick pass
+            // cannot know, the next full one repairs it.
+            let link = nl.link_by_name("flannel.1").await.unwrap().unwrap();
+            let route = plan::desired(link.index, &[peer(3)]).routes[0];
+            nl.apply(&[Op::DelRoute(route)]).await;
+            let quick = dev
+                .reconcile(&nl, &[peer(2), peer(3)], false)
+                .await
+                .unwrap();
+            assert_eq!(quick, Outcome::default());
+            let full = dev.reconcile(&nl, &[peer(2), peer(3)], true).await.unwrap();
+            assert_eq!(full.done.get("replace_route"), Some(&1));
+            // Quick passes over changes and removals leave exactly what a
+            // full pass would.
+            let mut moved = peer(3);
+            moved.vtep_mac = Mac([0x0a, 0, 0, 0, 0, 0x33]);
+            moved.public_ip = "198.51.100.99".parse().unwrap();
+            let next = [moved, peer(4)];
+            dev.reconcile(&nl, &next, false).await.unwrap();
+            let mut want = plan::desired(link.index, &next);
+            want.fdb.sort();
+            assert_eq!(nl.dump(link.index), want);
+            assert_eq!(
+                dev.reconcile(&nl, &next, true).await.unwrap(),
+                Outcome::default()
+            );
         });
     }
 
