@@ -262,7 +262,11 @@ fn ip_batch_yardstick(lab: &Lab, node: &str, peers: usize) -> Result<f64, LabErr
 
 impl ControlPlaneBench {
     /// Runs the benchmark in a lab of its own named `name`.
-    pub fn run(&self, name: &str, keep_log: &std::path::Path) -> Result<ControlPlaneReport, LabError> {
+    pub fn run(
+        &self,
+        name: &str,
+        keep_log: &std::path::Path,
+    ) -> Result<ControlPlaneReport, LabError> {
         let peers = self.nodes.saturating_sub(1);
         say(&format!(
             "bringing up lab {name} (2 nodes: node-1 runs weftd, node-2 the ip -batch yardstick)"
@@ -453,7 +457,10 @@ impl ControlPlaneBench {
         say("same-run yardstick: the same entries through ip -batch / bridge -batch on node-2");
         let ip_batch_seconds = ip_batch_yardstick(&lab, "node-2", peers)?;
         let log = lab.node("node-1")?.dir.join("logs/weftd.log");
-        std::fs::copy(&log, keep_log).map_err(|source| LabError::State { path: keep_log.to_path_buf(), source })?;
+        std::fs::copy(&log, keep_log).map_err(|source| LabError::State {
+            path: keep_log.to_path_buf(),
+            source,
+        })?;
         let _ = procs::alive(pid as i32);
         Ok(ControlPlaneReport {
             nodes: self.nodes,
@@ -480,7 +487,7 @@ impl ControlPlaneReport {
     /// The table: each figure, its target, and flanneld v0.20.2's figure as
     /// the issue gives it (measured on this kind of machine; not re-run here).
     pub fn print_table(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let rows = [
+        let rows: [(&str, String, &str, &str); 9] = [
             (
                 "start -> all kernel entries (s)",
                 format!("{:.3}", self.sync_seconds),
@@ -498,6 +505,18 @@ impl ControlPlaneReport {
                 format!("{:.2}", self.add_to_route_ms_p99),
                 "<= 10",
                 "12",
+            ),
+            (
+                "create call -> route p50 (ms)",
+                format!("{:.2}", self.create_to_route_ms_p50),
+                "-",
+                "-",
+            ),
+            (
+                "create call -> route p99 (ms)",
+                format!("{:.2}", self.create_to_route_ms_p99),
+                "-",
+                "-",
             ),
             (
                 "RSS after sync (MB)",

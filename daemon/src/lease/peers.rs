@@ -231,71 +231,225 @@ fn range(n: &IpNetwork) -> (u128, u128) {
     (start, start.saturating_add(size_minus_one))
 }
 
-/// Assembles the complete peer set from judged nodes: drops subnets that
-/// overlap ours or an older peer's (in O(n log n)), collects skips.
-pub fn assemble<'a>(ctx: &Context, judged: impl IntoIterator<Item = &'a Judged>) -> PeerSet {
-    let mut out = PeerSet::default();
-    let mut cands: [Vec<(&str, &str, PeerEntry)>; 2] = [Vec::new(), Vec::new()];
-    for j in judged {
-        for (i, f) in j.families.iter().enumerate() {
-            match f {
-                Some(Ok(e)) => cands[i].push((&j.created, &j.name, *e)),
-                Some(Err((reason, detail))) => out.skipped.push(Skip {
-                    node: j.name.clone(),
-                    ipv6: i == 1,
-                    reason: *reason,
-                    detail: detail.clone(),
-                }),
-                None => {}
-            }
+#[derive(Debug, Clone)]
+struct Accepted {
+    end: u128,
+    created: String,
+    name: String,
+    entry: PeerEntry,
+}
+
+/// One family's accepted subnets (disjoint, keyed by first address) and
+/// the nodes refused for overlapping ours or an older peer's.
+#[derive(Debug, Clone, Default)]
+struct FamilyIndex {
+    accepted: BTreeMap<u128, Accepted>,
+    start_of: BTreeMap<String, u128>,
+    /// Refused nodes: why, and their entry (the skip's text is made when
+    /// the peer set is, from the accepted subnets of that moment).
+    refused: BTreeMap<String, (SkipReason, PeerEntry)>,
+}
+
+impl FamilyIndex {
+    /// The accepted peer whose subnet overlaps `subnet`, if any.
+    fn clash(&self, subnet: &IpNetwork) -> Option<&Accepted> {
+        let (start, end) = range(subnet);
+        self.accepted
+            .range(..=end)
+            .next_back()
+            .map(|(_, a)| a)
+            .filter(|a| a.end >= start)
+    }
+}
+
+/// The peer set, kept up to date one Node at a time: a Node event costs a
+/// few map operations, not a pass over every node. Only when a change could
+/// let a refused (overlapping) node in is the family rebuilt from scratch,
+/// older nodes first.
+#[derive(Debug, Clone)]
+pub struct PeerIndex {
+    ctx: Context,
+    judged: BTreeMap<String, Judged>,
+    fams: [FamilyIndex; 2],
+}
+
+impl PeerIndex {
+    pub fn new(ctx: Context) -> PeerIndex {
+        PeerIndex {
+            ctx,
+            judged: BTreeMap::new(),
+            fams: Default::default(),
         }
     }
-    for (i, fam) in [ctx.v4, ctx.v6].iter().enumerate() {
-        let Some(fam) = fam else { continue };
-        let list = &mut cands[i];
-        list.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-        // Accepted subnets are disjoint: start -> (end, node, subnet).
-        let mut taken: BTreeMap<u128, (u128, &str, IpNetwork)> = BTreeMap::new();
-        let mut entries = Vec::with_capacity(list.len());
-        for &(_, name, e) in list.iter() {
-            let skip = |reason, detail| Skip {
-                node: name.to_string(),
-                ipv6: i == 1,
-                reason,
-                detail,
-            };
-            let (start, end) = range(&e.subnet);
-            let clash = taken
-                .range(..=end)
-                .next_back()
-                .filter(|(_, (other_end, _, _))| *other_end >= start);
-            if overlaps(&e.subnet, &fam.local_subnet) {
-                out.skipped.push(skip(
-                    SkipReason::OverlapsLocal,
-                    format!(
+
+    pub fn context(&self) -> &Context {
+        &self.ctx
+    }
+
+    /// Replaces everything (after a full list).
+    pub fn replace_all(&mut self, judged: impl IntoIterator<Item = Judged>) {
+        self.judged = judged.into_iter().map(|j| (j.name.clone(), j)).collect();
+        for f in 0..2 {
+            self.rebuild(f);
+        }
+    }
+
+    /// A node was added or changed (`None`: it is no peer candidate at all).
+    pub fn upsert(&mut self, name: &str, judged: Option<Judged>) {
+        match judged {
+            Some(j) => {
+                self.judged.insert(name.to_string(), j);
+            }
+            None => {
+                self.judged.remove(name);
+            }
+        }
+        for f in 0..2 {
+            self.update(f, name);
+        }
+    }
+
+    /// A node was deleted.
+    pub fn remove(&mut self, name: &str) {
+        self.upsert(name, None);
+    }
+
+    fn local(&self, f: usize) -> Option<Family> {
+        if f == 0 { self.ctx.v4 } else { self.ctx.v6 }
+    }
+
+    /// Withdraws `name`'s place in family `f`, then tries it again.
+    fn update(&mut self, f: usize, name: &str) {
+        let Some(fam) = self.local(f) else { return };
+        let idx = &mut self.fams[f];
+        let mut rebuild = false;
+        if let Some(start) = idx.start_of.remove(name) {
+            idx.accepted.remove(&start);
+            // A refused node may have been refused because of this one.
+            rebuild |= idx
+                .refused
+                .values()
+                .any(|(r, _)| *r == SkipReason::OverlapsPeer);
+        }
+        idx.refused.remove(name);
+        if !rebuild
+            && let Some(j) = self.judged.get(name)
+            && let Some(Ok(e)) = &j.families[f]
+        {
+            let (created, e) = (j.created.clone(), *e);
+            rebuild = !place(&mut self.fams[f], &fam, name, created, e);
+        }
+        if rebuild {
+            self.rebuild(f);
+        }
+    }
+
+    /// Recomputes family `f` from every judged node, older nodes first.
+    fn rebuild(&mut self, f: usize) {
+        self.fams[f] = FamilyIndex::default();
+        let Some(fam) = self.local(f) else { return };
+        let mut cands: Vec<(&str, &str, PeerEntry)> = self
+            .judged
+            .values()
+            .filter_map(|j| match &j.families[f] {
+                Some(Ok(e)) => Some((j.created.as_str(), j.name.as_str(), *e)),
+                _ => None,
+            })
+            .collect();
+        cands.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        let idx = &mut self.fams[f];
+        for (created, name, e) in cands {
+            // In age order a newcomer never displaces an accepted node.
+            place(idx, &fam, name, created.to_string(), e);
+        }
+    }
+
+    /// The complete peer set and every skip, sorted.
+    pub fn peer_set(&self) -> PeerSet {
+        let entries = |f: usize| {
+            let mut v: Vec<PeerEntry> = self.fams[f].accepted.values().map(|a| a.entry).collect();
+            v.sort_unstable();
+            v
+        };
+        let mut skipped: Vec<Skip> = Vec::new();
+        for j in self.judged.values() {
+            for (f, r) in j.families.iter().enumerate() {
+                if let Some(Err((reason, detail))) = r {
+                    skipped.push(Skip {
+                        node: j.name.clone(),
+                        ipv6: f == 1,
+                        reason: *reason,
+                        detail: detail.clone(),
+                    });
+                }
+            }
+        }
+        for (f, idx) in self.fams.iter().enumerate() {
+            let Some(fam) = self.local(f) else { continue };
+            for (name, (reason, e)) in &idx.refused {
+                let detail = match (reason, idx.clash(&e.subnet)) {
+                    (SkipReason::OverlapsPeer, Some(o)) => format!(
+                        "podCIDR {} overlaps {} of older node {}",
+                        e.subnet, o.entry.subnet, o.name
+                    ),
+                    _ => format!(
                         "podCIDR {} overlaps this node's {}",
                         e.subnet, fam.local_subnet
                     ),
-                ));
-            } else if let Some((_, (_, other, o))) = clash {
-                out.skipped.push(skip(
-                    SkipReason::OverlapsPeer,
-                    format!("podCIDR {} overlaps {o} of older node {other}", e.subnet),
-                ));
-            } else {
-                taken.insert(start, (end, name, e.subnet));
-                entries.push(e);
+                };
+                skipped.push(Skip {
+                    node: name.clone(),
+                    ipv6: f == 1,
+                    reason: *reason,
+                    detail,
+                });
             }
         }
-        entries.sort_unstable();
-        if i == 0 {
-            out.v4 = entries;
-        } else {
-            out.v6 = entries;
+        skipped.sort();
+        PeerSet {
+            v4: entries(0),
+            v6: entries(1),
+            skipped,
         }
     }
-    out.skipped.sort();
-    out
+}
+
+/// Accepts `e` for `name` unless it overlaps our subnet or an accepted
+/// peer's. Returns false when it overlaps a YOUNGER accepted peer (which
+/// should yield to it: the caller rebuilds the family).
+fn place(idx: &mut FamilyIndex, fam: &Family, name: &str, created: String, e: PeerEntry) -> bool {
+    if overlaps(&e.subnet, &fam.local_subnet) {
+        idx.refused
+            .insert(name.to_string(), (SkipReason::OverlapsLocal, e));
+        return true;
+    }
+    if let Some(other) = idx.clash(&e.subnet) {
+        if (other.created.as_str(), other.name.as_str()) > (created.as_str(), name) {
+            return false;
+        }
+        idx.refused
+            .insert(name.to_string(), (SkipReason::OverlapsPeer, e));
+        return true;
+    }
+    let (start, end) = range(&e.subnet);
+    idx.start_of.insert(name.to_string(), start);
+    idx.accepted.insert(
+        start,
+        Accepted {
+            end,
+            created,
+            name: name.to_string(),
+            entry: e,
+        },
+    );
+    true
+}
+
+/// Assembles the complete peer set from judged nodes in one go.
+pub fn assemble<'a>(ctx: &Context, judged: impl IntoIterator<Item = &'a Judged>) -> PeerSet {
+    let mut idx = PeerIndex::new(ctx.clone());
+    idx.replace_all(judged.into_iter().cloned());
+    idx.peer_set()
 }
 
 /// Derives the complete peer set from every Node.
@@ -487,6 +641,44 @@ mod tests {
             reasons(&set),
             vec![("newer".to_string(), "overlaps_peer_subnet")]
         );
+    }
+
+    #[test]
+    fn one_node_at_a_time_gives_what_a_full_pass_gives() {
+        // A deterministic walk of adds, changes (overlaps included) and deletes.
+        let c = ctx();
+        let mut idx = PeerIndex::new(c.clone());
+        let mut all: BTreeMap<String, SlimNode> = BTreeMap::new();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |m: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % m
+        };
+        for step in 0..3000 {
+            let name = format!("n{}", rnd(40));
+            if rnd(5) == 0 {
+                all.remove(&name);
+                idx.remove(&name);
+            } else {
+                let n = (rnd(30) + 2) as u8;
+                let mut node = good(&name, n);
+                if rnd(4) == 0 {
+                    node.spec.pod_cidr = Some(format!("10.244.{}.0/23", n & !1));
+                }
+                node.metadata.creation_timestamp = Some(
+                    serde_json::from_value(serde_json::json!(format!(
+                        "2026-01-01T00:{:02}:00Z",
+                        rnd(60)
+                    )))
+                    .unwrap(),
+                );
+                idx.upsert(&name, judge(&c, &node));
+                all.insert(name, node);
+            }
+            assert_eq!(idx.peer_set(), derive(&c, all.values()), "step {step}");
+        }
     }
 
     #[test]
