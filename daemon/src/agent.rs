@@ -25,7 +25,7 @@ use crate::lease::peers::{Context, Family, PeerSet};
 use crate::lease::watch;
 use crate::metrics::Metrics;
 use crate::netlink::kernel::{self, Kernel};
-use crate::netlink::{NetlinkError, VxlanSpec};
+use crate::netlink::{Change, NetlinkError, VxlanSpec};
 use crate::vxlan::{self, Device, DeviceConfig, VxlanError};
 
 /// Everything the flags say.
@@ -265,8 +265,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         vni: vx.vni,
     };
     let mut peers_rx = watch::spawn(api, ctx, metrics.clone());
-    let mut deleted =
-        kernel::watch_link_deletions(devices.iter().map(|d| d.cfg.spec.name.clone()).collect())?;
+    let mut changes =
+        kernel::watch_changes(devices.iter().map(|d| d.cfg.spec.name.clone()).collect())?;
     let mut resync = tokio::time::interval(opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
@@ -282,8 +282,26 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
                 current = peers_rx.borrow_and_update().clone();
                 false
             }
-            Some(name) = deleted.recv() => {
-                tracing::warn!(device = %name, "device deleted; recreating it and replaying every peer");
+            Some(first) = changes.recv() => {
+                // Take every change already queued (a deleted device brings
+                // thousands), and act once if any contradicts what we hold.
+                let mut repair = false;
+                let mut next = Some(first);
+                while let Some(c) = next {
+                    if devices.iter().any(|d| d.contradicted_by(&c)) {
+                        if !repair {
+                            match &c {
+                                Change::LinkDeleted(name) => tracing::warn!(device = %name, "device deleted; recreating it and replaying every peer"),
+                                other => tracing::warn!(change = ?other, "an entry on our device was changed behind our back; repairing"),
+                            }
+                        }
+                        repair = true;
+                    }
+                    next = changes.try_recv().ok();
+                }
+                if !repair {
+                    continue;
+                }
                 true
             }
             _ = resync.tick() => true,

@@ -50,8 +50,9 @@ struct Args {
     /// Prefix of the node annotations (flannel's by default, for interop).
     #[arg(long, env = "WEFTD_KUBE_ANNOTATION_PREFIX", default_value = DEFAULT_PREFIX)]
     kube_annotation_prefix: String,
-    /// Seconds between full resyncs against the kernel.
-    #[arg(long, env = "WEFTD_RESYNC_SECONDS", default_value_t = 10)]
+    /// Seconds between full resyncs against the kernel (a safety net: changes
+    /// to weft's entries are seen and repaired as they happen).
+    #[arg(long, env = "WEFTD_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
     /// Log format.
     #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -302,10 +302,29 @@ fn a_peer_with_garbage_annotations_is_skipped_and_the_rest_still_ping() {
 }
 
 #[test]
-fn a_deleted_device_comes_back_with_every_peer_and_traffic_resumes() {
+fn entries_changed_by_hand_and_a_deleted_device_are_repaired_at_once() {
     let lab = lab("devdel", 3);
     let pods = pods(&lab);
     let before = kernel_view(&lab, "node-1");
+    // Entries removed or altered by hand come back at once (no polling: the
+    // resync interval is minutes).
+    let all = published(&lab);
+    let (cidr, mac, ip) = &all["node-2"];
+    let gw = cidr.split('/').next().unwrap();
+    for script in [
+        format!("ip route del {cidr} dev flannel.1"),
+        format!("ip neigh del {gw} dev flannel.1"),
+        format!("bridge fdb del {mac} dev flannel.1 dst {ip} self"),
+        format!("ip route replace {cidr} via 10.244.99.1 dev flannel.1 onlink"),
+    ] {
+        lab.run("node-1", &["bash", "-c", &script]).unwrap();
+        let took = within(
+            Duration::from_secs(2),
+            &format!("repaired after `{script}`"),
+            || kernel_view(&lab, "node-1") == before,
+        );
+        eprintln!("`{script}` repaired after {took:?}");
+    }
     lab.run("node-1", &["ip", "link", "del", "flannel.1"])
         .unwrap();
     let took = within(

@@ -26,7 +26,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::Handle;
 
 use super::{
-    Fdb, LinkInfo, Neigh, Netlink, NetlinkError, Observed, Op, Route, VxlanAttrs, VxlanSpec,
+    Change, Fdb, LinkInfo, Neigh, Netlink, NetlinkError, Observed, Op, Route, VxlanAttrs, VxlanSpec,
 };
 use crate::annotations::Mac;
 
@@ -304,6 +304,87 @@ fn link_info(m: &LinkMessage) -> LinkInfo {
     info
 }
 
+fn attr_ip(n: &NeighbourMessage) -> Option<IpAddr> {
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(d) => neigh_ip(d),
+        _ => None,
+    })
+}
+
+fn attr_mac(n: &NeighbourMessage) -> Option<Mac> {
+    n.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) => mac_of(b),
+        _ => None,
+    })
+}
+
+/// A permanent IPv4/IPv6 neighbour entry.
+fn parse_neigh(n: &NeighbourMessage) -> Option<Neigh> {
+    if n.header.family == AddressFamily::Bridge || n.header.state != NeighbourState::Permanent {
+        return None;
+    }
+    Some(Neigh {
+        link: n.header.ifindex,
+        ip: attr_ip(n)?,
+        mac: attr_mac(n)?,
+    })
+}
+
+/// An FDB entry with a unicast MAC and a remote destination.
+fn parse_fdb(n: &NeighbourMessage) -> Option<Fdb> {
+    if n.header.family != AddressFamily::Bridge {
+        return None;
+    }
+    let mac = attr_mac(n).filter(Mac::is_unicast)?;
+    Some(Fdb {
+        link: n.header.ifindex,
+        mac,
+        dst: attr_ip(n)?,
+    })
+}
+
+/// A main-table route through one link that the kernel did not add itself.
+fn parse_route(r: &RouteMessage) -> Option<Route> {
+    let table = r
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(r.header.table));
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN) || r.header.protocol == RouteProtocol::Kernel
+    {
+        return None;
+    }
+    let link = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(o) => Some(*o),
+        _ => None,
+    })?;
+    let dst = r
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Destination(d) => route_ip(d),
+            _ => None,
+        })
+        .unwrap_or(if r.header.address_family == AddressFamily::Inet6 {
+            IpAddr::from([0u16; 8])
+        } else {
+            IpAddr::from([0u8; 4])
+        });
+    let gateway = r.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Gateway(g) => route_ip(g),
+        _ => None,
+    });
+    Some(Route {
+        link,
+        dst: IpNetwork::new(dst, r.header.destination_prefix_length).ok()?,
+        gateway,
+        onlink: r.header.flags.contains(RouteFlags::Onlink),
+    })
+}
+
 impl Netlink for Kernel {
     async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
         let msgs = self
@@ -518,104 +599,29 @@ impl Netlink for Kernel {
             self.dump("dump routes", RouteNetlinkMessage::GetRoute(route_req)),
         )?;
         let mut out = Observed::default();
-        for m in neighs {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else {
-                continue;
-            };
-            if n.header.ifindex != index || n.header.state != NeighbourState::Permanent {
-                continue;
-            }
-            let ip = n.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::Destination(d) => neigh_ip(d),
-                _ => None,
-            });
-            let mac = n.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::LinkLayerAddress(b) => mac_of(b),
-                _ => None,
-            });
-            if let (Some(ip), Some(mac)) = (ip, mac) {
-                out.neighs.push(Neigh {
-                    link: index,
-                    ip,
-                    mac,
-                });
+        for m in &neighs {
+            if let RouteNetlinkMessage::NewNeighbour(n) = m
+                && let Some(n) = parse_neigh(n)
+                && n.link == index
+            {
+                out.neighs.push(n);
             }
         }
-        for m in fdb {
-            let RouteNetlinkMessage::NewNeighbour(n) = m else {
-                continue;
-            };
-            if n.header.ifindex != index {
-                continue;
-            }
-            let dst = n.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::Destination(d) => neigh_ip(d),
-                _ => None,
-            });
-            let mac = n.attributes.iter().find_map(|a| match a {
-                NeighbourAttribute::LinkLayerAddress(b) => mac_of(b),
-                _ => None,
-            });
-            // Only unicast remotes of this family's underlay are ours.
-            if let (Some(dst), Some(mac)) = (dst, mac)
-                && mac.is_unicast()
+        for m in &fdb {
+            if let RouteNetlinkMessage::NewNeighbour(n) = m
+                && let Some(f) = parse_fdb(n)
+                && f.link == index
             {
-                out.fdb.push(Fdb {
-                    link: index,
-                    mac,
-                    dst,
-                });
+                out.fdb.push(f);
             }
         }
-        for m in routes {
-            let RouteNetlinkMessage::NewRoute(r) = m else {
-                continue;
-            };
-            let table = r
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(r.header.table));
-            if table != u32::from(RouteHeader::RT_TABLE_MAIN)
-                || r.header.protocol == RouteProtocol::Kernel
+        for m in &routes {
+            if let RouteNetlinkMessage::NewRoute(r) = m
+                && let Some(r) = parse_route(r)
+                && r.link == index
             {
-                continue;
+                out.routes.push(r);
             }
-            let oif = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Oif(o) => Some(*o),
-                _ => None,
-            });
-            if oif != Some(index) {
-                continue;
-            }
-            let dst = r
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Destination(d) => route_ip(d),
-                    _ => None,
-                })
-                .unwrap_or(if ipv6 {
-                    IpAddr::from([0u16; 8])
-                } else {
-                    IpAddr::from([0u8; 4])
-                });
-            let gateway = r.attributes.iter().find_map(|a| match a {
-                RouteAttribute::Gateway(g) => route_ip(g),
-                _ => None,
-            });
-            let Ok(dst) = IpNetwork::new(dst, r.header.destination_prefix_length) else {
-                continue;
-            };
-            out.routes.push(Route {
-                link: index,
-                dst,
-                gateway,
-                onlink: r.header.flags.contains(RouteFlags::Onlink),
-            });
         }
         Ok(out)
     }
@@ -628,29 +634,56 @@ impl Netlink for Kernel {
     }
 }
 
-/// Watches link deletions: the returned channel gets a message whenever a
-/// link named one of `names` is deleted (by a person, `service network
-/// restart`, anything), so the reconcile loop can recreate and replay it at
-/// once instead of at the next resync.
-pub fn watch_link_deletions(
+/// Watches the kernel's tables for changes that may concern weft: links
+/// deleted (by name), and neighbour, FDB and route entries added, changed or
+/// deleted on any link (the reconcile loop decides whether one is its own).
+/// weft thus repairs what someone else changed at once, without polling.
+pub fn watch_changes(
     names: Vec<String>,
-) -> Result<tokio::sync::mpsc::Receiver<String>, NetlinkError> {
+) -> Result<tokio::sync::mpsc::UnboundedReceiver<Change>, NetlinkError> {
+    use rtnetlink::constants::{RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH};
     use rtnetlink::sys::{AsyncSocket, SocketAddr};
     let (mut conn, _handle, mut messages) =
         rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+    let groups = RTMGRP_LINK | RTMGRP_NEIGH | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE;
     conn.socket_mut()
         .socket_mut()
-        .bind(&SocketAddr::new(0, rtnetlink::constants::RTMGRP_LINK))
+        .bind(&SocketAddr::new(0, groups))
         .map_err(NetlinkError::Connect)?;
     tokio::spawn(conn);
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some((msg, _)) = messages.next().await {
-            let NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) = msg.payload else {
-                continue;
+            let change = match msg.payload {
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(l)) => {
+                    let name = link_info(&l).name;
+                    names.contains(&name).then_some(Change::LinkDeleted(name))
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(r)) => {
+                    parse_route(&r).map(|r| Change::Route(r, false))
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelRoute(r)) => {
+                    parse_route(&r).map(|r| Change::Route(r, true))
+                }
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewNeighbour(n)) => parse_fdb(&n)
+                    .map(|f| Change::Fdb(f, false))
+                    .or_else(|| parse_neigh(&n).map(Change::Neigh)),
+                NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelNeighbour(n)) => {
+                    // A deleted neighbour comes without its MAC (the kernel
+                    // marks it failed before telling).
+                    parse_fdb(&n).map(|f| Change::Fdb(f, true)).or_else(|| {
+                        (n.header.family != AddressFamily::Bridge).then_some(())?;
+                        Some(Change::NeighDeleted {
+                            link: n.header.ifindex,
+                            ip: attr_ip(&n)?,
+                        })
+                    })
+                }
+                _ => None,
             };
-            let name = link_info(&l).name;
-            if names.contains(&name) && tx.send(name).await.is_err() {
+            if let Some(c) = change
+                && tx.send(c).is_err()
+            {
                 return;
             }
         }

@@ -64,6 +64,20 @@ impl Op {
     }
 }
 
+/// A change in the kernel's tables (`true`: the entry was deleted).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    LinkDeleted(String),
+    /// A neighbour added or changed (a deleted one carries no MAC).
+    Neigh(Neigh),
+    NeighDeleted {
+        link: u32,
+        ip: IpAddr,
+    },
+    Fdb(Fdb, bool),
+    Route(Route, bool),
+}
+
 /// What the kernel holds on one link, as far as weft cares.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observed {

@@ -28,7 +28,7 @@ use std::collections::BTreeMap;
 use ipnetwork::IpNetwork;
 
 use crate::annotations::Mac;
-use crate::netlink::{LinkInfo, Netlink, NetlinkError, Op, VxlanSpec};
+use crate::netlink::{Change, LinkInfo, Netlink, NetlinkError, Op, VxlanSpec};
 use plan::PeerEntry;
 
 /// VXLAN's overhead on the underlay: outer IP header + UDP (8) + VXLAN (8) +
@@ -219,6 +219,47 @@ impl Device {
         Device { cfg, known: None }
     }
 
+    /// Whether a kernel change on some link contradicts what this device
+    /// should hold: one of its wanted entries deleted, or an entry on it
+    /// that it does not want added or changed. (Its own writes never do:
+    /// they make the kernel match the wanted state.)
+    pub fn contradicted_by(&self, change: &Change) -> bool {
+        let Some((index, peers)) = &self.known else {
+            return false;
+        };
+        let want = |link: u32| link == *index;
+        let by_subnet = |dst: &ipnetwork::IpNetwork| {
+            peers
+                .binary_search_by(|p| p.subnet.cmp(dst))
+                .ok()
+                .map(|i| peers[i])
+        };
+        match change {
+            Change::LinkDeleted(name) => *name == self.cfg.spec.name,
+            Change::Route(r, deleted) if want(r.link) => {
+                let wanted = by_subnet(&r.dst).map(|p| plan::desired(*index, &[p]).routes[0]);
+                if *deleted {
+                    wanted == Some(*r)
+                } else {
+                    wanted != Some(*r)
+                }
+            }
+            Change::Neigh(n) if want(n.link) => !peers
+                .iter()
+                .any(|p| p.subnet.network() == n.ip && p.vtep_mac == n.mac),
+            Change::NeighDeleted { link, ip } if want(*link) => {
+                peers.iter().any(|p| p.subnet.network() == *ip)
+            }
+            Change::Fdb(f, deleted) if want(f.link) => {
+                let wanted = peers
+                    .iter()
+                    .any(|p| p.vtep_mac == f.mac && p.public_ip == f.dst);
+                wanted == *deleted
+            }
+            _ => false,
+        }
+    }
+
     /// Forgets the known state: the next reconcile is a full one.
     pub fn forget(&mut self) {
         self.known = None;
@@ -306,6 +347,7 @@ fn diff(old: &[PeerEntry], new: &[PeerEntry]) -> (Vec<PeerEntry>, Vec<PeerEntry>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::Neigh;
     use crate::netlink::fake::Fake;
 
     fn cfg(underlay: u32) -> DeviceConfig {
@@ -408,6 +450,51 @@ mod tests {
                 dev.reconcile(&nl, &next, true).await.unwrap(),
                 Outcome::default()
             );
+        });
+    }
+
+    #[test]
+    fn only_changes_that_contradict_the_wanted_state_call_for_repair() {
+        block_on(async {
+            let nl = Fake::new();
+            let mut dev = Device::new(cfg(nl.add_link("eth0", 1500)));
+            dev.reconcile(&nl, &[peer(2)], true).await.unwrap();
+            let link = nl.link_by_name("flannel.1").await.unwrap().unwrap().index;
+            let want = plan::desired(link, &[peer(2)]);
+            let (r, n, f) = (want.routes[0], want.neighs[0], want.fdb[0]);
+            let mut other_gw = r;
+            other_gw.gateway = Some("10.244.99.1".parse().unwrap());
+            let mut elsewhere = r;
+            elsewhere.link = link + 1;
+            let cases = [
+                (Change::Route(r, true), true),
+                (Change::Route(r, false), false),
+                (Change::Route(other_gw, false), true),
+                (Change::Route(elsewhere, true), false),
+                (Change::NeighDeleted { link, ip: n.ip }, true),
+                (
+                    Change::NeighDeleted {
+                        link,
+                        ip: "10.244.7.0".parse().unwrap(),
+                    },
+                    false,
+                ),
+                (Change::Neigh(n), false),
+                (
+                    Change::Neigh(Neigh {
+                        mac: Mac([0x0a, 9, 9, 9, 9, 9]),
+                        ..n
+                    }),
+                    true,
+                ),
+                (Change::Fdb(f, true), true),
+                (Change::Fdb(f, false), false),
+                (Change::LinkDeleted("flannel.1".into()), true),
+                (Change::LinkDeleted("eth0".into()), false),
+            ];
+            for (change, want) in cases {
+                assert_eq!(dev.contradicted_by(&change), want, "{change:?}");
+            }
         });
     }
 
