@@ -272,7 +272,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     resync.tick().await;
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut backoff = Backoff::new();
-    let mut current: Option<Arc<PeerSet>> = None;
+    let mut current: Option<watch::Update> = None;
     loop {
         // A peer-set change plans against the known state; everything else
         // (device deleted, resync, retry) reads the kernel again.
@@ -308,7 +308,14 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             () = sleep_until(retry_at) => true,
             () = &mut shutdown => break,
         };
-        let Some(set) = current.clone() else { continue };
+        let Some(update) = current.clone() else {
+            continue;
+        };
+        let set = update.set;
+        if !update.complete {
+            add_partial(&nl, &mut devices, &set, &metrics).await;
+            continue;
+        }
         let t0 = Instant::now();
         let ok = reconcile_all(&nl, &mut devices, &set, &metrics, full).await;
         tracing::debug!(full, us = t0.elapsed().as_micros() as u64, "reconcile pass");
@@ -379,6 +386,34 @@ async fn reconcile_all(
         }
     }
     ok
+}
+
+/// Adds what a partial peer set holds (during the first list).
+async fn add_partial(nl: &Kernel, devices: &mut [Device], set: &PeerSet, metrics: &Metrics) {
+    for dev in devices {
+        let entries = if dev.cfg.subnet.is_ipv6() {
+            &set.v6
+        } else {
+            &set.v4
+        };
+        let t0 = Instant::now();
+        match dev.add_partial(nl, entries).await {
+            Ok(out) => {
+                let failed: Vec<&'static str> =
+                    out.failed.iter().map(|(op, _)| op.kind()).collect();
+                metrics.reconciled(
+                    t0.elapsed().as_secs_f64(),
+                    &out.done,
+                    &failed,
+                    false,
+                    out.created,
+                );
+            }
+            Err(e) => {
+                tracing::debug!(error = %chain(&e), "adding a partial peer set; the complete one will retry")
+            }
+        }
+    }
 }
 
 /// The error and its causes, joined.

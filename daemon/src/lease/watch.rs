@@ -18,12 +18,22 @@ use super::node::SlimNode;
 use super::peers::{self, Context, Judged, PeerIndex, PeerSet, Skip};
 use crate::metrics::Metrics;
 
-/// Starts the watch; the receiver sees `None` until the first complete list.
+/// A peer set handed on. During the very first list the sets are partial
+/// (the pages so far): the reconcile loop may add what they hold at once,
+/// so programming thousands of peers overlaps the list, but deletes nothing
+/// until the complete set arrives.
+#[derive(Debug, Clone)]
+pub struct Update {
+    pub set: Arc<PeerSet>,
+    pub complete: bool,
+}
+
+/// Starts the watch; the receiver sees `None` until the first page.
 pub fn spawn(
     api: Api<SlimNode>,
     ctx: Context,
     metrics: Arc<Metrics>,
-) -> watch::Receiver<Option<Arc<PeerSet>>> {
+) -> watch::Receiver<Option<Update>> {
     let (tx, rx) = watch::channel(None);
     tokio::spawn(async move {
         // Only the judgement of each node is kept, not the node.
@@ -45,10 +55,17 @@ pub fn spawn(
             while let Some(ev) = item {
                 metrics.node_event();
                 match ev {
-                    Ok(watcher::Event::Init) => listing = Some(Vec::new()),
+                    // The first list builds the index page by page; a relist
+                    // (after 410 Gone) replaces it whole at the end.
+                    Ok(watcher::Event::Init) => listing = listed.then(Vec::new),
                     Ok(watcher::Event::InitApply(n)) => {
-                        if let Some(l) = listing.as_mut() {
-                            l.extend(peers::judge(index.context(), &n));
+                        let j = peers::judge(index.context(), &n);
+                        match listing.as_mut() {
+                            Some(l) => l.extend(j),
+                            None => {
+                                index.upsert(n.name(), j);
+                                changed = true;
+                            }
                         }
                     }
                     Ok(watcher::Event::InitDone) => {
@@ -71,14 +88,20 @@ pub fn spawn(
                 }
                 item = stream.next().now_or_never().flatten();
             }
-            if !(changed && listed) {
+            if !changed || listing.is_some() {
                 continue;
             }
             let t0 = std::time::Instant::now();
             let set = index.peer_set();
             tracing::debug!(us = t0.elapsed().as_micros() as u64, "peer set assembled");
-            report(&set, &mut warned, &metrics);
-            if tx.send(Some(Arc::new(set))).is_err() {
+            if listed {
+                report(&set, &mut warned, &metrics);
+            }
+            let update = Update {
+                set: Arc::new(set),
+                complete: listed,
+            };
+            if tx.send(Some(update)).is_err() {
                 return;
             }
         }

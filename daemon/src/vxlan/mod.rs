@@ -212,11 +212,17 @@ pub struct Device {
     pub cfg: DeviceConfig,
     /// The link index and the (sorted) peers the kernel was last made to hold.
     known: Option<(u32, Vec<PeerEntry>)>,
+    /// During the first list: the link index and the peers added so far.
+    partial: Option<(u32, Vec<PeerEntry>)>,
 }
 
 impl Device {
     pub fn new(cfg: DeviceConfig) -> Device {
-        Device { cfg, known: None }
+        Device {
+            cfg,
+            known: None,
+            partial: None,
+        }
     }
 
     /// Whether a kernel change on some link contradicts what this device
@@ -260,6 +266,41 @@ impl Device {
         }
     }
 
+    /// Adds (never deletes) the entries of a partial peer set, so that the
+    /// first list's pages are programmed while the next ones arrive. The
+    /// reconcile that follows the complete set is a full one.
+    pub async fn add_partial<N: Netlink>(
+        &mut self,
+        nl: &N,
+        peers: &[PeerEntry],
+    ) -> Result<Outcome, VxlanError> {
+        self.known = None;
+        let (index, done, created) = match self.partial.take() {
+            Some((i, d)) => (i, d, false),
+            None => {
+                let (link, created) = ensure_device(nl, &self.cfg).await?;
+                (link.index, Vec::new(), created)
+            }
+        };
+        let mut sorted = peers.to_vec();
+        sorted.sort_unstable();
+        let (gone, new) = diff(&done, &sorted);
+        let ops: Vec<Op> = plan::plan(index, &new, &plan::desired(index, &gone))
+            .into_iter()
+            .filter(|op| {
+                matches!(
+                    op,
+                    Op::ReplaceNeigh(_) | Op::ReplaceFdb(_) | Op::ReplaceRoute(_)
+                )
+            })
+            .collect();
+        let out = carry_out(nl, ops, created).await;
+        if out.failed.is_empty() {
+            self.partial = Some((index, sorted));
+        }
+        Ok(out)
+    }
+
     /// Forgets the known state: the next reconcile is a full one.
     pub fn forget(&mut self) {
         self.known = None;
@@ -294,22 +335,29 @@ impl Device {
                 (link.index, plan::plan(link.index, &sorted, &observed))
             }
         };
-        let results = nl.apply(&ops).await;
-        let mut out = Outcome {
-            created,
-            ..Default::default()
-        };
-        for (op, r) in ops.into_iter().zip(results) {
-            match r {
-                Ok(()) => *out.done.entry(op.kind()).or_default() += 1,
-                Err(e) => out.failed.push((op, e.to_string())),
-            }
-        }
+        self.partial = None;
+        let out = carry_out(nl, ops, created).await;
         if out.failed.is_empty() {
             self.known = Some((index, sorted));
         }
         Ok(out)
     }
+}
+
+/// Applies `ops` and tells what happened.
+async fn carry_out<N: Netlink>(nl: &N, ops: Vec<Op>, created: bool) -> Outcome {
+    let results = nl.apply(&ops).await;
+    let mut out = Outcome {
+        created,
+        ..Default::default()
+    };
+    for (op, r) in ops.into_iter().zip(results) {
+        match r {
+            Ok(()) => *out.done.entry(op.kind()).or_default() += 1,
+            Err(e) => out.failed.push((op, e.to_string())),
+        }
+    }
+    out
 }
 
 /// Entries only in `old` and entries only in `new` (both sorted).
@@ -495,6 +543,35 @@ mod tests {
             for (change, want) in cases {
                 assert_eq!(dev.contradicted_by(&change), want, "{change:?}");
             }
+        });
+    }
+
+    #[test]
+    fn partial_sets_only_add_and_the_complete_set_prunes() {
+        block_on(async {
+            let nl = Fake::new();
+            let c = cfg(nl.add_link("eth0", 1500));
+            // A stale triple from an earlier run.
+            reconcile(&nl, &c, &[peer(9)]).await.unwrap();
+            let mut dev = Device::new(c);
+            dev.add_partial(&nl, &[peer(2)]).await.unwrap();
+            dev.add_partial(&nl, &[peer(2), peer(3)]).await.unwrap();
+            let link = nl.link_by_name("flannel.1").await.unwrap().unwrap().index;
+            assert_eq!(
+                nl.dump(link).routes.len(),
+                3,
+                "nothing deleted while partial"
+            );
+            dev.reconcile(&nl, &[peer(2), peer(3)], false)
+                .await
+                .unwrap();
+            let mut want = plan::desired(link, &[peer(2), peer(3)]);
+            want.fdb.sort();
+            assert_eq!(
+                nl.dump(link),
+                want,
+                "the complete set prunes the stale peer"
+            );
         });
     }
 
