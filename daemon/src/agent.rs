@@ -313,11 +313,12 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         };
         let set = update.set;
         if !update.complete {
-            add_partial(&nl, &mut devices, &set, &metrics).await;
+            reconcile_all(&nl, &mut devices, &set, &metrics, Pass::Partial).await;
             continue;
         }
         let t0 = Instant::now();
-        let ok = reconcile_all(&nl, &mut devices, &set, &metrics, full).await;
+        let pass = if full { Pass::Full } else { Pass::Quick };
+        let ok = reconcile_all(&nl, &mut devices, &set, &metrics, pass).await;
         tracing::debug!(full, us = t0.elapsed().as_micros() as u64, "reconcile pass");
         if ok {
             retry_at = None;
@@ -345,24 +346,35 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// One reconcile of every device; whether everything succeeded.
+/// Which kind of reconcile pass.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pass {
+    /// A page of the first list: add what it holds, delete nothing.
+    Partial,
+    /// A peer-set change: plan against the known state.
+    Quick,
+    /// Device ensured and the kernel's tables read again.
+    Full,
+}
+
+/// One pass over every device; whether everything succeeded.
 async fn reconcile_all(
     nl: &Kernel,
     devices: &mut [Device],
     set: &PeerSet,
     metrics: &Metrics,
-    full: bool,
+    pass: Pass,
 ) -> bool {
     let mut ok = true;
     for dev in devices {
-        let entries = if dev.cfg.subnet.is_ipv6() {
-            &set.v6
-        } else {
-            &set.v4
-        };
+        let entries = set.family(dev.cfg.subnet.is_ipv6());
         let t0 = Instant::now();
-        let result = dev.reconcile(nl, entries, full).await;
-        let dc = &dev.cfg;
+        let result = match pass {
+            Pass::Partial => dev.add_partial(nl, entries).await,
+            Pass::Quick => dev.reconcile(nl, entries, false).await,
+            Pass::Full => dev.reconcile(nl, entries, true).await,
+        };
+        let name = &dev.cfg.spec.name;
         let secs = t0.elapsed().as_secs_f64();
         match result {
             Ok(out) => {
@@ -370,50 +382,22 @@ async fn reconcile_all(
                     out.failed.iter().map(|(op, _)| op.kind()).collect();
                 metrics.reconciled(secs, &out.done, &failed, false, out.created);
                 let writes: u64 = out.done.values().sum();
-                if writes > 0 || !out.failed.is_empty() {
-                    tracing::info!(device = %dc.spec.name, peers = entries.len(), writes, failed = out.failed.len(), ms = secs * 1e3, "reconciled");
+                if pass != Pass::Partial && (writes > 0 || !out.failed.is_empty()) {
+                    tracing::info!(device = %name, peers = entries.len(), writes, failed = out.failed.len(), ms = secs * 1e3, "reconciled");
                 }
                 for (op, why) in out.failed.iter().take(5) {
-                    tracing::warn!(device = %dc.spec.name, ?op, error = %why, "kernel refused a write; will retry");
+                    tracing::warn!(device = %name, ?op, error = %why, "kernel refused a write; will retry");
                 }
                 ok &= out.failed.is_empty();
             }
             Err(e) => {
                 metrics.reconciled(secs, &BTreeMap::new(), &[], true, false);
-                tracing::warn!(device = %dc.spec.name, error = %chain(&e), "reconcile failed; will retry");
+                tracing::warn!(device = %name, error = %chain(&e), "reconcile failed; will retry");
                 ok = false;
             }
         }
     }
     ok
-}
-
-/// Adds what a partial peer set holds (during the first list).
-async fn add_partial(nl: &Kernel, devices: &mut [Device], set: &PeerSet, metrics: &Metrics) {
-    for dev in devices {
-        let entries = if dev.cfg.subnet.is_ipv6() {
-            &set.v6
-        } else {
-            &set.v4
-        };
-        let t0 = Instant::now();
-        match dev.add_partial(nl, entries).await {
-            Ok(out) => {
-                let failed: Vec<&'static str> =
-                    out.failed.iter().map(|(op, _)| op.kind()).collect();
-                metrics.reconciled(
-                    t0.elapsed().as_secs_f64(),
-                    &out.done,
-                    &failed,
-                    false,
-                    out.created,
-                );
-            }
-            Err(e) => {
-                tracing::debug!(error = %chain(&e), "adding a partial peer set; the complete one will retry")
-            }
-        }
-    }
 }
 
 /// The error and its causes, joined.

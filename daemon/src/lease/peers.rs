@@ -88,6 +88,13 @@ pub struct PeerSet {
     pub skipped: Vec<Skip>,
 }
 
+impl PeerSet {
+    /// The entries of one address family.
+    pub fn family(&self, ipv6: bool) -> &[PeerEntry] {
+        if ipv6 { &self.v6 } else { &self.v4 }
+    }
+}
+
 /// Whether two networks share any address.
 pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
     a.contains(b.network()) || b.contains(a.network())
