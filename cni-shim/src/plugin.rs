@@ -1,0 +1,331 @@
+//! The commands: ADD, DEL, CHECK, STATUS, GC, VERSION.
+//!
+//! ADD saves the delegate config to `<dataDir>/<containerID>` BEFORE running
+//! the delegate; DEL replays those bytes and removes the file only after the
+//! delegate's DEL succeeded (flannel's plugin since v1.2.0 removes it even
+//! when the delegate failed, so the runtime's retry has nothing to replay and
+//! the pod's IP and veth leak).
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value, json};
+
+use crate::delegate;
+use crate::error::{CniError, code};
+use crate::exec::{self, CniEnv};
+use crate::subnet_env::SubnetEnv;
+
+/// flannel's defaults, which are weft's.
+pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
+/// Versions of the CNI spec this plugin speaks.
+pub const SUPPORTED_VERSIONS: [&str; 6] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0", "0.2.0"];
+/// The largest network config accepted on stdin.
+pub const MAX_INPUT: usize = 1 << 20;
+
+fn invalid(msg: impl Into<String>) -> CniError {
+    CniError::new(code::INVALID_CONFIG, msg)
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> CniError {
+    CniError::new(code::IO, format!("{what} {}: {e}", path.display()))
+}
+
+/// Runs one invocation: the environment, and stdin's bytes. Returns what
+/// to print on stdout on success.
+pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<String>, CniError> {
+    if env.command == "VERSION" {
+        return Ok(Some(version_json()));
+    }
+    if stdin.len() > MAX_INPUT {
+        return Err(invalid(format!(
+            "the network config is larger than {MAX_INPUT} bytes"
+        )));
+    }
+    let conf: Map<String, Value> = match serde_json::from_slice(stdin) {
+        Ok(Value::Object(m)) => m,
+        Ok(other) => {
+            return Err(CniError::new(
+                code::DECODE,
+                format!(
+                    "the network config must be a JSON object, not {}",
+                    kind(&other)
+                ),
+            ));
+        }
+        Err(e) => {
+            return Err(CniError::new(
+                code::DECODE,
+                format!("the network config is not JSON: {e}"),
+            ));
+        }
+    };
+    let version = match conf.get("cniVersion") {
+        None => "0.1.0".to_string(),
+        Some(Value::String(v)) => v.clone(),
+        Some(other) => {
+            return Err(invalid(format!(
+                "\"cniVersion\" must be a string, not {other}"
+            )));
+        }
+    };
+    if !version.is_empty() && !SUPPORTED_VERSIONS.contains(&version.as_str()) {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "CNI version {version:?} is not supported (supported: {})",
+                SUPPORTED_VERSIONS.join(", ")
+            ),
+        ));
+    }
+    let opts = Options::from(&conf)?;
+    let with_version = |e: CniError| CniError {
+        cni_version: if version.is_empty() {
+            e.cni_version.clone()
+        } else {
+            version.clone()
+        },
+        ..e
+    };
+    match env.command.as_str() {
+        "ADD" => add(env, &conf, &opts),
+        "DEL" => del(env, &opts).map(|()| None),
+        "CHECK" => check(env, &conf, &opts, &version).map(|()| None),
+        "STATUS" => status(&opts).map(|()| None),
+        "GC" => gc(&conf, &opts).map(|()| None),
+        other => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("unknown CNI_COMMAND: {other}"),
+        )),
+    }
+    .map_err(with_version)
+}
+
+/// `{"cniVersion":…,"supportedVersions":[…]}`
+pub fn version_json() -> String {
+    let mut v: Vec<&str> = SUPPORTED_VERSIONS.to_vec();
+    v.sort();
+    json!({"cniVersion": crate::CURRENT_VERSION, "supportedVersions": v}).to_string()
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The plugin's own keys.
+struct Options {
+    subnet_file: PathBuf,
+    data_dir: PathBuf,
+}
+
+impl Options {
+    fn from(conf: &Map<String, Value>) -> Result<Options, CniError> {
+        let path = |k: &str, default: &str| -> Result<PathBuf, CniError> {
+            match conf.get(k) {
+                None | Some(Value::Null) => Ok(PathBuf::from(default)),
+                Some(Value::String(s)) if !s.is_empty() => Ok(PathBuf::from(s)),
+                Some(other) => Err(invalid(format!(
+                    "\"{k}\" must be a non-empty string, not {other}"
+                ))),
+            }
+        };
+        Ok(Options {
+            subnet_file: path("subnetFile", DEFAULT_SUBNET_FILE)?,
+            data_dir: path("dataDir", DEFAULT_DATA_DIR)?,
+        })
+    }
+}
+
+fn container_id(env: &CniEnv) -> Result<&str, CniError> {
+    env.container_id
+        .as_deref()
+        .ok_or_else(|| CniError::new(code::INVALID_ENV, "CNI_CONTAINERID is not set"))
+}
+
+fn plugin_type(d: &Value) -> &str {
+    d.get("type").and_then(Value::as_str).unwrap_or("bridge")
+}
+
+/// Writes `bytes` to `dir/name` atomically (dir 0700, file 0600, fsync).
+fn save(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CniError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| io_err("creating", dir, e))?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err("saving", &path, e));
+    }
+    Ok(())
+}
+
+fn add(
+    env: &CniEnv,
+    conf: &Map<String, Value>,
+    opts: &Options,
+) -> Result<Option<String>, CniError> {
+    let id = container_id(env)?;
+    let subnet = SubnetEnv::load(&opts.subnet_file)?;
+    let d = delegate::build(conf, &subnet)?;
+    let bytes = d.to_string();
+    // A delegate that is not there sets nothing up: fail before saving.
+    env.find(plugin_type(&d))?;
+    save(&opts.data_dir, id, bytes.as_bytes())?;
+    let out = exec::delegate(env, "ADD", plugin_type(&d), bytes.as_bytes())?;
+    let text = String::from_utf8(out)
+        .map_err(|_| CniError::new(code::DECODE, "the delegate's result is not UTF-8"))?;
+    Ok(Some(text.trim().to_string()))
+}
+
+/// The saved config for `id`: ours, else one flannel's plugin saved before
+/// the node switched to weft. `None` when there is none.
+fn saved(opts: &Options, id: &str) -> Result<Option<(PathBuf, Vec<u8>)>, CniError> {
+    let mut dirs = vec![opts.data_dir.clone()];
+    if opts.data_dir != Path::new(DEFAULT_DATA_DIR) {
+        dirs.push(PathBuf::from(DEFAULT_DATA_DIR));
+    }
+    for dir in dirs {
+        let path = dir.join(id);
+        match std::fs::read(&path) {
+            Ok(b) => return Ok(Some((path, b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err("reading", &path, e)),
+        }
+    }
+    Ok(None)
+}
+
+fn del(env: &CniEnv, opts: &Options) -> Result<(), CniError> {
+    let id = container_id(env)?;
+    let Some((path, bytes)) = saved(opts, id)? else {
+        // Nothing was set up for it (or it is torn down already).
+        return Ok(());
+    };
+    let d: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        CniError::new(
+            code::DECODE,
+            format!("the saved config {} is not JSON: {e}", path.display()),
+        )
+    })?;
+    exec::delegate(env, "DEL", plugin_type(&d), &bytes)?;
+    // Only now: had the delegate failed, the runtime's retry replays the file.
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("removing", &path, e)),
+    }
+}
+
+fn check(
+    env: &CniEnv,
+    conf: &Map<String, Value>,
+    opts: &Options,
+    version: &str,
+) -> Result<(), CniError> {
+    if matches!(version, "0.1.0" | "0.2.0" | "0.3.0" | "0.3.1") {
+        return Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("config version {version} does not allow CHECK"),
+        ));
+    }
+    let id = container_id(env)?;
+    let (path, bytes) = saved(opts, id)?.ok_or_else(|| {
+        invalid(format!(
+            "no saved config for container {id}: was it added through weft?"
+        ))
+    })?;
+    let saved: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        CniError::new(
+            code::DECODE,
+            format!("the saved config {} is not JSON: {e}", path.display()),
+        )
+    })?;
+    let subnet = SubnetEnv::load(&opts.subnet_file)?;
+    let now = delegate::build(conf, &subnet)?;
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("runtimeConfig");
+        }
+        v
+    };
+    if strip(&saved) != strip(&now) {
+        return Err(invalid(format!(
+            "the saved config {} differs from what {} now gives: the node's subnet changed since this pod was added",
+            path.display(),
+            opts.subnet_file.display()
+        )));
+    }
+    let mut with_prev = saved.clone();
+    if let (Some(m), Some(prev)) = (with_prev.as_object_mut(), conf.get("prevResult")) {
+        m.insert("prevResult".into(), prev.clone());
+    }
+    exec::delegate(
+        env,
+        "CHECK",
+        plugin_type(&saved),
+        with_prev.to_string().as_bytes(),
+    )
+    .map(drop)
+}
+
+fn status(opts: &Options) -> Result<(), CniError> {
+    SubnetEnv::load(&opts.subnet_file)
+        .map(drop)
+        .map_err(|e| CniError::new(code::NOT_READY, e.msg).details(e.details))
+}
+
+fn gc(conf: &Map<String, Value>, opts: &Options) -> Result<(), CniError> {
+    let list = conf
+        .get("cni.dev/valid-attachments")
+        .or_else(|| conf.get("cni.dev/attachments"))
+        .cloned()
+        .unwrap_or(Value::Array(Vec::new()));
+    let Value::Array(list) = list else {
+        return Err(invalid("\"cni.dev/valid-attachments\" must be an array"));
+    };
+    let valid: std::collections::BTreeSet<String> = list
+        .iter()
+        .filter_map(|a| {
+            a.get("containerID")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .collect();
+    let entries = match std::fs::read_dir(&opts.data_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("reading", &opts.data_dir, e)),
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if exec::valid_container_id(&name) && !valid.contains(&name) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    Ok(())
+}
