@@ -11,6 +11,7 @@ pub mod config;
 pub mod files;
 pub mod health;
 pub mod iface;
+pub mod install;
 pub mod lease;
 pub mod metrics;
 pub mod netlink;

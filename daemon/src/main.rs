@@ -12,6 +12,8 @@ use weftd::iface::Selection;
 #[derive(Parser, Debug)]
 #[command(name = "weftd", version = weftd::VERSION)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
     /// Kubeconfig to reach the API server (default: in-cluster).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
@@ -59,6 +61,29 @@ struct Args {
     log_format: LogFormat,
 }
 
+#[derive(clap::Subcommand, Debug)]
+enum Sub {
+    /// Install the CNI plugin and conflist on this node (the DaemonSet's
+    /// init container): atomic, and only what changed.
+    InstallCni {
+        /// Where the CNI plugins live.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// Where the runtime reads CNI configs.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// A conflist to install instead of the default (weft, portmap).
+        #[arg(long)]
+        cni_conf: Option<PathBuf>,
+        /// The `weft` plugin binary (default: next to weftd).
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+        /// More directories holding the delegates (bridge, host-local, portmap).
+        #[arg(long)]
+        delegate_dir: Vec<PathBuf>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -86,7 +111,45 @@ fn main() -> ExitCode {
     }
 }
 
+fn install_cni(sub: Sub) -> anyhow::Result<()> {
+    let Sub::InstallCni {
+        bin_dir,
+        conf_dir,
+        cni_conf,
+        plugin,
+        delegate_dir,
+    } = sub;
+    let plugin = match plugin {
+        Some(p) => p,
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("weft"))
+            .ok_or_else(|| {
+                anyhow::anyhow!("cannot locate the weft plugin next to weftd: pass --plugin")
+            })?,
+    };
+    let done = weftd::install::Install {
+        bin_dir,
+        conf_dir,
+        conf_file: cni_conf,
+        plugin,
+        delegate_dirs: delegate_dir,
+    }
+    .run()
+    .map_err(|e| anyhow::anyhow!(agent::chain(&e)))?;
+    tracing::info!(
+        plugin_written = done.plugin_written,
+        conflist_written = done.conflist_written,
+        cni_version = done.cni_version.as_deref().unwrap_or("-"),
+        "CNI plugin and conflist installed"
+    );
+    Ok(())
+}
+
 fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(sub) = args.command {
+        return install_cni(sub);
+    }
     let node_name = std::env::var("NODE_NAME").map_err(|_| {
         anyhow::anyhow!(
             "NODE_NAME is not set: give weftd its node's name (the DaemonSet passes spec.nodeName)"

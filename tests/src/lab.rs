@@ -160,6 +160,9 @@ pub struct LabState {
     pub apiserver_pid: u32,
     pub apiserver_bin: PathBuf,
     pub nodes: Vec<NodeState>,
+    /// Pods created through the CNI runtime.
+    #[serde(default)]
+    pub pods: Vec<crate::runtime::PodRecord>,
     pub cidrs: CidrAllocator,
     pub next_node_index: u32,
 }
@@ -530,6 +533,7 @@ impl Lab {
         netns::delete(&node.netns)?;
         let _ = std::fs::remove_dir_all(&node.dir);
         self.state.nodes.retain(|n| n.name != name);
+        self.state.pods.retain(|p| p.node != name);
         self.save()
     }
 }
@@ -686,6 +690,7 @@ fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab, LabError>
         apiserver_pid: 0,
         apiserver_bin: apiserver.to_path_buf(),
         nodes: Vec::new(),
+        pods: Vec::new(),
         cidrs: CidrAllocator::new(
             CLUSTER_CIDR.parse().map_err(|_| LabError::BadName {
                 name: CLUSTER_CIDR.into(),

@@ -8,6 +8,7 @@
 //! for the CLI.
 
 pub mod bench;
+pub mod check;
 pub mod cluster;
 pub mod cmd;
 pub mod control_plane;
@@ -18,6 +19,7 @@ pub mod node;
 pub mod pki;
 pub mod pods;
 pub mod procs;
+pub mod runtime;
 pub mod weftd;
 
 pub use lab::{Backend, Lab, LabConfig, LabError, LabState};

@@ -65,6 +65,14 @@ impl Lab {
             std::fs::write(&conf, net_conf(self.state.backend))
                 .map_err(|source| LabError::State { path: conf, source })?;
         }
+        // The DaemonSet's init container: plugin binary and conflist.
+        let install = [
+            weftd.to_str().unwrap_or("weftd"),
+            "install-cni",
+            "--delegate-dir",
+            "/usr/lib/cni",
+        ];
+        self.run(node, &install)?;
         let kubeconfig = self.node_kubeconfig();
         let healthz = format!("0.0.0.0:{HEALTHZ_PORT}");
         let args = [

@@ -278,12 +278,12 @@ fn refusals_are_one_line_and_build_nothing() {
         stderr(&bad)
     );
 
-    let pods = run(&["up", "--name", &name, "--pods-per-node", "2"]);
-    assert!(!pods.status.success());
+    let udp = run(&["up", "--name", &name, "--backend", "udp"]);
+    assert!(!udp.status.success());
     assert!(
-        stderr(&pods).contains("--pods-per-node"),
+        stderr(&udp).contains("udp backend is not built yet"),
         "{}",
-        stderr(&pods)
+        stderr(&udp)
     );
     nothing_left(&name);
 }
