@@ -8,6 +8,7 @@
 //! for the CLI.
 
 pub mod bench;
+pub mod bench_cni;
 pub mod check;
 pub mod cluster;
 pub mod cmd;

@@ -75,6 +75,15 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum BenchCmd {
+    /// What the weft CNI plugin adds to ADD and DEL, against bridge called directly.
+    Cni {
+        /// Interleaved ADD/DEL pairs per variant.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "bench-cni.json")]
+        json: std::path::PathBuf,
+    },
     /// weftd's control plane at scale: sync time, add->route latency, memory, idle CPU.
     ControlPlane {
         /// Nodes in the cluster (weftd's node included).
@@ -208,6 +217,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 removed.processes.len(),
                 removed.namespaces.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(BenchCmd::Cni { runs, json }) => {
+            watch_ctrl_c()?;
+            let name = if cli.name == "default" {
+                "bench-cni".to_string()
+            } else {
+                cli.name.clone()
+            };
+            let report = weft_lab::bench_cni::run(&name, runs)?;
+            report.print_table(&mut std::io::stdout())?;
+            std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", json.display()))?;
+            eprintln!("==> JSON written to {}", json.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(BenchCmd::ControlPlane {

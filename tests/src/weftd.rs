@@ -66,12 +66,17 @@ impl Lab {
                 .map_err(|source| LabError::State { path: conf, source })?;
         }
         // The DaemonSet's init container: plugin binary and conflist.
-        let install = [
+        // `$WEFT_LAB_PLUGIN` picks another plugin binary (say, the static one).
+        let plugin = std::env::var("WEFT_LAB_PLUGIN").ok();
+        let mut install = vec![
             weftd.to_str().unwrap_or("weftd"),
             "install-cni",
             "--delegate-dir",
             "/usr/lib/cni",
         ];
+        if let Some(p) = plugin.as_deref() {
+            install.extend(["--plugin", p]);
+        }
         self.run(node, &install)?;
         let kubeconfig = self.node_kubeconfig();
         let healthz = format!("0.0.0.0:{HEALTHZ_PORT}");
