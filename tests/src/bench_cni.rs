@@ -112,7 +112,11 @@ pub fn run(name: &str, runs: usize) -> Result<CniReport, LabError> {
         // Alternate who goes first, so that order effects cancel.
         let weft = ("/opt/cni/bin/weft", w.as_str(), weft_conf, 0);
         let bridge = ("/usr/lib/cni/bridge", b.as_str(), bridge_conf, 1);
-        let order = if i % 2 == 0 { [weft, bridge] } else { [bridge, weft] };
+        let order = if i % 2 == 0 {
+            [weft, bridge]
+        } else {
+            [bridge, weft]
+        };
         for (cmd, base) in [("ADD", 0), ("DEL", 4)] {
             for (exe, id, conf, k) in order {
                 let (wall, cpu) = timed(&lab, node, exe, cmd, id, conf)?;
