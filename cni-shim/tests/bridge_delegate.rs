@@ -67,7 +67,9 @@ impl Scratch {
 }
 
 /// Runs the plugin: (success, stdout).
-fn weft(cmd: &str, id: &str, netns: &str, cni_path: &str, conf: &str) -> (bool, String) {
+/// Starts the plugin (in the calling thread's network namespace) with
+/// `conf` on stdin.
+fn spawn_weft(cmd: &str, id: &str, netns: &str, cni_path: &str, conf: &str) -> std::process::Child {
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
         .env("CNI_COMMAND", cmd)
         .env("CNI_CONTAINERID", id)
@@ -84,11 +86,21 @@ fn weft(cmd: &str, id: &str, netns: &str, cni_path: &str, conf: &str) -> (bool, 
         .unwrap()
         .write_all(conf.as_bytes())
         .unwrap();
+    child
+}
+
+/// (success, stdout) of a finished plugin run.
+fn finish(child: std::process::Child) -> (bool, String) {
     let out = child.wait_with_output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// Runs the plugin: (success, stdout).
+fn weft(cmd: &str, id: &str, netns: &str, cni_path: &str, conf: &str) -> (bool, String) {
+    finish(spawn_weft(cmd, id, netns, cni_path, conf))
 }
 
 fn in_private_netns(f: impl FnOnce() + Send) {
@@ -244,30 +256,8 @@ fn fifty_concurrent_adds_get_fifty_addresses_and_fifty_dels_free_them() {
                     let conf = &conf;
                     // Threads spawned here would start in the host namespace:
                     // each spawns its plugin process from this thread instead.
-                    let id = format!("c{i}");
-                    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-                        .env("CNI_COMMAND", "ADD")
-                        .env("CNI_CONTAINERID", &id)
-                        .env("CNI_NETNS", format!("/run/netns/{p}"))
-                        .env("CNI_IFNAME", "eth0")
-                        .env("CNI_PATH", DEBIAN_PLUGINS)
-                        .stdin(Stdio::piped())
-                        .stdout(Stdio::piped())
-                        .spawn()
-                        .unwrap();
-                    child
-                        .stdin
-                        .take()
-                        .unwrap()
-                        .write_all(conf.as_bytes())
-                        .unwrap();
-                    sc.spawn(move || {
-                        let out = child.wait_with_output().unwrap();
-                        (
-                            out.status.success(),
-                            String::from_utf8_lossy(&out.stdout).into_owned(),
-                        )
-                    })
+                    let child = spawn_weft("ADD", &format!("c{i}"), p, DEBIAN_PLUGINS, conf);
+                    sc.spawn(move || finish(child))
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
