@@ -93,6 +93,27 @@ impl CniEnv {
     }
 }
 
+/// The spec versions a plugin executable reports (`CNI_COMMAND=VERSION`);
+/// empty when it cannot tell.
+pub fn versions(exe: &std::path::Path) -> Vec<String> {
+    let out = Command::new(exe)
+        .env("CNI_COMMAND", "VERSION")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    let Ok(out) = out else { return Vec::new() };
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| {
+            v.get("supportedVersions")?.as_array().map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
 /// Runs delegate `plugin` for `command` with `config` on stdin and the same
 /// environment (CNI_COMMAND replaced); its stdout, or its error passed
 /// through as it reported it.

@@ -93,8 +93,12 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<String>, CniError> {
         "ADD" => add(env, &conf, &opts),
         "DEL" => del(env, &opts).map(|()| None),
         "CHECK" => check(env, &conf, &opts, &version).map(|()| None),
-        "STATUS" => status(&opts).map(|()| None),
-        "GC" => gc(&conf, &opts).map(|()| None),
+        "STATUS" => status(&opts)
+            .and_then(|()| forward_if_new(env, &conf, "STATUS"))
+            .map(|()| None),
+        "GC" => gc(&conf, &opts)
+            .and_then(|()| forward_if_new(env, &conf, "GC"))
+            .map(|()| None),
         other => Err(CniError::new(
             code::INVALID_ENV,
             format!("unknown CNI_COMMAND: {other}"),
@@ -291,6 +295,41 @@ fn check(
         with_prev.to_string().as_bytes(),
     )
     .map(drop)
+}
+
+/// Hands STATUS or GC on to the delegate when it speaks CNI 1.1 (older
+/// delegates, Debian's 1.1.1 plugins among them, know neither command and
+/// would fail it). The delegate gets the user's `delegate` options with the
+/// network's name and version and, for GC, the attachment lists.
+fn forward_if_new(env: &CniEnv, conf: &Map<String, Value>, command: &str) -> Result<(), CniError> {
+    let mut d = match conf.get("delegate") {
+        Some(Value::Object(m)) => m.clone(),
+        _ => Map::new(),
+    };
+    let ty = d
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("bridge")
+        .to_string();
+    // Without CNI_PATH (allowed for STATUS) there is no delegate to ask.
+    let Ok(exe) = env.find(&ty) else {
+        return Ok(());
+    };
+    if !exec::versions(&exe).iter().any(|v| v == "1.1.0") {
+        return Ok(());
+    }
+    d.insert("type".into(), json!(ty));
+    for k in [
+        "name",
+        "cniVersion",
+        "cni.dev/valid-attachments",
+        "cni.dev/attachments",
+    ] {
+        if let Some(v) = conf.get(k) {
+            d.insert(k.into(), v.clone());
+        }
+    }
+    exec::delegate(env, command, &ty, Value::Object(d).to_string().as_bytes()).map(drop)
 }
 
 fn status(opts: &Options) -> Result<(), CniError> {
