@@ -15,6 +15,7 @@ pub mod install;
 pub mod lease;
 pub mod metrics;
 pub mod netlink;
+pub mod nft;
 pub mod vxlan;
 
 /// The version every weft binary reports.
