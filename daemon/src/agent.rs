@@ -28,6 +28,9 @@ use crate::netlink::kernel::{self, Kernel};
 use crate::netlink::{Change, NetlinkError, VxlanSpec};
 use crate::vxlan::{self, Device, DeviceConfig, VxlanError};
 
+/// The smallest pod MTU weft accepts (IPv4's minimum datagram size).
+const MIN_POD_MTU: u32 = 576;
+
 /// Everything the flags say.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -74,6 +77,10 @@ pub enum AgentError {
     Files(#[from] FileError),
     #[error("--public-ip{v6} {ip} is not an IPv{n} address", v6 = if *.ipv6 { "v6" } else { "" }, n = if *.ipv6 { 6 } else { 4 })]
     PublicIpFamily { ip: IpAddr, ipv6: bool },
+    #[error(
+        "the underlay MTU {mtu} of {iface} leaves no room for VXLAN (pods need at least 576 bytes): set Backend.MTU or choose another --iface"
+    )]
+    MtuTooSmall { iface: String, mtu: u32 },
     #[error("generating a VTEP MAC")]
     Mac(#[source] std::io::Error),
 }
@@ -178,7 +185,14 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             Some(d) if d.vtep_mac.is_unicast() => d.vtep_mac,
             _ => Mac::random().map_err(AgentError::Mac)?,
         };
-        let mtu = vx.mtu.unwrap_or(ext.mtu) - vxlan::overhead(local.is_ipv6());
+        let underlay_mtu = vx.mtu.unwrap_or(ext.mtu);
+        let mtu = underlay_mtu
+            .checked_sub(vxlan::overhead(local.is_ipv6()))
+            .filter(|m| *m >= MIN_POD_MTU)
+            .ok_or_else(|| AgentError::MtuTooSmall {
+                iface: ext.name.clone(),
+                mtu: underlay_mtu,
+            })?;
         let dc = DeviceConfig {
             spec: VxlanSpec {
                 name: vxlan::device_name(vx.vni, ipv6),
