@@ -5,6 +5,7 @@
 pub mod delegate;
 pub mod error;
 pub mod exec;
+pub mod fsutil;
 pub mod plugin;
 pub mod subnet_env;
 

@@ -6,8 +6,6 @@
 //! when the delegate failed, so the runtime's retry has nothing to replay and
 //! the pod's IP and veth leak).
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value, json};
@@ -159,32 +157,12 @@ fn plugin_type(d: &Value) -> &str {
     d.get("type").and_then(Value::as_str).unwrap_or("bridge")
 }
 
-/// Writes `bytes` to `dir/name` atomically (dir 0700, file 0600, fsync).
+/// Saves `bytes` as `dir/name` atomically (dir 0700, file 0600, fsync).
 fn save(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CniError> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| io_err("creating", dir, e))?;
     let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_err("saving", &path, e));
-    }
-    Ok(())
+    crate::fsutil::write_atomic(&path, bytes, 0o600, 0o700)
+        .map(drop)
+        .map_err(|e| io_err("saving", &path, e))
 }
 
 fn add(

@@ -2,9 +2,7 @@
 //! always atomically (temp file, fsync, rename, fsync of the directory), so a
 //! CNI plugin never reads half a file.
 
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
@@ -22,41 +20,10 @@ pub enum FileError {
 /// Writes `bytes` to `path` atomically with mode `mode`, creating the parent
 /// directory (0755) if needed. Returns whether the content changed.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, FileError> {
-    let err = |source| FileError::Write {
+    weft_cni::fsutil::write_atomic(path, bytes, mode, 0o755).map_err(|source| FileError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    if std::fs::read(path).is_ok_and(|old| old == bytes) {
-        return Ok(false);
-    }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    if !dir.exists() {
-        std::fs::create_dir_all(dir).map_err(err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(err)?;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(err)?;
-    Ok(true)
+    })
 }
 
 /// The content of flannel's `subnet.env`.
@@ -105,6 +72,7 @@ impl SubnetEnv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()

@@ -8,13 +8,10 @@
 //! list newer than its plugins fails every pod. A conflist given as a file
 //! wins over the default, as it is.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 
 use crate::files::{FileError, write_atomic};
 
-/// The versions weft's plugin speaks, oldest first.
-const WEFT_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 /// The delegates the default conflist relies on.
 const DELEGATES: [&str; 3] = ["bridge", "host-local", "portmap"];
 
@@ -70,30 +67,12 @@ fn version_key(v: &str) -> Vec<u32> {
     v.split('.').map(|p| p.parse().unwrap_or(0)).collect()
 }
 
-/// The versions a plugin binary reports (`CNI_COMMAND=VERSION`).
-pub fn plugin_versions(exe: &Path) -> Vec<String> {
-    let out = Command::new(exe)
-        .env("CNI_COMMAND", "VERSION")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output();
-    let Ok(out) = out else { return Vec::new() };
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| {
-            v["supportedVersions"].as_array().map(|a| {
-                a.iter()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-        })
-        .unwrap_or_default()
-}
-
-/// The highest version in every list of `lists` and in weft's.
+/// The highest version in every list of `lists` and in weft's that can
+/// carry a conflist (conflists exist from 0.3.0 on).
 pub fn highest_common(lists: &[Vec<String>]) -> Option<String> {
-    WEFT_VERSIONS
+    weft_cni::plugin::SUPPORTED_VERSIONS
         .iter()
+        .filter(|v| version_key(v) >= vec![0, 3, 0])
         .filter(|v| lists.iter().all(|l| l.iter().any(|x| x == *v)))
         .max_by_key(|v| version_key(v))
         .map(|v| v.to_string())
@@ -151,7 +130,7 @@ impl Install {
                             name,
                             dirs: dirs.clone(),
                         })?;
-                    let versions = plugin_versions(&exe);
+                    let versions = weft_cni::exec::versions(&exe);
                     found.push(format!("{name}: {}", versions.join(" ")));
                     lists.push(versions);
                 }
