@@ -6,9 +6,10 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 const DEBIAN_PLUGINS: &str = "/usr/lib/cni";
 
@@ -66,36 +67,24 @@ impl Scratch {
     }
 }
 
-/// Runs the plugin: (success, stdout).
 /// Starts the plugin (in the calling thread's network namespace) with
 /// `conf` on stdin.
 fn spawn_weft(cmd: &str, id: &str, netns: &str, cni_path: &str, conf: &str) -> std::process::Child {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .env("CNI_COMMAND", cmd)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", format!("/run/netns/{netns}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", cni_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    child
+    let netns = format!("/run/netns/{netns}");
+    let env = [
+        ("CNI_COMMAND", cmd),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+        ("CNI_PATH", cni_path),
+    ];
+    common::spawn(&env, conf.as_bytes())
 }
 
 /// (success, stdout) of a finished plugin run.
 fn finish(child: std::process::Child) -> (bool, String) {
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let (ok, out, _) = common::finish(child);
+    (ok, out)
 }
 
 /// Runs the plugin: (success, stdout).

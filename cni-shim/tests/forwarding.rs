@@ -4,9 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::io::Write;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 fn scratch(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("weft-fwd-{tag}-{}", std::process::id()));
@@ -37,25 +37,12 @@ fn fake_bridge(dir: &Path, versions: &str) {
 }
 
 fn weft(dir: &Path, command: &str, conf: &str) -> (bool, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_PATH", dir.join("bin"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let path = dir.join("bin").display().to_string();
+    let (ok, out, _) = common::run(
+        &[("CNI_COMMAND", command), ("CNI_PATH", &path)],
+        conf.as_bytes(),
+    );
+    (ok, out)
 }
 
 fn conf(dir: &Path) -> String {

@@ -3,9 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::io::Write;
+mod common;
+
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
 /// (what, environment, stdin, expected code)
 type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>, u64);
@@ -18,24 +18,7 @@ fn scratch(tag: &str) -> PathBuf {
 
 /// Runs the plugin; (exit success, stdout JSON or text, stderr).
 fn weft(env: &[(&str, &str)], stdin: &[u8]) -> (bool, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
-    cmd.env_clear()
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut pipe = child.stdin.take().unwrap();
-    let _ = pipe.write_all(stdin);
-    drop(pipe);
-    let out = child.wait_with_output().unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    common::run(env, stdin)
 }
 
 #[test]
