@@ -55,6 +55,16 @@ fn multicast(n: &IpNetwork) -> &'static str {
     }
 }
 
+/// Appends a base chain: its hook line, then its rules.
+fn chain(s: &mut String, name: &str, hook: &str, rules: &[String]) {
+    let _ = writeln!(s, "\tchain {name} {{");
+    let _ = writeln!(s, "\t\t{hook}; policy accept;");
+    for r in rules {
+        let _ = writeln!(s, "\t\t{r}");
+    }
+    let _ = writeln!(s, "\t}}");
+}
+
 /// The text for `nft -f -`.
 pub fn render(input: &RulesetInput) -> String {
     let mut s = String::new();
@@ -78,12 +88,7 @@ pub fn render(input: &RulesetInput) -> String {
         }
     }
     if input.ip_masq {
-        let _ = writeln!(s, "\tchain postrouting {{");
-        let _ = writeln!(
-            s,
-            "\t\ttype nat hook postrouting priority srcnat; policy accept;"
-        );
-        let _ = writeln!(s, "\t\tmeta mark & 0x00004000 == 0x00004000 return");
+        let mut rules = vec!["meta mark & 0x00004000 == 0x00004000 return".to_string()];
         for f in &input.families {
             let (p, net, sub, mc) = (
                 proto(&f.network),
@@ -91,46 +96,49 @@ pub fn render(input: &RulesetInput) -> String {
                 f.subnet,
                 multicast(&f.network),
             );
-            let _ = writeln!(s, "\t\t{p} saddr {sub} {p} daddr {net} return");
-            let _ = writeln!(s, "\t\t{p} saddr {net} {p} daddr {sub} return");
-            let _ = writeln!(s, "\t\t{p} saddr != {net} {p} daddr {sub} return");
-            let _ = writeln!(
-                s,
-                "\t\t{p} saddr {net} {p} daddr != {mc} masquerade fully-random"
-            );
-            let _ = writeln!(
-                s,
-                "\t\t{p} saddr != {net} {p} daddr {net} masquerade fully-random"
-            );
+            rules.extend([
+                format!("{p} saddr {sub} {p} daddr {net} return"),
+                format!("{p} saddr {net} {p} daddr {sub} return"),
+                format!("{p} saddr != {net} {p} daddr {sub} return"),
+                format!("{p} saddr {net} {p} daddr != {mc} masquerade fully-random"),
+                format!("{p} saddr != {net} {p} daddr {net} masquerade fully-random"),
+            ]);
         }
-        let _ = writeln!(s, "\t}}");
+        chain(
+            &mut s,
+            "postrouting",
+            "type nat hook postrouting priority srcnat",
+            &rules,
+        );
     }
-    let _ = writeln!(s, "\tchain forward {{");
-    let _ = writeln!(
-        s,
-        "\t\ttype filter hook forward priority filter; policy accept;"
+    let forward: Vec<String> = input
+        .families
+        .iter()
+        .flat_map(|f| {
+            let (p, net) = (proto(&f.network), f.network);
+            [
+                format!("{p} saddr {net} accept"),
+                format!("{p} daddr {net} accept"),
+            ]
+        })
+        .collect();
+    chain(
+        &mut s,
+        "forward",
+        "type filter hook forward priority filter",
+        &forward,
     );
-    for f in &input.families {
-        let (p, net) = (proto(&f.network), f.network);
-        let _ = writeln!(s, "\t\t{p} saddr {net} accept");
-        let _ = writeln!(s, "\t\t{p} daddr {net} accept");
-    }
-    let _ = writeln!(s, "\t}}");
     if let Some((port, _)) = &input.vxlan_allow {
-        let _ = writeln!(s, "\tchain input {{");
-        let _ = writeln!(
-            s,
-            "\t\ttype filter hook input priority filter; policy accept;"
+        let rules = [
+            format!("ip saddr != @vxlan_peers_v4 udp dport {port} counter drop"),
+            format!("ip6 saddr != @vxlan_peers_v6 udp dport {port} counter drop"),
+        ];
+        chain(
+            &mut s,
+            "input",
+            "type filter hook input priority filter",
+            &rules,
         );
-        let _ = writeln!(
-            s,
-            "\t\tip saddr != @vxlan_peers_v4 udp dport {port} counter drop"
-        );
-        let _ = writeln!(
-            s,
-            "\t\tip6 saddr != @vxlan_peers_v6 udp dport {port} counter drop"
-        );
-        let _ = writeln!(s, "\t}}");
     }
     let _ = writeln!(s, "}}");
     s
