@@ -302,12 +302,11 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
                 let mut repair = false;
                 let mut next = Some(first);
                 while let Some(c) = next {
-                    if devices.iter().any(|d| d.contradicted_by(&c)) {
-                        if !repair {
-                            match &c {
-                                Change::LinkDeleted(name) => tracing::warn!(device = %name, "device deleted; recreating it and replaying every peer"),
-                                other => tracing::warn!(change = ?other, "an entry on our device was changed behind our back; repairing"),
-                            }
+                    // Once a repair is due, the rest is only drained.
+                    if !repair && devices.iter().any(|d| d.contradicted_by(&c)) {
+                        match &c {
+                            Change::LinkDeleted(name) => tracing::warn!(device = %name, "device deleted; recreating it and replaying every peer"),
+                            other => tracing::warn!(change = ?other, "an entry on our device was changed behind our back; repairing"),
                         }
                         repair = true;
                     }
