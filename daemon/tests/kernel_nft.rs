@@ -1,0 +1,167 @@
+//! weft's nftables table against the real kernel, over weft's own netlink
+//! code, in a private network namespace per test (the host's nftables are
+//! never touched). `nft` (the real tool) reads back what weft loaded and
+//! plays the operator who flushes or edits the ruleset. Needs root.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::process::Command;
+
+use weftd::nft::kernel::{Nft, Synced};
+use weftd::nft::{self, Family, RulesetInput};
+
+fn in_private_netns(f: impl FnOnce() + Send) {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare a network namespace (root needed)");
+            f();
+        })
+        .join()
+        .unwrap();
+    });
+}
+
+fn sh(script: &str) -> String {
+    let out = Command::new("bash").args(["-euc", script]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn input(peers: &[&str], dual: bool) -> RulesetInput {
+    let mut families = vec![Family {
+        network: "10.244.0.0/16".parse().unwrap(),
+        subnet: "10.244.1.0/24".parse().unwrap(),
+    }];
+    if dual {
+        families.push(Family {
+            network: "fd00:10:244::/48".parse().unwrap(),
+            subnet: "fd00:10:244:1::/64".parse().unwrap(),
+        });
+    }
+    RulesetInput {
+        families,
+        ip_masq: true,
+        vxlan_allow: Some((8472, peers.iter().map(|p| p.parse().unwrap()).collect())),
+    }
+}
+
+/// `nft list table inet weft` with the counters' values taken out.
+fn listed() -> String {
+    let text = sh("nft list table inet weft");
+    regex_lite(&text)
+}
+
+fn regex_lite(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let mut words: Vec<&str> = line.split(' ').collect();
+        if let Some(i) = words.iter().position(|w| w.ends_with("counter")) {
+            if words.get(i + 1) == Some(&"packets") {
+                words.drain(i + 1..i + 5);
+            }
+        }
+        out.push_str(&words.join(" "));
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn the_loaded_table_reads_back_as_the_rendered_text() {
+    in_private_netns(|| {
+        let mut nft = Nft::open().unwrap();
+        for dual in [false, true] {
+            let inp = input(&["198.51.100.13", "198.51.100.12", "2001:db8::12"], dual);
+            let rs = nft::build(&inp);
+            let r = nft.sync(&rs).unwrap();
+            assert!(matches!(r.synced, Synced::Created | Synced::Rewritten));
+            assert_eq!(listed(), nft::listing(&rs));
+            // Read back, it is exactly what weft wants: nothing to do.
+            assert_eq!(nft.sync(&rs).unwrap().synced, Synced::Unchanged);
+        }
+    });
+}
+
+#[test]
+fn peers_change_only_the_set_and_keep_the_counters() {
+    in_private_netns(|| {
+        let mut nft = Nft::open().unwrap();
+        let rs = nft::build(&input(&["198.51.100.12", "198.51.100.13"], false));
+        nft.sync(&rs).unwrap();
+        let handles = sh("nft -a list chain inet weft input");
+        let rs2 = nft::build(&input(&["198.51.100.13", "198.51.100.14"], false));
+        let r = nft.sync(&rs2).unwrap();
+        assert_eq!(r.synced, Synced::Elements { added: 1, removed: 1 });
+        assert_eq!(listed(), nft::listing(&rs2));
+        // The rules were not replaced (same handles).
+        assert_eq!(sh("nft -a list chain inet weft input"), handles);
+        assert_eq!(nft.sync(&rs2).unwrap().synced, Synced::Unchanged);
+    });
+}
+
+#[test]
+fn whatever_an_operator_does_to_the_table_is_undone_and_other_tables_are_left_alone() {
+    in_private_netns(|| {
+        let mut nft = Nft::open().unwrap();
+        let rs = nft::build(&input(&["198.51.100.12"], true));
+        sh("nft add table ip other; nft add chain ip other c '{ type filter hook input priority 0; }'; \
+            nft add rule ip other c counter accept");
+        let other = sh("nft list table ip other");
+        nft.sync(&rs).unwrap();
+        for (edit, want) in [
+            ("nft flush ruleset", Synced::Created),
+            ("nft delete table inet weft", Synced::Created),
+            ("nft add rule inet weft forward drop", Synced::Rewritten),
+            ("nft flush chain inet weft postrouting", Synced::Rewritten),
+            ("nft delete chain inet weft input", Synced::Rewritten),
+            ("nft 'chain inet weft forward { policy drop; }'", Synced::Rewritten),
+            ("nft add set inet weft extra '{ type ipv4_addr; }'", Synced::Rewritten),
+            (
+                "h=$(nft -a list chain inet weft postrouting | awk '/masquerade/{print $NF; exit}'); \
+                 nft replace rule inet weft postrouting handle $h ip saddr 10.244.0.0/16 masquerade",
+                Synced::Rewritten,
+            ),
+            ("nft flush set inet weft vxlan_peers_v4", Synced::Elements { added: 1, removed: 0 }),
+        ] {
+            sh(edit);
+            assert_eq!(nft.sync(&rs).unwrap().synced, want, "after `{edit}`");
+            assert_eq!(listed(), nft::listing(&rs), "after `{edit}`");
+        }
+        // `nft flush ruleset` took the other table too; the others were left alone.
+        sh("nft add table ip other; nft add chain ip other c '{ type filter hook input priority 0; }'; \
+            nft add rule ip other c counter accept");
+        nft.sync(&rs).unwrap();
+        assert!(nft.delete_table().unwrap());
+        assert!(!nft.delete_table().unwrap());
+        assert_eq!(sh("nft list tables"), "table ip other\n");
+        assert_eq!(sh("nft list table ip other"), other);
+    });
+}
+
+#[test]
+fn the_allow_list_counts_and_drops_vxlan_from_strangers() {
+    in_private_netns(|| {
+        sh("ip link set lo up");
+        let mut nft = Nft::open().unwrap();
+        // Only 127.0.0.2 may send; 127.0.0.1 is a stranger.
+        let rs = nft::build(&input(&["127.0.0.2"], false));
+        nft.sync(&rs).unwrap();
+        let send = |from: &str| {
+            sh(&format!(
+                "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+                 s.bind(('{from}', 0)); s.sendto(b'x'*8, ('127.0.0.1', 8472))\""
+            ));
+        };
+        send("127.0.0.1");
+        send("127.0.0.1");
+        send("127.0.0.2");
+        let r = nft.sync(&rs).unwrap();
+        assert_eq!(r.synced, Synced::Unchanged);
+        assert_eq!(r.input_drops, 2);
+    });
+}
