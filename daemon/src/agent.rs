@@ -17,6 +17,7 @@ use kube::{Api, Client};
 use crate::annotations::{AnnotationError, Mac, Names, VxlanData};
 use crate::config::{BackendConfig, ConfigError, NetConfig};
 use crate::files::{FileError, SubnetEnv};
+use crate::firewall::{self, Firewall};
 use crate::health::{self, HealthError};
 use crate::iface::{self, IfaceError};
 use crate::lease::acquire::{self, LeaseError};
@@ -26,6 +27,7 @@ use crate::lease::watch;
 use crate::metrics::Metrics;
 use crate::netlink::kernel::{self, Kernel};
 use crate::netlink::{Change, NetlinkError, VxlanSpec};
+use crate::nft::{self, kernel::NftError};
 use crate::vxlan::{self, Device, DeviceConfig, VxlanError};
 
 /// The smallest pod MTU weft accepts (IPv4's minimum datagram size).
@@ -45,6 +47,10 @@ pub struct Options {
     pub healthz_addr: Option<SocketAddr>,
     pub annotation_prefix: String,
     pub resync: Duration,
+    /// Drop traffic to the backend's UDP port from anything but a peer.
+    pub allow_list: bool,
+    /// Seconds between reads of weft's nftables table (repairs edits).
+    pub rules_resync: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +81,8 @@ pub enum AgentError {
     Vxlan(#[from] VxlanError),
     #[error(transparent)]
     Files(#[from] FileError),
+    #[error(transparent)]
+    Nft(#[from] NftError),
     #[error("--public-ip{v6} {ip} is not an IPv{n} address", v6 = if *.ipv6 { "v6" } else { "" }, n = if *.ipv6 { 6 } else { 4 })]
     PublicIpFamily { ip: IpAddr, ipv6: bool },
     #[error(
@@ -278,6 +286,23 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         v6: fam(1),
         vni: vx.vni,
     };
+    let mut fw = Firewall::new(nft::RulesetInput {
+        families: (0..2)
+            .filter_map(|i| {
+                subnets[i]
+                    .zip(networks[i].as_ref())
+                    .map(|(s, f)| nft::Family {
+                        network: f.network,
+                        subnet: s,
+                    })
+            })
+            .collect(),
+        ip_masq: opts.ip_masq,
+        vxlan_allow: opts.allow_list.then(|| (vx.port, Vec::new())),
+    })?;
+    let mut rules_tick = tokio::time::interval(opts.rules_resync);
+    rules_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    rules_tick.tick().await;
     let mut peers_rx = watch::spawn(api, ctx, metrics.clone());
     let mut changes =
         kernel::watch_changes(devices.iter().map(|d| d.cfg.spec.name.clone()).collect())?;
@@ -318,6 +343,13 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
                 true
             }
             _ = resync.tick() => true,
+            _ = rules_tick.tick() => {
+                if let Err(e) = fw.resync(&metrics) {
+                    tracing::warn!(error = %chain(&e), "checking the nftables table failed; will retry");
+                    retry_at.get_or_insert_with(|| tokio::time::Instant::now() + backoff.next());
+                }
+                continue;
+            }
             () = sleep_until(retry_at) => true,
             () = &mut shutdown => break,
         };
@@ -331,7 +363,11 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         }
         let t0 = Instant::now();
         let pass = if full { Pass::Full } else { Pass::Quick };
-        let ok = reconcile_all(&nl, &mut devices, &set, &metrics, pass).await;
+        let mut ok = reconcile_all(&nl, &mut devices, &set, &metrics, pass).await;
+        if let Err(e) = fw.peers_changed(firewall::peer_ips(&set), &metrics) {
+            tracing::warn!(error = %chain(&e), "writing the nftables table failed; will retry");
+            ok = false;
+        }
         tracing::debug!(full, us = t0.elapsed().as_micros() as u64, "reconcile pass");
         if ok {
             retry_at = None;
@@ -341,7 +377,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
                 tracing::info!(
                     peers_v4 = set.v4.len(),
                     peers_v6 = set.v6.len(),
-                    "first full reconcile done: ready"
+                    "first full reconcile done, nftables table in place: ready"
                 );
             }
         } else {

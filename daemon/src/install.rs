@@ -141,7 +141,7 @@ impl Install {
             }
         };
         let conflist_written = write_atomic(
-            &self.conf_dir.join("10-weft.conflist"),
+            &self.conf_dir.join(crate::cleanup::CONFLIST),
             text.as_bytes(),
             0o644,
         )?;

@@ -7,8 +7,10 @@
 
 pub mod agent;
 pub mod annotations;
+pub mod cleanup;
 pub mod config;
 pub mod files;
+pub mod firewall;
 pub mod health;
 pub mod iface;
 pub mod install;

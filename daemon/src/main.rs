@@ -56,6 +56,16 @@ struct Args {
     /// to weft's entries are seen and repaired as they happen).
     #[arg(long, env = "WEFTD_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    /// Drop packets to the backend's UDP port (VXLAN 8472) that do not come
+    /// from a current peer's public IP (counted in
+    /// weft_allowlist_dropped_packets_total). `--vxlan-allow-list=false`
+    /// turns it off.
+    #[arg(long, env = "WEFTD_VXLAN_ALLOW_LIST", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    vxlan_allow_list: bool,
+    /// Seconds between reads of weft's nftables table: a flushed, deleted
+    /// or edited table is put back within this interval.
+    #[arg(long, env = "WEFTD_RULES_RESYNC_SECONDS", default_value_t = 10)]
+    rules_resync_seconds: u64,
     /// Log format.
     #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -81,6 +91,15 @@ enum Sub {
         /// More directories holding the delegates (bridge, host-local, portmap).
         #[arg(long)]
         delegate_dir: Vec<PathBuf>,
+    },
+    /// Remove what weftd put on this node, for uninstall: the nftables
+    /// table `inet weft`, the backend's devices (with their routes,
+    /// neighbour and FDB entries), subnet.env and `10-weft.conflist`. The
+    /// `weft` plugin binary stays, so pods still running can be torn down.
+    Cleanup {
+        /// Where the conflist was installed.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
     },
 }
 
@@ -111,14 +130,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn install_cni(sub: Sub) -> anyhow::Result<()> {
-    let Sub::InstallCni {
-        bin_dir,
-        conf_dir,
-        cni_conf,
-        plugin,
-        delegate_dir,
-    } = sub;
+fn install_cni(
+    bin_dir: PathBuf,
+    conf_dir: PathBuf,
+    cni_conf: Option<PathBuf>,
+    plugin: Option<PathBuf>,
+    delegate_dir: Vec<PathBuf>,
+) -> anyhow::Result<()> {
     let plugin = match plugin {
         Some(p) => p,
         None => std::env::current_exe()?
@@ -147,8 +165,29 @@ fn install_cni(sub: Sub) -> anyhow::Result<()> {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    if let Some(sub) = args.command {
-        return install_cni(sub);
+    match args.command {
+        Some(Sub::InstallCni {
+            bin_dir,
+            conf_dir,
+            cni_conf,
+            plugin,
+            delegate_dir,
+        }) => return install_cni(bin_dir, conf_dir, cni_conf, plugin, delegate_dir),
+        Some(Sub::Cleanup { conf_dir }) => {
+            let removed = current_thread()?.block_on(weftd::cleanup::run(
+                &args.net_config_path,
+                &args.subnet_file,
+                &conf_dir,
+            ))?;
+            for r in &removed {
+                tracing::info!(removed = %r, "cleanup");
+            }
+            if removed.is_empty() {
+                tracing::info!("cleanup: nothing of weft's was left on this node");
+            }
+            return Ok(());
+        }
+        None => {}
     }
     let node_name = std::env::var("NODE_NAME").map_err(|_| {
         anyhow::anyhow!(
@@ -177,11 +216,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         healthz_addr,
         annotation_prefix: args.kube_annotation_prefix,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
+        allow_list: args.vxlan_allow_list,
+        rules_resync: Duration::from_secs(args.rules_resync_seconds.max(1)),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
+    current_thread()?.block_on(async {
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};
             match (
@@ -201,4 +239,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(agent::chain(&e)))
     })
+}
+
+fn current_thread() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }

@@ -28,6 +28,10 @@ struct Values {
     reconcile_seconds_last: f64,
     device_creations: u64,
     node_events: u64,
+    nft_syncs: BTreeMap<&'static str, u64>,
+    nft_restorations: u64,
+    nft_errors: u64,
+    allowlist_drops: u64,
 }
 
 /// Shared by the reconcile loop (writer) and the HTTP server (reader).
@@ -107,6 +111,24 @@ impl Metrics {
         });
     }
 
+    /// One nftables sync, by what it did; whether it restored the table
+    /// after someone else changed it.
+    pub fn nft_synced(&self, result: &'static str, restored: bool) {
+        self.with(|v| {
+            *v.nft_syncs.entry(result).or_default() += 1;
+            v.nft_restorations += u64::from(restored);
+        });
+    }
+
+    pub fn nft_error(&self) {
+        self.with(|v| v.nft_errors += 1);
+    }
+
+    /// Packets the allow-list dropped since the last reading.
+    pub fn allowlist_dropped(&self, packets: u64) {
+        self.with(|v| v.allowlist_drops += packets);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let ready = u64::from(self.ready());
@@ -119,7 +141,7 @@ impl Metrics {
                         .collect()
                 };
             let plain = |x: String| vec![(String::new(), x)];
-            let families: [Family; 11] = [
+            let families: [Family; 15] = [
                 (
                     "weft_ready",
                     "1 once the first full reconcile is done and subnet.env is written.",
@@ -184,6 +206,30 @@ impl Metrics {
                     labelled("kind", &v.netlink_errors),
                 ),
                 (
+                    "weft_nft_syncs_total",
+                    "Syncs of weft's nftables table, by result (unchanged, created, rewritten, elements).",
+                    "counter",
+                    labelled("result", &v.nft_syncs),
+                ),
+                (
+                    "weft_nft_restorations_total",
+                    "Times weft's nftables table was found missing or altered and restored.",
+                    "counter",
+                    plain(v.nft_restorations.to_string()),
+                ),
+                (
+                    "weft_nft_errors_total",
+                    "nftables reads or transactions that failed.",
+                    "counter",
+                    plain(v.nft_errors.to_string()),
+                ),
+                (
+                    "weft_allowlist_dropped_packets_total",
+                    "Packets to the backend's UDP port from non-peers, dropped (as counted by the table's rule).",
+                    "counter",
+                    plain(v.allowlist_drops.to_string()),
+                ),
+                (
                     "weft_device_creations_total",
                     "Backend devices created (first start, or after deletion).",
                     "counter",
@@ -216,6 +262,8 @@ mod tests {
         done.insert("replace_route", 4);
         m.reconciled(0.25, &done, &["replace_fdb"], false, true);
         m.set_ready();
+        m.nft_synced("rewritten", true);
+        m.allowlist_dropped(3);
         let text = m.render();
         for line in [
             "weft_ready 1",
@@ -226,6 +274,9 @@ mod tests {
             "weft_netlink_errors_total{kind=\"replace_fdb\"} 1",
             "weft_reconcile_errors_total 1",
             "weft_device_creations_total 1",
+            "weft_nft_syncs_total{result=\"rewritten\"} 1",
+            "weft_nft_restorations_total 1",
+            "weft_allowlist_dropped_packets_total 3",
             "# TYPE weft_reconciles_total counter",
         ] {
             assert!(

@@ -23,7 +23,10 @@ fn in_private_netns(f: impl FnOnce() + Send) {
 }
 
 fn sh(script: &str) -> String {
-    let out = Command::new("bash").args(["-euc", script]).output().unwrap();
+    let out = Command::new("bash")
+        .args(["-euc", script])
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{script}: {}",
@@ -96,7 +99,13 @@ fn peers_change_only_the_set_and_keep_the_counters() {
         let handles = sh("nft -a list chain inet weft input");
         let rs2 = nft::build(&input(&["198.51.100.13", "198.51.100.14"], false));
         let r = nft.sync(&rs2).unwrap();
-        assert_eq!(r.synced, Synced::Elements { added: 1, removed: 1 });
+        assert_eq!(
+            r.synced,
+            Synced::Elements {
+                added: 1,
+                removed: 1
+            }
+        );
         assert_eq!(listed(), nft::listing(&rs2));
         // The rules were not replaced (same handles).
         assert_eq!(sh("nft -a list chain inet weft input"), handles);
@@ -109,8 +118,10 @@ fn whatever_an_operator_does_to_the_table_is_undone_and_other_tables_are_left_al
     in_private_netns(|| {
         let mut nft = Nft::open().unwrap();
         let rs = nft::build(&input(&["198.51.100.12"], true));
-        sh("nft add table ip other; nft add chain ip other c '{ type filter hook input priority 0; }'; \
-            nft add rule ip other c counter accept");
+        sh(
+            "nft add table ip other; nft add chain ip other c '{ type filter hook input priority 0; }'; \
+            nft add rule ip other c counter accept",
+        );
         let other = sh("nft list table ip other");
         nft.sync(&rs).unwrap();
         for (edit, want) in [
@@ -119,22 +130,36 @@ fn whatever_an_operator_does_to_the_table_is_undone_and_other_tables_are_left_al
             ("nft add rule inet weft forward drop", Synced::Rewritten),
             ("nft flush chain inet weft postrouting", Synced::Rewritten),
             ("nft delete chain inet weft input", Synced::Rewritten),
-            ("nft 'chain inet weft forward { policy drop; }'", Synced::Rewritten),
-            ("nft add set inet weft extra '{ type ipv4_addr; }'", Synced::Rewritten),
+            (
+                "nft 'chain inet weft forward { policy drop; }'",
+                Synced::Rewritten,
+            ),
+            (
+                "nft add set inet weft extra '{ type ipv4_addr; }'",
+                Synced::Rewritten,
+            ),
             (
                 "h=$(nft -a list chain inet weft postrouting | awk '/masquerade/{print $NF; exit}'); \
                  nft replace rule inet weft postrouting handle $h ip saddr 10.244.0.0/16 masquerade",
                 Synced::Rewritten,
             ),
-            ("nft flush set inet weft vxlan_peers_v4", Synced::Elements { added: 1, removed: 0 }),
+            (
+                "nft flush set inet weft vxlan_peers_v4",
+                Synced::Elements {
+                    added: 1,
+                    removed: 0,
+                },
+            ),
         ] {
             sh(edit);
             assert_eq!(nft.sync(&rs).unwrap().synced, want, "after `{edit}`");
             assert_eq!(listed(), nft::listing(&rs), "after `{edit}`");
         }
         // `nft flush ruleset` took the other table too; the others were left alone.
-        sh("nft add table ip other; nft add chain ip other c '{ type filter hook input priority 0; }'; \
-            nft add rule ip other c counter accept");
+        sh(
+            "nft add table ip other; nft add chain ip other c '{ type filter hook input priority 0; }'; \
+            nft add rule ip other c counter accept",
+        );
         nft.sync(&rs).unwrap();
         assert!(nft.delete_table().unwrap());
         assert!(!nft.delete_table().unwrap());
@@ -163,5 +188,23 @@ fn the_allow_list_counts_and_drops_vxlan_from_strangers() {
         let r = nft.sync(&rs).unwrap();
         assert_eq!(r.synced, Synced::Unchanged);
         assert_eq!(r.input_drops, 2);
+    });
+}
+
+#[test]
+fn five_thousand_peers_go_in_one_transaction_and_read_back_unchanged() {
+    in_private_netns(|| {
+        let mut nft = Nft::open().unwrap();
+        let peers: Vec<String> = (0..5000u32)
+            .map(|i| std::net::Ipv4Addr::from(0xc612_0000u32 + i).to_string())
+            .collect();
+        let refs: Vec<&str> = peers.iter().map(String::as_str).collect();
+        let rs = nft::build(&input(&refs, false));
+        assert_eq!(nft.sync(&rs).unwrap().synced, Synced::Created);
+        assert_eq!(nft.sync(&rs).unwrap().synced, Synced::Unchanged);
+        let n = sh("nft -j list set inet weft vxlan_peers_v4")
+            .matches("198.18.")
+            .count();
+        assert_eq!(n, 5000);
     });
 }

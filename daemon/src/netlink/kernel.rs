@@ -45,6 +45,22 @@ pub struct Kernel {
 
 impl Kernel {
     /// Opens the socket; its connection task runs on the current tokio runtime.
+    /// Deletes the link named `name`; whether it existed.
+    pub async fn delete_link(&self, name: &str) -> Result<bool, NetlinkError> {
+        let Some(old) = self.link_by_name(name).await? else {
+            return Ok(false);
+        };
+        let mut m = LinkMessage::default();
+        m.header.index = old.index;
+        self.ack(
+            &format!("delete link {name}"),
+            RouteNetlinkMessage::DelLink(m),
+            0,
+        )
+        .await?;
+        Ok(true)
+    }
+
     pub fn connect() -> Result<Kernel, NetlinkError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
         tokio::spawn(conn);
@@ -452,16 +468,7 @@ impl Netlink for Kernel {
     }
 
     async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<LinkInfo, NetlinkError> {
-        if let Some(old) = self.link_by_name(&spec.name).await? {
-            let mut m = LinkMessage::default();
-            m.header.index = old.index;
-            self.ack(
-                &format!("delete link {}", spec.name),
-                RouteNetlinkMessage::DelLink(m),
-                0,
-            )
-            .await?;
-        }
+        self.delete_link(&spec.name).await?;
         let mut data = vec![
             InfoVxlan::Id(spec.vni),
             InfoVxlan::Link(spec.underlay),

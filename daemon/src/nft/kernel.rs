@@ -109,6 +109,12 @@ impl Nft {
         let tv = nix::sys::time::TimeVal::new(TIMEOUT.as_secs() as _, 0);
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
             .map_err(|e| NftError::Open(e.into()))?;
+        // A replace carries every peer; room for ~100k of them (best
+        // effort: without CAP_NET_ADMIN the default stays).
+        let _ =
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::SndBufForce, &(4 << 20));
+        let _ =
+            nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::RcvBufForce, &(4 << 20));
         Ok(Nft { sock, seq: 1 })
     }
 

@@ -94,7 +94,11 @@ pub enum Match {
     /// `meta mark & mask == value`.
     Mark { mask: u32, value: u32 },
     /// `ip[6] saddr|daddr [!=] net`.
-    Addr { dir: Dir, net: IpNetwork, negate: bool },
+    Addr {
+        dir: Dir,
+        net: IpNetwork,
+        negate: bool,
+    },
     /// `ip[6] saddr != @set`.
     SrcNotIn { v6: bool, set: &'static str },
     /// `udp dport port`.
@@ -147,7 +151,10 @@ fn addr(dir: Dir, net: IpNetwork, negate: bool) -> Match {
 
 fn multicast(v6: bool) -> IpNetwork {
     let (a, p): (IpAddr, u8) = if v6 {
-        (IpAddr::V6(std::net::Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)), 8)
+        (
+            IpAddr::V6(std::net::Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)),
+            8,
+        )
     } else {
         (IpAddr::V4(std::net::Ipv4Addr::new(224, 0, 0, 0)), 4)
     };
@@ -164,8 +171,11 @@ pub fn build(input: &RulesetInput) -> Ruleset {
     let mut chains = Vec::new();
     if let Some((_, peers)) = &input.vxlan_allow {
         for (v6, name) in [(false, PEERS_V4), (true, PEERS_V6)] {
-            let mut elements: Vec<IpAddr> =
-                peers.iter().copied().filter(|p| p.is_ipv6() == v6).collect();
+            let mut elements: Vec<IpAddr> = peers
+                .iter()
+                .copied()
+                .filter(|p| p.is_ipv6() == v6)
+                .collect();
             elements.sort();
             elements.dedup();
             sets.push(Set { name, v6, elements });
@@ -294,7 +304,11 @@ pub fn listing(rs: &Ruleset) -> String {
     for set in &rs.sets {
         sep(&mut s);
         let _ = writeln!(s, "\tset {} {{", set.name);
-        let _ = writeln!(s, "\t\ttype {}", if set.v6 { "ipv6_addr" } else { "ipv4_addr" });
+        let _ = writeln!(
+            s,
+            "\t\ttype {}",
+            if set.v6 { "ipv6_addr" } else { "ipv4_addr" }
+        );
         if !set.elements.is_empty() {
             let elems: Vec<String> = set.elements.iter().map(|e| e.to_string()).collect();
             let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(", "));
@@ -314,7 +328,11 @@ pub fn listing(rs: &Ruleset) -> String {
             Hook::Forward => "forward",
             Hook::Input => "input",
         };
-        let _ = writeln!(s, "\t\ttype {} hook {hook} priority {prio}; policy accept;", c.kind);
+        let _ = writeln!(
+            s,
+            "\t\ttype {} hook {hook} priority {prio}; policy accept;",
+            c.kind
+        );
         for r in &c.rules {
             let _ = writeln!(s, "\t\t{r}");
         }

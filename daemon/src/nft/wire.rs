@@ -130,14 +130,32 @@ pub struct Message {
 /// One nf_tables expression.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Expr {
-    Meta { key: u32 },
-    Payload { base: u32, offset: u32, len: u32 },
-    Bitwise { len: u32, mask: Vec<u8> },
-    Cmp { neq: bool, data: Vec<u8> },
-    Lookup { set: String, set_id: Option<u32>, invert: bool },
+    Meta {
+        key: u32,
+    },
+    Payload {
+        base: u32,
+        offset: u32,
+        len: u32,
+    },
+    Bitwise {
+        len: u32,
+        mask: Vec<u8>,
+    },
+    Cmp {
+        neq: bool,
+        data: Vec<u8>,
+    },
+    Lookup {
+        set: String,
+        set_id: Option<u32>,
+        invert: bool,
+    },
     Counter,
     Verdict(i32),
-    Masq { flags: u32 },
+    Masq {
+        flags: u32,
+    },
 }
 
 const META_MARK: u32 = 3;
@@ -338,7 +356,8 @@ fn expressions(exprs: &[Expr]) -> Attrs {
     for e in exprs {
         let (name, data) = encode_expr(e);
         list.nest(LIST_ELEM, |el| {
-            el.str(EXPR_NAME, name).put(EXPR_DATA | NLA_F_NESTED, &data.0);
+            el.str(EXPR_NAME, name)
+                .put(EXPR_DATA | NLA_F_NESTED, &data.0);
         });
     }
     list
@@ -355,9 +374,23 @@ fn table_msg(ty: u16, flags: u16, what: &str) -> Message {
     }
 }
 
+/// Elements per message: a netlink attribute holds at most 64 KiB (2000
+/// IPv6 keys take 56 KiB).
+const ELEMENTS_PER_MESSAGE: usize = 2000;
+
+/// The messages that add (or remove) `elems`, in chunks.
+fn elements_msgs(ty: u16, set: &Set, elems: &[IpAddr], id: Option<u32>) -> Vec<Message> {
+    elems
+        .chunks(ELEMENTS_PER_MESSAGE)
+        .map(|c| elements_msg(ty, set, c, id))
+        .collect()
+}
+
 fn elements_msg(ty: u16, set: &Set, elems: &[IpAddr], id: Option<u32>) -> Message {
     let mut attrs = Attrs::default();
-    attrs.str(ELEM_LIST_TABLE, TABLE_NAME).str(ELEM_LIST_SET, set.name);
+    attrs
+        .str(ELEM_LIST_TABLE, TABLE_NAME)
+        .str(ELEM_LIST_SET, set.name);
     if let Some(id) = id {
         attrs.u32(ELEM_LIST_SET_ID, id);
     }
@@ -377,7 +410,11 @@ fn elements_msg(ty: u16, set: &Set, elems: &[IpAddr], id: Option<u32>) -> Messag
     };
     Message {
         ty,
-        flags: if ty == msg::DELSETELEM { 0 } else { flags::CREATE },
+        flags: if ty == msg::DELSETELEM {
+            0
+        } else {
+            flags::CREATE
+        },
         attrs,
         what: format!("{verb} {} element(s) of set {}", elems.len(), set.name),
     }
@@ -407,7 +444,10 @@ pub fn replace(rs: &Ruleset) -> Vec<Message> {
             .str(SET_TABLE, TABLE_NAME)
             .str(SET_NAME, set.name)
             .u32(SET_FLAGS, 0)
-            .u32(SET_KEY_TYPE, if set.v6 { TYPE_IP6ADDR } else { TYPE_IPADDR })
+            .u32(
+                SET_KEY_TYPE,
+                if set.v6 { TYPE_IP6ADDR } else { TYPE_IPADDR },
+            )
             .u32(SET_KEY_LEN, if set.v6 { 16 } else { 4 })
             .u32(SET_ID, id);
         out.push(Message {
@@ -417,7 +457,7 @@ pub fn replace(rs: &Ruleset) -> Vec<Message> {
             what: format!("creating set {}", set.name),
         });
         if !set.elements.is_empty() {
-            out.push(elements_msg(msg::NEWSETELEM, set, &set.elements, Some(id)));
+            out.extend(elements_msgs(msg::NEWSETELEM, set, &set.elements, Some(id)));
         }
     }
     for c in &rs.chains {
@@ -439,10 +479,13 @@ pub fn replace(rs: &Ruleset) -> Vec<Message> {
         });
         for (i, r) in c.rules.iter().enumerate() {
             let mut attrs = Attrs::default();
-            attrs.str(RULE_TABLE, TABLE_NAME).str(RULE_CHAIN, c.name).put(
-                RULE_EXPRESSIONS | NLA_F_NESTED,
-                &expressions(&rule_exprs(r, &ids)).0,
-            );
+            attrs
+                .str(RULE_TABLE, TABLE_NAME)
+                .str(RULE_CHAIN, c.name)
+                .put(
+                    RULE_EXPRESSIONS | NLA_F_NESTED,
+                    &expressions(&rule_exprs(r, &ids)).0,
+                );
             out.push(Message {
                 ty: msg::NEWRULE,
                 flags: flags::CREATE | flags::APPEND,
@@ -479,11 +522,11 @@ pub fn set_updates(rs: &Ruleset, have: &Picture) -> (Vec<Message>, usize, usize)
             .collect();
         if !gone.is_empty() {
             removed += gone.len();
-            out.push(elements_msg(msg::DELSETELEM, set, &gone, None));
+            out.extend(elements_msgs(msg::DELSETELEM, set, &gone, None));
         }
         if !new.is_empty() {
             added += new.len();
-            out.push(elements_msg(msg::NEWSETELEM, set, &new, None));
+            out.extend(elements_msgs(msg::NEWSETELEM, set, &new, None));
         }
     }
     (out, added, removed)
@@ -871,12 +914,32 @@ mod tests {
             e,
             vec![
                 Expr::Meta { key: META_NFPROTO },
-                Expr::Cmp { neq: false, data: vec![2] },
-                Expr::Payload { base: 1, offset: 12, len: 2 },
-                Expr::Cmp { neq: false, data: vec![10, 244] },
-                Expr::Payload { base: 1, offset: 16, len: 4 },
-                Expr::Bitwise { len: 4, mask: vec![0xf0, 0, 0, 0] },
-                Expr::Cmp { neq: true, data: vec![224, 0, 0, 0] },
+                Expr::Cmp {
+                    neq: false,
+                    data: vec![2]
+                },
+                Expr::Payload {
+                    base: 1,
+                    offset: 12,
+                    len: 2
+                },
+                Expr::Cmp {
+                    neq: false,
+                    data: vec![10, 244]
+                },
+                Expr::Payload {
+                    base: 1,
+                    offset: 16,
+                    len: 4
+                },
+                Expr::Bitwise {
+                    len: 4,
+                    mask: vec![0xf0, 0, 0, 0]
+                },
+                Expr::Cmp {
+                    neq: true,
+                    data: vec![224, 0, 0, 0]
+                },
                 Expr::Verdict(NFT_RETURN),
             ]
         );
@@ -919,6 +982,25 @@ mod tests {
         assert_eq!((added, removed, msgs.len()), (1, 1, 2));
         assert_eq!(msgs[0].ty, msg::DELSETELEM);
         assert!(set_updates(&rs, &expected(&rs)).0.is_empty());
+    }
+
+    #[test]
+    fn thousands_of_peers_are_split_across_messages() {
+        let peers: Vec<IpAddr> = (0..5000u32)
+            .map(|i| IpAddr::from((0xc612_0000u32 + i).to_be_bytes()))
+            .collect();
+        let mut inp = input();
+        inp.vxlan_allow = Some((8472, peers));
+        let msgs = replace(&build(&inp));
+        let elems: Vec<&Message> = msgs.iter().filter(|m| m.ty == msg::NEWSETELEM).collect();
+        assert_eq!(elems.len(), 3);
+        assert!(elems.iter().all(|m| m.attrs.0.len() < 65_000));
+        let mut p = Picture::default();
+        add_set(&mut p, &msgs[3].attrs.0);
+        for m in elems {
+            add_elements(&mut p, &m.attrs.0);
+        }
+        assert_eq!(p.sets["vxlan_peers_v4"].elements.len(), 5000);
     }
 
     #[test]

@@ -1,0 +1,80 @@
+//! `weftd cleanup`: removes from a node what weftd put there, for uninstall
+//! (the chart's uninstall path runs it on every node): weft's nftables
+//! table, the backend's devices (their routes, neighbour and FDB entries go
+//! with them), subnet.env and the conflist. The `weft` plugin binary and the
+//! plugin's saved configs stay: pods still running must remain removable.
+//! Everything is attempted; the first failure is reported at the end.
+
+use std::path::Path;
+
+use crate::config::{BackendConfig, DEFAULT_VNI, NetConfig};
+use crate::netlink::kernel::Kernel;
+use crate::nft::kernel::Nft;
+use crate::vxlan;
+
+/// The conflist `weftd install-cni` writes.
+pub const CONFLIST: &str = "10-weft.conflist";
+
+#[derive(Debug, thiserror::Error)]
+#[error("cleanup: {what}: {why}")]
+pub struct CleanupError {
+    what: String,
+    why: String,
+}
+
+/// Removes weft's state; what was removed, one line each.
+pub async fn run(
+    net_conf: &Path,
+    subnet_file: &Path,
+    conf_dir: &Path,
+) -> Result<Vec<String>, CleanupError> {
+    let mut removed = Vec::new();
+    let mut first_err: Option<CleanupError> = None;
+    let mut fail = |what: &str, why: String| {
+        tracing::warn!(what, why, "cleanup step failed");
+        first_err.get_or_insert(CleanupError {
+            what: what.into(),
+            why,
+        });
+    };
+    match Nft::open().and_then(|mut n| n.delete_table()) {
+        Ok(true) => removed.push(format!("nftables table {}", crate::nft::TABLE)),
+        Ok(false) => {}
+        Err(e) => fail("deleting the nftables table", e.to_string()),
+    }
+    // The devices of the configured VNI (flannel's default when the
+    // configuration is already gone).
+    let vni = match NetConfig::load(net_conf) {
+        Ok(cfg) => match cfg.backend {
+            BackendConfig::Vxlan(v) => v.vni,
+            BackendConfig::Udp(_) => DEFAULT_VNI,
+        },
+        Err(_) => DEFAULT_VNI,
+    };
+    match Kernel::connect() {
+        Ok(nl) => {
+            for name in [
+                vxlan::device_name(vni, false),
+                vxlan::device_name(vni, true),
+            ] {
+                match nl.delete_link(&name).await {
+                    Ok(true) => removed.push(format!("device {name}")),
+                    Ok(false) => {}
+                    Err(e) => fail(&format!("deleting device {name}"), e.to_string()),
+                }
+            }
+        }
+        Err(e) => fail("opening a netlink socket", e.to_string()),
+    }
+    for file in [subnet_file.to_path_buf(), conf_dir.join(CONFLIST)] {
+        match std::fs::remove_file(&file) {
+            Ok(()) => removed.push(format!("file {}", file.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => fail(&format!("removing {}", file.display()), e.to_string()),
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(removed),
+    }
+}

@@ -1,0 +1,136 @@
+//! The agent's side of weft's nftables table: the table follows the peer set
+//! (a peer change touches only the allow-list's members) and is read back on
+//! every rules resync, so a table someone flushed, deleted or edited is put
+//! back within the interval and counted.
+
+use std::net::IpAddr;
+
+use crate::lease::peers::PeerSet;
+use crate::metrics::Metrics;
+use crate::nft::kernel::{Nft, NftError, Synced};
+use crate::nft::{self, Ruleset, RulesetInput, wire};
+
+/// weft's table on this node.
+#[derive(Debug)]
+pub struct Firewall {
+    nft: Nft,
+    /// Families, masquerade, and the allow-list's port (its peers are filled
+    /// in from the peer set).
+    base: RulesetInput,
+    /// The peers' public IPs, once the first complete peer set is known.
+    peers: Option<Vec<IpAddr>>,
+    /// What the kernel held after our last successful write or check.
+    applied: Option<Ruleset>,
+    /// The input chain's counter at the last reading.
+    last_drops: u64,
+    /// Whether this process has synced the table before.
+    synced_once: bool,
+}
+
+/// Every peer's public IP, both families.
+pub fn peer_ips(set: &PeerSet) -> Vec<IpAddr> {
+    set.v4.iter().chain(&set.v6).map(|p| p.public_ip).collect()
+}
+
+impl Firewall {
+    /// `base.vxlan_allow` is `Some((port, _))` when the allow-list is on.
+    pub fn new(base: RulesetInput) -> Result<Firewall, NftError> {
+        Ok(Firewall {
+            nft: Nft::open()?,
+            base,
+            peers: None,
+            applied: None,
+            last_drops: 0,
+            synced_once: false,
+        })
+    }
+
+    fn want(&self, peers: &[IpAddr]) -> Ruleset {
+        let mut input = self.base.clone();
+        if let Some((_, allowed)) = &mut input.vxlan_allow {
+            *allowed = peers.to_vec();
+        }
+        nft::build(&input)
+    }
+
+    /// The complete peer set changed: bring the table along. Before the
+    /// first complete set nothing is written (a table left by an earlier run
+    /// keeps the allow-list it had, so a restart drops no peer's traffic).
+    pub fn peers_changed(&mut self, peers: Vec<IpAddr>, m: &Metrics) -> Result<(), NftError> {
+        let rs = self.want(&peers);
+        self.peers = Some(peers);
+        match &self.applied {
+            Some(old) if *old == rs => Ok(()),
+            Some(old) if old.chains == rs.chains => {
+                let (msgs, added, removed) = wire::set_updates(&rs, &wire::expected(old));
+                match self.nft.transact(&msgs) {
+                    Ok(()) => {
+                        m.nft_synced("elements", false);
+                        tracing::debug!(added, removed, "allow-list updated");
+                        self.applied = Some(rs);
+                        Ok(())
+                    }
+                    // Someone changed the table under us: read it and repair.
+                    Err(e) => {
+                        tracing::debug!(error = %e, "updating the allow-list failed; resyncing the table");
+                        self.resync(m)
+                    }
+                }
+            }
+            _ => self.resync(m),
+        }
+    }
+
+    /// Reads the table back and repairs whatever differs. Nothing to do
+    /// before the first complete peer set.
+    pub fn resync(&mut self, m: &Metrics) -> Result<(), NftError> {
+        let Some(peers) = &self.peers else {
+            return Ok(());
+        };
+        let rs = self.want(peers);
+        let report = match self.nft.sync(&rs) {
+            Ok(r) => r,
+            Err(e) => {
+                m.nft_error();
+                self.applied = None;
+                return Err(e);
+            }
+        };
+        // The counter restarts from zero whenever the table is rewritten;
+        // what an earlier run counted is not this run's.
+        let drops = report.input_drops;
+        let first = !std::mem::replace(&mut self.synced_once, true);
+        if !first {
+            m.allowlist_dropped(drops.saturating_sub(self.last_drops));
+        }
+        let (label, restored) = match report.synced {
+            Synced::Unchanged => ("unchanged", false),
+            Synced::Elements { .. } => ("elements", false),
+            Synced::Created => ("created", !first),
+            Synced::Rewritten => ("rewritten", !first),
+        };
+        self.last_drops = match report.synced {
+            Synced::Created | Synced::Rewritten => 0,
+            _ => drops,
+        };
+        m.nft_synced(label, restored);
+        match report.synced {
+            Synced::Unchanged => {}
+            Synced::Elements { added, removed } => {
+                tracing::info!(added, removed, "allow-list brought up to date")
+            }
+            _ if restored => tracing::warn!(
+                table = nft::TABLE,
+                "nftables table was missing or altered behind weft's back; restored"
+            ),
+            _ => tracing::info!(table = nft::TABLE, how = label, "nftables table installed"),
+        }
+        self.applied = Some(rs);
+        Ok(())
+    }
+
+    /// Whether the table is known to be in place.
+    pub fn in_place(&self) -> bool {
+        self.applied.is_some()
+    }
+}
