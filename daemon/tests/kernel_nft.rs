@@ -55,18 +55,13 @@ fn input(peers: &[&str], dual: bool) -> RulesetInput {
 
 /// `nft list table inet weft` with the counters' values taken out.
 fn listed() -> String {
-    let text = sh("nft list table inet weft");
-    regex_lite(&text)
-}
-
-fn regex_lite(text: &str) -> String {
     let mut out = String::new();
-    for line in text.lines() {
+    for line in sh("nft list table inet weft").lines() {
         let mut words: Vec<&str> = line.split(' ').collect();
-        if let Some(i) = words.iter().position(|w| w.ends_with("counter")) {
-            if words.get(i + 1) == Some(&"packets") {
-                words.drain(i + 1..i + 5);
-            }
+        if let Some(i) = words.iter().position(|w| w.ends_with("counter"))
+            && words.get(i + 1) == Some(&"packets")
+        {
+            words.drain(i + 1..i + 5);
         }
         out.push_str(&words.join(" "));
         out.push('\n');

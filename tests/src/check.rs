@@ -26,7 +26,12 @@ impl PairResult {
 const PORT: &str = "5201";
 
 impl Lab {
-    fn pod_cmd(&self, pod: &PodRecord, args: &[&str]) -> Result<std::process::Output, LabError> {
+    /// Runs `args` inside `pod` (its network namespace, on its node); its output.
+    pub fn pod_cmd(
+        &self,
+        pod: &PodRecord,
+        args: &[&str],
+    ) -> Result<std::process::Output, LabError> {
         let mut full = vec!["ip", "netns", "exec", pod.name.as_str()];
         full.extend_from_slice(args);
         self.exec(&pod.node, &full)

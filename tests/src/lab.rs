@@ -41,6 +41,11 @@ pub const UNDERLAY: &str = "198.51.100.0/24";
 pub const HUB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 const HUB_BRIDGE: &str = "br0";
+/// A host beyond the underlay's router (the hub routes to it): not a node,
+/// with no route to any pod network, so it can reply to a pod only when the
+/// pod's traffic was masqueraded to its node's address.
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const OUTSIDE_GW: &str = "203.0.113.1/24";
 const HUB_MAC: &str = "02:77:65:66:74:01";
 const FIRST_NODE_HOST: u32 = 10;
 
@@ -416,6 +421,19 @@ impl Lab {
     }
 
     /// A command running `program` inside the hub namespace.
+    /// `program` on the outside host (beyond the hub; not a node).
+    pub fn outside_command(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            &netns_name(&self.state.name, "outside"),
+            program,
+        ])
+        .env(procs::MARK, &self.state.name);
+        c
+    }
+
     pub fn hub_command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &self.state.hub_netns, program])
@@ -610,6 +628,8 @@ fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab, LabError>
         underlay.prefix()
     ));
     netns::create(&hub_ns)?;
+    let outside_ns = netns_name(name, "outside");
+    netns::create(&outside_ns)?;
     let hub_cidr = format!("{HUB_IP}/{}", underlay.prefix());
     (|| {
         // A fixed MAC: a bridge otherwise takes its lowest port's, and
@@ -620,6 +640,52 @@ fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab, LabError>
         ])?;
         cmd::ip(["-n", &hub_ns, "addr", "add", &hub_cidr, "dev", HUB_BRIDGE])?;
         cmd::ip(["-n", &hub_ns, "link", "set", HUB_BRIDGE, "up"])?;
+        // The outside host, behind the hub acting as the underlay's router.
+        cmd::ip([
+            "-n",
+            &hub_ns,
+            "link",
+            "add",
+            "outside",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &outside_ns,
+        ])?;
+        cmd::ip(["-n", &hub_ns, "addr", "add", OUTSIDE_GW, "dev", "outside"])?;
+        cmd::ip(["-n", &hub_ns, "link", "set", "outside", "up"])?;
+        cmd::run(Command::new("ip").args([
+            "netns",
+            "exec",
+            &hub_ns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]))?;
+        let outside_cidr = format!("{OUTSIDE_IP}/24");
+        cmd::ip([
+            "-n",
+            &outside_ns,
+            "addr",
+            "add",
+            &outside_cidr,
+            "dev",
+            "eth0",
+        ])?;
+        cmd::ip(["-n", &outside_ns, "link", "set", "eth0", "up"])?;
+        cmd::ip(["-n", &outside_ns, "link", "set", "lo", "up"])?;
+        cmd::ip([
+            "-n",
+            &outside_ns,
+            "route",
+            "add",
+            "default",
+            "via",
+            "203.0.113.1",
+        ])?;
         Ok(())
     })()
     .map_err(LabError::Hub)?;

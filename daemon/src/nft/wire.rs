@@ -93,7 +93,7 @@ impl Attrs {
         self.0.extend_from_slice(&(len as u16).to_ne_bytes());
         self.0.extend_from_slice(&ty.to_ne_bytes());
         self.0.extend_from_slice(data);
-        while self.0.len() % 4 != 0 {
+        while !self.0.len().is_multiple_of(4) {
             self.0.push(0);
         }
         self
@@ -209,7 +209,7 @@ pub fn rule_exprs(rule: &Rule, set_ids: &BTreeMap<&str, u32>) -> Vec<Expr> {
                     (true, Dir::Dst) => 24,
                 };
                 let prefix = net.prefix() as usize;
-                let aligned = prefix % 8 == 0 && prefix > 0;
+                let aligned = prefix.is_multiple_of(8) && prefix > 0;
                 // nft reads an unaligned prefix back only from a full load.
                 let len = if aligned { prefix / 8 } else { full };
                 out.push(Expr::Payload {
