@@ -1,0 +1,108 @@
+{{/*
+Labels on every object. The names themselves are fixed (weft, weft-config):
+one weft per cluster, and the lab's RBAC test binds exactly these names.
+*/}}
+{{- define "weft.labels" -}}
+app.kubernetes.io/name: weft
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: weft
+{{- end }}
+
+{{/* The DaemonSet's selector: never changes across upgrades. */}}
+{{- define "weft.selectorLabels" -}}
+app.kubernetes.io/name: weft
+{{- end }}
+
+{{- define "weft.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{/* host:port for --healthz-addr (IPv6 addresses in brackets). */}}
+{{- define "weft.healthzAddr" -}}
+{{- $h := .Values.healthz.bindAddress -}}
+{{- if contains ":" $h -}}[{{ $h }}]{{- else -}}{{ $h }}{{- end -}}:{{ .Values.healthz.port }}
+{{- end }}
+
+{{/*
+flannel's net-conf.json, from the values, keys in flannel's documented order
+(Network first, Backend last) so that it reads like flannel's.
+*/}}
+{{- define "weft.netConf" -}}
+{{- $v := .Values -}}
+{{- if not (has $v.backend.type (list "vxlan" "udp")) -}}
+{{- fail (printf "backend.type: %q is not a weft backend (vxlan, udp)" $v.backend.type) -}}
+{{- end -}}
+{{- if and (not $v.podCidr) (not $v.podCidrV6) -}}
+{{- fail "podCidr and podCidrV6 are both empty: set at least one" -}}
+{{- end -}}
+{{- $top := list -}}
+{{- if $v.podCidr -}}
+{{- $top = append $top (printf "\"Network\": %s" (toJson $v.podCidr)) -}}
+{{- else -}}
+{{- $top = append $top "\"EnableIPv4\": false" -}}
+{{- end -}}
+{{- if $v.podCidrV6 -}}
+{{- $top = append $top "\"EnableIPv6\": true" -}}
+{{- $top = append $top (printf "\"IPv6Network\": %s" (toJson $v.podCidrV6)) -}}
+{{- end -}}
+{{- $b := list (printf "\"Type\": %s" (toJson $v.backend.type)) -}}
+{{- if eq $v.backend.type "vxlan" -}}
+{{- $b = append $b (printf "\"VNI\": %d" (int $v.backend.vni)) -}}
+{{- end -}}
+{{- if $v.backend.port -}}
+{{- $b = append $b (printf "\"Port\": %d" (int $v.backend.port)) -}}
+{{- end -}}
+{{- if eq $v.backend.type "vxlan" -}}
+{{- if $v.backend.mtu -}}
+{{- $b = append $b (printf "\"MTU\": %d" (int $v.backend.mtu)) -}}
+{{- end -}}
+{{- if $v.backend.directRouting -}}
+{{- $b = append $b "\"DirectRouting\": true" -}}
+{{- end -}}
+{{- end -}}
+{{- $top = append $top (printf "\"Backend\": {\n    %s\n  }" (join ",\n    " $b)) -}}
+{
+  {{ join ",\n  " $top }}
+}
+{{- end }}
+
+{{/*
+The conflist: cni.conf as it is, or flannel's (network "cbr0": weft, then
+portmap). The name stays flannel's "cbr0" so that a runtime's cached results
+of pods made under flannel still match after a switch.
+*/}}
+{{- define "weft.cniConf" -}}
+{{- if .Values.cni.conf -}}
+{{- $c := fromJson .Values.cni.conf -}}
+{{- if or (hasKey $c "Error") (not (hasKey $c "plugins")) (not (hasKey $c "name")) -}}
+{{- fail "cni.conf: not a conflist (JSON with \"name\" and \"plugins\")" -}}
+{{- end -}}
+{{- .Values.cni.conf | trim -}}
+{{- else -}}
+{
+  "name": "cbr0",
+  "cniVersion": {{ toJson .Values.cni.cniVersion }},
+  "plugins": [
+    {
+      "type": "weft",
+      "delegate": {
+        "hairpinMode": true,
+        "isDefaultGateway": true
+      }
+    },
+    {
+      "type": "portmap",
+      "capabilities": {
+        "portMappings": true
+      }
+    }
+  ]
+}
+{{- end -}}
+{{- end }}
+
+{{/* Whether the ConfigMap carries cni-conf.json (and install-cni gets --cni-conf). */}}
+{{- define "weft.hasCniConf" -}}
+{{- if or .Values.cni.conf (ne .Values.cni.cniVersion "auto") -}}true{{- end -}}
+{{- end }}
