@@ -62,7 +62,13 @@ impl Firewall {
         match &self.applied {
             Some(old) if *old == rs => Ok(()),
             Some(old) if old.chains == rs.chains => {
-                let (msgs, added, removed) = wire::set_updates(&rs, &wire::expected(old));
+                let (msgs, added, removed) = wire::set_updates_from(&rs, |name| {
+                    old.sets
+                        .iter()
+                        .find(|s| s.name == name)
+                        .map(|s| s.elements.clone())
+                        .unwrap_or_default()
+                });
                 match self.nft.transact(&msgs) {
                     Ok(()) => {
                         m.nft_synced("elements", false);

@@ -502,22 +502,36 @@ pub fn delete_table() -> Message {
     table_msg(msg::DELTABLE, 0, "deleting table inet weft")
 }
 
-/// The batch that brings the sets' elements from `have` to `rs` (the rest
-/// of the table being as it should).
+/// The batch that brings the sets' elements from what the kernel holds
+/// (`have`) to `rs` (the rest of the table being as it should).
 pub fn set_updates(rs: &Ruleset, have: &Picture) -> (Vec<Message>, usize, usize) {
+    set_updates_from(rs, |name| {
+        have.sets
+            .get(name)
+            .map(|s| s.elements.iter().filter_map(|b| ip_of(b)).collect())
+            .unwrap_or_default()
+    })
+}
+
+/// The same, from the elements `current` says each set holds: a merge of
+/// sorted lists, cheap enough for every peer change at thousands of nodes.
+pub fn set_updates_from(
+    rs: &Ruleset,
+    current: impl Fn(&str) -> Vec<IpAddr>,
+) -> (Vec<Message>, usize, usize) {
     let (mut out, mut added, mut removed) = (Vec::new(), 0, 0);
     for set in &rs.sets {
-        let want: BTreeSet<Vec<u8>> = set.elements.iter().map(|e| addr_bytes(*e).0).collect();
-        let cur = have
-            .sets
-            .get(set.name)
-            .map(|s| s.elements.clone())
-            .unwrap_or_default();
-        let gone: Vec<IpAddr> = cur.difference(&want).filter_map(|b| ip_of(b)).collect();
+        let mut cur = current(set.name);
+        cur.sort_unstable();
+        let gone: Vec<IpAddr> = cur
+            .iter()
+            .filter(|c| set.elements.binary_search(c).is_err())
+            .copied()
+            .collect();
         let new: Vec<IpAddr> = set
             .elements
             .iter()
-            .filter(|e| !cur.contains(&addr_bytes(**e).0))
+            .filter(|e| cur.binary_search(e).is_err())
             .copied()
             .collect();
         if !gone.is_empty() {
