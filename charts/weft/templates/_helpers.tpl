@@ -106,3 +106,30 @@ of pods made under flannel still match after a switch.
 {{- define "weft.hasCniConf" -}}
 {{- if or .Values.cni.conf (ne .Values.cni.cniVersion "auto") -}}true{{- end -}}
 {{- end }}
+
+{{/* weftd's securityContext (the agent, and weftd cleanup). */}}
+{{- define "weft.weftdSecurityContext" -}}
+# Not privileged: one capability, NET_ADMIN, for the VXLAN or TUN
+# device, routes, neighbour and FDB entries and the nftables
+# table (all over netlink; no iptables binary, hence no NET_RAW).
+#
+# uid 0, not runAsNonRoot, for two reasons:
+# - Kubernetes gives added capabilities to uid 0 only; a non-root
+#   process would get NET_ADMIN only through file capabilities,
+#   which need allowPrivilegeEscalation: true (no_new_privs
+#   ignores them), a worse trade;
+# - weftd writes /run/flannel/subnet.env into a host directory
+#   owned by root that flannel and the CNI plugin share.
+# Every other capability of root is dropped (no DAC_OVERRIDE,
+# CHOWN, SETUID, SYS_ADMIN, ...); of the host it sees only the
+# paths mounted into it.
+runAsUser: 0
+runAsGroup: 0
+runAsNonRoot: false
+privileged: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: ["ALL"]
+  add: ["NET_ADMIN"]
+{{- end }}
