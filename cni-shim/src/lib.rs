@@ -7,6 +7,7 @@ pub mod error;
 pub mod exec;
 pub mod fsutil;
 pub mod plugin;
+pub mod result;
 pub mod subnet_env;
 
 pub use error::CniError;

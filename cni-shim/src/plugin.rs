@@ -88,7 +88,7 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<String>, CniError> {
         ..e
     };
     match env.command.as_str() {
-        "ADD" => add(env, &conf, &opts),
+        "ADD" => add(env, &conf, &opts, &version),
         "DEL" => del(env, &opts).map(|()| None),
         "CHECK" => check(env, &conf, &opts, &version).map(|()| None),
         "STATUS" => status(&opts)
@@ -165,22 +165,64 @@ fn save(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CniError> {
         .map_err(|e| io_err("saving", &path, e))
 }
 
+fn parse_version(v: &str) -> (u32, u32, u32) {
+    let mut p = v.split('.').map(|x| x.parse::<u32>().unwrap_or(0));
+    (
+        p.next().unwrap_or(0),
+        p.next().unwrap_or(0),
+        p.next().unwrap_or(0),
+    )
+}
+
+/// The newest version both weft and the delegate speak that is older than
+/// `requested`.
+fn older_version(delegate_speaks: &[String], requested: &str) -> Option<String> {
+    delegate_speaks
+        .iter()
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+        .filter(|v| parse_version(v) < parse_version(requested))
+        .max_by_key(|v| parse_version(v))
+        .cloned()
+}
+
 fn add(
     env: &CniEnv,
     conf: &Map<String, Value>,
     opts: &Options,
+    version: &str,
 ) -> Result<Option<String>, CniError> {
     let id = container_id(env)?;
     let subnet = SubnetEnv::load(&opts.subnet_file)?;
-    let d = delegate::build(conf, &subnet)?;
-    let bytes = d.to_string();
+    let mut d = delegate::build(conf, &subnet)?;
+    let ty = plugin_type(&d).to_string();
     // A delegate that is not there sets nothing up: fail before saving.
-    env.find(plugin_type(&d))?;
+    let exe = env.find(&ty)?;
+    let bytes = d.to_string();
     save(&opts.data_dir, id, bytes.as_bytes())?;
-    let out = exec::delegate(env, "ADD", plugin_type(&d), bytes.as_bytes())?;
+    let out = match exec::delegate(env, "ADD", &ty, bytes.as_bytes()) {
+        // A delegate older than the conflist (Debian's plugins stop at
+        // 1.0.0) refuses before it touches anything: ask it in the newest
+        // version it speaks, save that, and convert its result back.
+        Err(e) if e.code == code::INCOMPATIBLE_VERSION => {
+            let Some(older) = older_version(&exec::versions(&exe), version) else {
+                return Err(e);
+            };
+            if let Some(m) = d.as_object_mut() {
+                m.insert("cniVersion".into(), json!(older));
+            }
+            let bytes = d.to_string();
+            save(&opts.data_dir, id, bytes.as_bytes())?;
+            exec::delegate(env, "ADD", &ty, bytes.as_bytes())?
+        }
+        other => other?,
+    };
     let text = String::from_utf8(out)
         .map_err(|_| CniError::new(code::DECODE, "the delegate's result is not UTF-8"))?;
-    Ok(Some(text.trim().to_string()))
+    let text = text.trim();
+    if version.is_empty() {
+        return Ok(Some(text.to_string()));
+    }
+    crate::result::as_version(text, version).map(Some)
 }
 
 /// The saved config for `id`: ours, else one flannel's plugin saved before

@@ -275,3 +275,47 @@ fn fifty_concurrent_adds_get_fifty_addresses_and_fifty_dels_free_them() {
         );
     });
 }
+
+/// A conflist newer than the delegates (1.1.0; Debian's bridge speaks up to
+/// 1.0.0): weft asks the delegate in 1.0.0, saves that, and answers in
+/// 1.1.0; an old 0.3.1 list gets its result in 0.3.1's shape. DEL replays.
+#[test]
+fn results_come_back_in_the_requested_version_even_from_an_older_delegate() {
+    let mut s = Scratch::new("versions");
+    let pods = [s.pod(0), s.pod(1)];
+    let dir = s.dir.clone();
+    let base = s.conf();
+    in_private_netns(|| {
+        for (i, (asked, saved_as, ip_version)) in
+            [("1.1.0", "1.0.0", None), ("0.3.1", "0.3.1", Some("4"))]
+                .into_iter()
+                .enumerate()
+        {
+            let conf = base.replace(
+                r#""cniVersion":"1.0.0""#,
+                &format!(r#""cniVersion":"{asked}""#),
+            );
+            let id = format!("v{i}");
+            let (ok, out) = weft("ADD", &id, &pods[i], DEBIAN_PLUGINS, &conf);
+            assert!(ok, "ADD {asked}: {out}");
+            let result: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(result["cniVersion"], asked);
+            assert_eq!(result["ips"][0]["version"].as_str(), ip_version, "{out}");
+            assert!(
+                result["ips"][0]["address"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("10.244.1.")
+            );
+            let saved: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(dir.join("flannel").join(&id)).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(saved["cniVersion"], saved_as);
+            let (ok, out) = weft("DEL", &id, &pods[i], DEBIAN_PLUGINS, &conf);
+            assert!(ok, "DEL {asked}: {out}");
+            assert!(!dir.join("flannel").join(&id).exists());
+        }
+        assert!(ipam_files(&dir).is_empty(), "every address is free again");
+    });
+}

@@ -123,8 +123,19 @@ impl Lab {
             .host_path(&format!("/var/lib/cni/results/{net}-{pod}-eth0")))
     }
 
-    /// Creates pod `pod` on `node` by running the node's conflist (ADD).
+    /// Creates pod `pod` on `node` by running the node's conflist (ADD) and
+    /// records it in the lab's state.
     pub fn add_pod(&mut self, node: &str, pod: &str) -> Result<PodRecord, LabError> {
+        let rec = self.create_pod(node, pod)?;
+        self.state.pods.push(rec.clone());
+        save_state(&self.state)?;
+        Ok(rec)
+    }
+
+    /// Creates pod `pod` on `node` (namespace, conflist ADD, result cache)
+    /// without recording it: safe to call from many threads at once, as a
+    /// runtime starts many sandboxes at once.
+    pub fn create_pod(&self, node: &str, pod: &str) -> Result<PodRecord, LabError> {
         let list = self.conflist(node)?;
         self.run(node, &["ip", "netns", "add", pod])?;
         let plugins = list["plugins"].as_array().cloned().unwrap_or_default();
@@ -169,19 +180,26 @@ impl Lab {
             .and_then(|a| a.split('/').next())
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| cni_err(pod, format!("the result has no address: {result}")))?;
-        let rec = PodRecord {
+        Ok(PodRecord {
             node: node.to_string(),
             name: pod.to_string(),
             ip,
-        };
-        self.state.pods.push(rec.clone());
-        save_state(&self.state)?;
-        Ok(rec)
+        })
     }
 
     /// Deletes a pod: the conflist in reverse (DEL, with the cached result
     /// as prevResult from 0.4.0 on), then its namespace.
     pub fn del_pod(&mut self, node: &str, pod: &str) -> Result<(), LabError> {
+        self.destroy_pod(node, pod)?;
+        self.state
+            .pods
+            .retain(|p| !(p.node == node && p.name == pod));
+        save_state(&self.state)
+    }
+
+    /// Deletes a pod without touching the lab's records (thread-safe); on a
+    /// failed DEL the namespace and the cached result stay for a retry.
+    pub fn destroy_pod(&self, node: &str, pod: &str) -> Result<(), LabError> {
         let list = self.conflist(node)?;
         let net = list["name"].as_str().unwrap_or("cbr0").to_string();
         let cache = self.cache_path(node, pod, &net)?;
@@ -197,9 +215,6 @@ impl Lab {
         }
         let _ = std::fs::remove_file(&cache);
         self.run(node, &["ip", "netns", "del", pod])?;
-        self.state
-            .pods
-            .retain(|p| !(p.node == node && p.name == pod));
-        save_state(&self.state)
+        Ok(())
     }
 }
