@@ -138,7 +138,7 @@ fn fifty_concurrent_adds_on_a_node_then_fifty_dels_and_a_failed_del_retried() {
         &[
             "sh",
             "-c",
-            &format!("printf '%s' \"$0\" > /opt/cni/bin/bridge && chmod 755 /opt/cni/bin/bridge"),
+            "printf '%s' \"$0\" > /opt/cni/bin/bridge && chmod 755 /opt/cni/bin/bridge",
             wrapper,
         ],
     )
