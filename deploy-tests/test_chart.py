@@ -1,0 +1,375 @@
+"""charts/weft: lint, render with every values set, validate every object
+against the Kubernetes API schemas, and assert the fields that make weft
+work and keep it least-privileged."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+from conftest import VALUE_SETS, rendered
+from kubernetes_validate.utils import all_versions
+import weftchart
+
+# The newest API the schemas know, and the oldest they ship (1.25: Pod
+# Security admission is GA there).
+K8S_VERSIONS = sorted({kubernetes_validate.latest_version(), min(all_versions(), key=lambda v: tuple(map(int, v.split("."))))})
+
+NODE_RULES = [
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
+]
+HOST_PATHS_DEFAULT = {"/run/flannel", "/opt/cni/bin", "/etc/cni/net.d"}
+
+
+# --- lint, schema, validation -------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_helm_lint_strict_finds_no_warning_or_error(name):
+    report = weftchart.lint(VALUE_SETS[name])
+    bad = [m for m in report["messages"] if m["severity"] >= 2]
+    assert not bad and not report["errors"], bad or report["errors"]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_object_is_valid_kubernetes_strictly(every_render, version):
+    for obj in every_render.objects:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            where = "/".join(str(p) for p in e.path)
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']} (k8s {version}) at {where}: {e.message}")
+
+
+def test_values_schema_rejects_typos_and_unknown_backends():
+    with pytest.raises(helm.HelmValuesError, match="podCIDR"):
+        weftchart.render({"podCIDR": "10.0.0.0/8"})
+    with pytest.raises(helm.HelmValuesError, match="backend/type"):
+        weftchart.render({"backend": {"type": "host-gw"}})
+    with pytest.raises(helm.HelmValuesError, match="cniVersion"):
+        weftchart.render({"cni": {"cniVersion": "latest"}})
+
+
+def test_a_conflist_that_is_not_json_fails_the_render():
+    with pytest.raises(helm.HelmRenderError, match="cni.conf: not a conflist"):
+        weftchart.render({"cni": {"conf": '{"plugins": ['}})
+
+
+def test_no_pod_network_at_all_fails_the_render():
+    with pytest.raises(helm.HelmRenderError, match="podCidr and podCidrV6 are both empty"):
+        weftchart.render({"podCidr": ""})
+
+
+def test_chart_app_version_is_the_workspace_version():
+    with open(weftchart.ROOT / "Cargo.toml", "rb") as f:
+        version = tomllib.load(f)["workspace"]["package"]["version"]
+    with helm.Chart.load(str(weftchart.CHART)) as chart:
+        assert chart.metadata["appVersion"] == version
+
+
+# --- objects and RBAC ---------------------------------------------------------
+
+
+def test_default_objects_are_flannels_set_under_weft_names(default):
+    assert [(o["kind"], o["metadata"]["name"]) for o in default.objects] == [
+        ("Namespace", "kube-weft"),
+        ("ServiceAccount", "weft"),
+        ("ConfigMap", "weft-config"),
+        ("ClusterRole", "weft"),
+        ("ClusterRoleBinding", "weft"),
+        ("DaemonSet", "weft"),
+    ]
+    for o in default.objects:
+        if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+            assert o["metadata"]["namespace"] == "kube-weft"
+
+
+def test_namespace_is_labelled_for_pod_security_privileged(default):
+    labels = default.one("Namespace")["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_namespace_is_left_out_when_it_exists_already(all_options):
+    assert "Namespace" not in all_options.kinds()
+
+
+def test_cluster_role_grants_exactly_what_weftd_uses(every_render):
+    assert every_render.one("ClusterRole")["rules"] == NODE_RULES
+    assert "Role" not in every_render.kinds() and "RoleBinding" not in every_render.kinds()
+
+
+def test_binding_ties_the_role_to_the_service_account_only(default):
+    b = default.one("ClusterRoleBinding")
+    assert b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weft"}
+    assert b["subjects"] == [{"kind": "ServiceAccount", "name": "weft", "namespace": "kube-weft"}]
+    assert default.pod["serviceAccountName"] == "weft"
+
+
+# --- ConfigMap ----------------------------------------------------------------
+
+
+def net_conf(r) -> dict:
+    return json.loads(r.one("ConfigMap")["data"]["net-conf.json"])
+
+
+def test_default_net_conf_is_flannels(default):
+    assert net_conf(default) == {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
+
+
+def test_every_backend_option_reaches_net_conf(all_options, udp):
+    assert net_conf(all_options) == {
+        "Network": "10.42.0.0/16",
+        "EnableIPv6": True,
+        "IPv6Network": "fd00:42::/56",
+        "Backend": {"Type": "vxlan", "VNI": 4096, "Port": 4789, "MTU": 9000, "DirectRouting": True},
+    }
+    assert net_conf(udp) == {
+        "EnableIPv4": False,
+        "EnableIPv6": True,
+        "IPv6Network": "fd00:10::/56",
+        "Backend": {"Type": "udp", "Port": 8285},
+    }
+
+
+def test_default_conflist_is_flannels_with_weft_first(default):
+    conf = json.loads(default.one("ConfigMap")["data"]["cni-conf.json"])
+    assert conf == {
+        "name": "cbr0",
+        "cniVersion": "1.0.0",
+        "plugins": [
+            {"type": "weft", "delegate": {"hairpinMode": True, "isDefaultGateway": True}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+
+
+def test_a_given_conflist_is_installed_as_it_is(all_options):
+    conf = json.loads(all_options.one("ConfigMap")["data"]["cni-conf.json"])
+    assert [p["type"] for p in conf["plugins"]] == ["weft", "portmap", "bandwidth"]
+
+
+def test_auto_cni_version_leaves_the_conflist_to_install_cni(udp):
+    assert "cni-conf.json" not in udp.one("ConfigMap")["data"]
+    assert not any(a.startswith("--cni-conf") for a in udp.container("install-cni")["args"])
+
+
+# --- DaemonSet: scheduling ----------------------------------------------------
+
+
+def test_runs_on_every_linux_node_whatever_its_taints(every_render):
+    pod = every_render.pod
+    assert pod["nodeSelector"]["kubernetes.io/os"] == "linux"
+    assert pod["hostNetwork"] is True
+    for k in ("hostPID", "hostIPC"):
+        assert not pod.get(k)
+
+
+def test_default_scheduling_is_node_critical_and_tolerates_all(default):
+    pod = default.pod
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"operator": "Exists", "effect": "NoExecute"} in pod["tolerations"]
+    strategy = default.one("DaemonSet")["spec"]["updateStrategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+
+
+def test_node_selector_values_add_to_linux(all_options):
+    assert all_options.pod["nodeSelector"] == {"kubernetes.io/os": "linux", "weft-migrated": "true"}
+    assert all_options.pod["priorityClassName"] == "network-critical"
+    assert "nodeAffinity" in all_options.pod["affinity"]
+
+
+def test_config_changes_roll_the_pods(default, all_options):
+    a = default.one("DaemonSet")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    b = all_options.one("DaemonSet")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert len(a) == 64 and a != b
+
+
+# --- DaemonSet: privileges ----------------------------------------------------
+
+
+WEFT_IMAGE_COMMAND = "/usr/local/bin/weftd"
+
+
+def weft_containers(r) -> list[dict]:
+    return [c for c in r.containers() if c.get("command", [""])[0] == WEFT_IMAGE_COMMAND]
+
+
+def test_no_container_is_privileged_or_can_escalate(every_render):
+    for c in every_render.containers():
+        sc = c["securityContext"]
+        assert sc["privileged"] is False, c["name"]
+        assert sc["allowPrivilegeEscalation"] is False, c["name"]
+        assert sc["readOnlyRootFilesystem"] is True, c["name"]
+        assert sc["capabilities"]["drop"] == ["ALL"], c["name"]
+    assert every_render.pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_weftd_holds_net_admin_and_nothing_else(agent_render):
+    assert agent_render.container("weftd")["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
+
+
+def test_install_cni_holds_no_capability(agent_render):
+    assert "add" not in agent_render.container("install-cni")["securityContext"]["capabilities"]
+
+
+def test_root_is_explicit_not_implicit(every_render):
+    # The image runs as 65532; the pod says uid 0 on purpose (see the comment
+    # in the template), never by accident of an image default.
+    for c in weft_containers(every_render):
+        assert c["securityContext"]["runAsUser"] == 0
+        assert c["securityContext"]["runAsNonRoot"] is False
+
+
+# --- DaemonSet: containers ----------------------------------------------------
+
+
+def test_install_cni_runs_weftd_install_cni_with_the_mounted_dirs(default):
+    c = default.container("install-cni")
+    assert c["command"] == ["/usr/local/bin/weftd", "install-cni"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert c["args"] == [
+        f"--bin-dir={mounts['cni-bin']}",
+        f"--conf-dir={mounts['cni-conf']}",
+        f"--cni-conf={mounts['weft-config']}/cni-conf.json",
+    ]
+
+
+def test_weftd_gets_its_node_name_from_the_downward_api(agent_render):
+    env = {e["name"]: e for e in agent_render.container("weftd")["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+
+
+def test_weftd_default_args(default):
+    c = default.container("weftd")
+    assert c["command"] == ["/usr/local/bin/weftd"]
+    assert c["args"] == [
+        "--net-config-path=/etc/kube-flannel/net-conf.json",
+        "--subnet-file=/run/flannel/subnet.env",
+        "--healthz-addr=0.0.0.0:8081",
+        "--log-format=text",
+        "--vxlan-allow-list=true",
+        "--ip-masq",
+    ]
+
+
+def test_every_weftd_option_reaches_its_flag(all_options):
+    c = all_options.container("weftd")
+    assert c["args"] == [
+        "--net-config-path=/etc/kube-flannel/net-conf.json",
+        "--subnet-file=/run/flannel/subnet.env",
+        "--healthz-addr=127.0.0.1:9081",
+        "--log-format=json",
+        "--vxlan-allow-list=false",
+        "--iface-regex=^ens",
+        "--resync-seconds=60",
+    ]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["WEFTD_LOG"] == "info,weftd=debug"
+    assert env["KUBERNETES_SERVICE_HOST"] == "192.0.2.10"
+    assert c["image"] == "registry.example.test/net/weft:0.1.0-test"
+    assert c["imagePullPolicy"] == "Always"
+    assert all_options.pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert c["resources"]["limits"] == {"memory": "200Mi"}
+
+
+def test_one_image_for_both_containers_tagged_with_app_version(default):
+    assert {c["image"] for c in default.containers()} == {"localhost/weft:0.1.0"}
+
+
+def test_probes_hit_healthz_and_readyz_on_the_served_port(default):
+    c = default.container("weftd")
+    assert c["ports"] == [{"name": "healthz", "containerPort": 8081, "protocol": "TCP"}]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "healthz"}
+
+
+def test_probes_follow_a_loopback_healthz_address(all_options):
+    c = all_options.container("weftd")
+    assert c["ports"][0]["containerPort"] == 9081
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["host"] == "127.0.0.1"
+
+
+def test_every_container_requests_resources(every_render):
+    for c in every_render.containers():
+        assert {"cpu", "memory"} <= set(c["resources"]["requests"]), c["name"]
+
+
+# --- DaemonSet: volumes -------------------------------------------------------
+
+
+def host_paths(r) -> dict[str, dict]:
+    return {v["name"]: v["hostPath"] for v in r.pod["volumes"] if "hostPath" in v}
+
+
+def mounts(r, container: str) -> dict[str, dict]:
+    return {m["name"]: m for m in r.container(container)["volumeMounts"]}
+
+
+def test_host_paths_are_exactly_flannels_three(default):
+    assert {h["path"] for h in host_paths(default).values()} == HOST_PATHS_DEFAULT
+    assert all(h["type"] == "DirectoryOrCreate" for h in host_paths(default).values())
+
+
+def test_each_container_mounts_only_what_it_writes(default):
+    assert set(mounts(default, "weftd")) == {"run-flannel", "weft-config"}
+    assert set(mounts(default, "install-cni")) == {"cni-bin", "cni-conf", "weft-config"}
+    for c in ("weftd", "install-cni"):
+        assert mounts(default, c)["weft-config"]["readOnly"] is True
+
+
+def test_tun_device_only_for_the_udp_backend(default, udp):
+    assert "dev-net-tun" not in host_paths(default)
+    assert host_paths(udp)["dev-net-tun"] == {"path": "/dev/net/tun", "type": "CharDevice"}
+    assert mounts(udp, "weftd")["dev-net-tun"]["mountPath"] == "/dev/net/tun"
+    assert "dev-net-tun" not in mounts(udp, "install-cni")
+
+
+def test_custom_cni_dirs_and_no_host_conf_dir_without_install_config(all_options):
+    paths = host_paths(all_options)
+    assert paths["cni-bin"]["path"] == "/home/kubernetes/bin"
+    assert "cni-conf" not in paths
+    assert {"name": "cni-conf", "emptyDir": {}} in all_options.pod["volumes"]
+
+
+def test_rendering_twice_gives_the_same_text():
+    assert weftchart.manifest_text() == weftchart.manifest_text()
+    assert rendered("default").docs[0].text == weftchart.render(None)[0].text
+
+
+# --- cleanup mode (uninstall) -------------------------------------------------
+
+
+def test_cleanup_runs_weftd_cleanup_with_weftds_privileges(cleanup):
+    c = cleanup.container("cleanup")
+    assert c["command"] == ["/usr/local/bin/weftd"]
+    assert c["args"] == [
+        "--net-config-path=/etc/kube-flannel/net-conf.json",
+        "--subnet-file=/run/flannel/subnet.env",
+        "--log-format=text",
+        "cleanup",
+        "--conf-dir=/host/cni/net.d",
+    ]
+    assert c["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
+    assert set(mounts(cleanup, "cleanup")) == {"run-flannel", "cni-conf", "weft-config"}
+    assert [x["name"] for x in cleanup.pod["initContainers"]] == ["cleanup"]
+
+
+def test_cleanup_pods_idle_unprivileged_and_all_at_once(cleanup):
+    (done,) = cleanup.pod["containers"]
+    sc = done["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
+    assert "add" not in sc["capabilities"] and "volumeMounts" not in done
+    assert cleanup.one("DaemonSet")["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "100%"
+    assert {h["path"] for h in host_paths(cleanup).values()} == {"/run/flannel", "/etc/cni/net.d"}
+
+
+def test_cleanup_keeps_the_names_so_it_replaces_the_agent(default, cleanup):
+    assert [(o["kind"], o["metadata"]["name"]) for o in cleanup.objects] == [
+        (o["kind"], o["metadata"]["name"]) for o in default.objects
+    ]
