@@ -5,11 +5,13 @@ work and keep it least-privileged."""
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 
 import helm_python as helm
 import kubernetes_validate
 import pytest
+import yaml
 from conftest import VALUE_SETS, rendered
 from kubernetes_validate.utils import all_versions
 import weftchart
@@ -373,3 +375,32 @@ def test_cleanup_keeps_the_names_so_it_replaces_the_agent(default, cleanup):
     assert [(o["kind"], o["metadata"]["name"]) for o in cleanup.objects] == [
         (o["kind"], o["metadata"]["name"]) for o in default.objects
     ]
+
+
+# --- documentation ------------------------------------------------------------
+
+
+def schema_leaves(schema: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for k, sub in schema.get("properties", {}).items():
+        keys |= schema_leaves(sub, f"{prefix}{k}.") if "properties" in sub else {prefix + k}
+    return keys
+
+
+def test_values_schema_and_readme_table_cover_every_value():
+    values = yaml.safe_load((weftchart.CHART / "values.yaml").read_text())
+    schema = json.loads((weftchart.CHART / "values.schema.json").read_text())
+    leaves = schema_leaves(schema)
+
+    groups = {p.rsplit(".", 1)[0] for p in leaves if "." in p}
+
+    def value_keys(v: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, x in v.items():
+            out |= value_keys(x, f"{prefix}{k}.") if prefix + k in groups else {prefix + k}
+        return out
+
+    assert value_keys(values) == leaves
+    readme = (weftchart.CHART / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Za-z0-9.]+)` \|", readme, re.M))
+    assert documented == leaves
