@@ -185,6 +185,13 @@ def test_node_selector_values_add_to_linux(all_options):
     assert "nodeAffinity" in all_options.pod["affinity"]
 
 
+def test_a_node_selector_key_set_to_null_is_dropped():
+    # How a migration from flannel ends: --set nodeSelector.weft-migrated=null
+    r = weftchart.render({"nodeSelector": {"weft-migrated": None, "pool": "a"}})
+    ds = next(d.obj for d in r if d.kind == "DaemonSet")
+    assert ds["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux", "pool": "a"}
+
+
 def test_config_changes_roll_the_pods(default, all_options):
     a = default.one("DaemonSet")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     b = all_options.one("DaemonSet")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
