@@ -192,6 +192,13 @@ def test_a_node_selector_key_set_to_null_is_dropped():
     assert ds["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux", "pool": "a"}
 
 
+def test_node_selector_values_are_strings_even_from_set():
+    # helm --set nodeSelector.weft-migrated=true gives a boolean
+    r = weftchart.render({"nodeSelector": {"weft-migrated": True}})
+    ds = next(d.obj for d in r if d.kind == "DaemonSet")
+    assert ds["spec"]["template"]["spec"]["nodeSelector"]["weft-migrated"] == "true"
+
+
 def test_config_changes_roll_the_pods(default, all_options):
     a = default.one("DaemonSet")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
     b = all_options.one("DaemonSet")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
