@@ -114,6 +114,32 @@ pub fn versions(exe: &std::path::Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Replaces this process with the delegate at `exe`, running `command` with
+/// `config` on its stdin (a pipe filled beforehand; `config` must fit in a
+/// pipe's buffer, 64 KiB) and this process's environment, stdout and
+/// stderr: its result and exit status go straight to the runtime, and no
+/// process of ours stays around waiting. Returns only if it could not.
+pub fn replace_with(exe: &std::path::Path, command: &str, config: &[u8]) -> CniError {
+    use std::os::unix::process::CommandExt;
+    let fail = |e: std::io::Error| {
+        CniError::new(code::IO, format!("running delegate {}: {e}", exe.display()))
+    };
+    let (reader, mut writer) = match std::io::pipe() {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    if let Err(e) = writer.write_all(config) {
+        return fail(e);
+    }
+    drop(writer);
+    fail(
+        Command::new(exe)
+            .env("CNI_COMMAND", command)
+            .stdin(reader)
+            .exec(),
+    )
+}
+
 /// Runs delegate `plugin` for `command` with `config` on stdin and the same
 /// environment (CNI_COMMAND replaced); its stdout, or its error passed
 /// through as it reported it.

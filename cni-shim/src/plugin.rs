@@ -1,8 +1,9 @@
 //! The commands: ADD, DEL, CHECK, STATUS, GC, VERSION.
 //!
 //! ADD saves the delegate config to `<dataDir>/<containerID>` BEFORE running
-//! the delegate; DEL replays those bytes and removes the file only after the
-//! delegate's DEL succeeded (flannel's plugin since v1.2.0 removes it even
+//! the delegate (and, for the versions every delegate speaks, then becomes
+//! the delegate with exec: no second process); DEL replays those bytes and
+//! removes the file only after the delegate's DEL succeeded (flannel's plugin since v1.2.0 removes it even
 //! when the delegate failed, so the runtime's retry has nothing to replay and
 //! the pod's IP and veth leak).
 
@@ -20,6 +21,11 @@ pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/flannel";
 /// Versions of the CNI spec this plugin speaks.
 pub const SUPPORTED_VERSIONS: [&str; 6] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0", "0.2.0"];
+/// Versions in which ADD hands over to the delegate with exec.
+const DIRECT_VERSIONS: [&str; 4] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0"];
+/// The largest delegate config handed over through a pipe filled before
+/// the exec (a pipe holds 64 KiB).
+const DIRECT_MAX: usize = 16 * 1024;
 /// The largest network config accepted on stdin.
 pub const MAX_INPUT: usize = 1 << 20;
 
@@ -199,6 +205,13 @@ fn add(
     let exe = env.find(&ty)?;
     let bytes = d.to_string();
     save(&opts.data_dir, id, bytes.as_bytes())?;
+    // Every delegate speaks 0.3.0 to 1.0.0 and answers in the version it
+    // was asked in: weft steps aside (exec), and the delegate's answer is
+    // the runtime's, unchanged. Newer lists may need the delegate asked in
+    // an older version and its answer converted, so weft waits for it.
+    if DIRECT_VERSIONS.contains(&version) && bytes.len() <= DIRECT_MAX {
+        return Err(exec::replace_with(&exe, "ADD", bytes.as_bytes()));
+    }
     let out = match exec::delegate(env, "ADD", &ty, bytes.as_bytes()) {
         // A delegate older than the conflist (Debian's plugins stop at
         // 1.0.0) refuses before it touches anything: ask it in the newest
