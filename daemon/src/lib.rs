@@ -18,6 +18,7 @@ pub mod lease;
 pub mod metrics;
 pub mod netlink;
 pub mod nft;
+pub mod udp;
 pub mod vxlan;
 
 /// The version every weft binary reports.

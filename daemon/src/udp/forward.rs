@@ -1,0 +1,1 @@
+//! The udp backend's forwarder (being written).
