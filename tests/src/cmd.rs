@@ -44,6 +44,38 @@ pub fn run(cmd: &mut Command) -> Result<String, CmdError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `cmd` with `stdin` fed to it; stdout on success, an error with
+/// stderr otherwise.
+pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Result<String, CmdError> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let line = describe(cmd);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| CmdError::Spawn {
+            cmd: line.clone(),
+            source,
+        })?;
+    if let Some(mut s) = child.stdin.take() {
+        let _ = s.write_all(stdin);
+    }
+    let out = child.wait_with_output().map_err(|source| CmdError::Spawn {
+        cmd: line.clone(),
+        source,
+    })?;
+    if !out.status.success() {
+        return Err(CmdError::Failed {
+            cmd: line,
+            status: out.status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Runs `cmd` and returns its output whatever its exit status.
 pub fn output(cmd: &mut Command) -> Result<Output, CmdError> {
     cmd.stdin(std::process::Stdio::null());

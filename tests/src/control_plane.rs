@@ -9,11 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::Client;
-use kube::api::{Api, PostParams};
-
 use crate::netns::{self, NetnsError};
 use crate::pki::Pki;
 use crate::procs::{self, ProcError};
@@ -57,18 +52,8 @@ pub enum ControlPlaneError {
     },
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("creating bootstrap object {what}")]
-    Bootstrap {
-        what: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("building bootstrap object {what}")]
-    BootstrapObject {
-        what: String,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error("applying {file}: {why}")]
+    Manifest { file: PathBuf, why: String },
     #[error("interrupted")]
     Interrupted,
 }
@@ -272,72 +257,50 @@ pub fn wait_apiserver(
     }
 }
 
-/// weft's least-privilege ClusterRole: what weftd needs and nothing more.
-pub fn weft_cluster_role() -> serde_json::Value {
-    serde_json::json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": "weft"},
-        "rules": [
-            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
-            {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
-        ],
-    })
+/// The manifest users `kubectl apply`: `$WEFT_LAB_MANIFEST`, else the
+/// checkout's `manifests/weft.yaml`.
+pub fn manifest() -> PathBuf {
+    std::env::var_os("WEFT_LAB_MANIFEST")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/weft.yaml"))
 }
 
-/// Creates one object of kind `K` from its JSON form.
-async fn create<K>(
-    api: Api<K>,
-    what: &str,
-    object: serde_json::Value,
-) -> Result<(), ControlPlaneError>
-where
-    K: kube::Resource + Clone + std::fmt::Debug + serde::Serialize + serde::de::DeserializeOwned,
-{
-    let obj: K =
-        serde_json::from_value(object).map_err(|source| ControlPlaneError::BootstrapObject {
-            what: what.to_string(),
-            source,
-        })?;
-    api.create(&PostParams::default(), &obj)
-        .await
-        .map(drop)
-        .map_err(|source| ControlPlaneError::Bootstrap {
-            what: what.to_string(),
-            source,
-        })
-}
-
-/// Creates weft's Namespace, ServiceAccount, ClusterRole and binding.
-pub async fn bootstrap_rbac(client: &Client) -> Result<(), ControlPlaneError> {
-    create(
-        Api::<Namespace>::all(client.clone()),
-        "Namespace kube-weft",
-        serde_json::json!({"metadata": {"name": WEFT_NAMESPACE,
-            "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}),
-    )
-    .await?;
-    create(
-        Api::<ServiceAccount>::namespaced(client.clone(), WEFT_NAMESPACE),
-        "ServiceAccount kube-weft/weft",
-        serde_json::json!({"metadata": {"name": WEFT_SERVICE_ACCOUNT, "namespace": WEFT_NAMESPACE}}),
-    )
-    .await?;
-    create(
-        Api::<ClusterRole>::all(client.clone()),
-        "ClusterRole weft",
-        weft_cluster_role(),
-    )
-    .await?;
-    create(
-        Api::<ClusterRoleBinding>::all(client.clone()),
-        "ClusterRoleBinding weft",
-        serde_json::json!({
-            "metadata": {"name": "weft"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "weft"},
-            "subjects": [{"kind": "ServiceAccount", "name": WEFT_SERVICE_ACCOUNT,
-                          "namespace": WEFT_NAMESPACE}],
-        }),
-    )
-    .await
+/// Applies weft's own manifest as its users do: a server-side dry run of
+/// the whole file first, then for real. Its Namespace, ServiceAccount,
+/// ClusterRole and ClusterRoleBinding are what the lab's weftd runs under:
+/// the RBAC weft ships is the RBAC the tests exercise. (Its ConfigMap and
+/// DaemonSet are stored too; no kubelet runs their pods in the lab.)
+pub fn apply_manifest(hub_ns: &str, admin_kubeconfig: &Path) -> Result<(), ControlPlaneError> {
+    let file = manifest();
+    let err = |why: String| ControlPlaneError::Manifest {
+        file: file.clone(),
+        why,
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| err(e.to_string()))?;
+    // A dry run cannot create the namespace its other objects go into: the
+    // Namespace document goes first, for real.
+    let namespace = text
+        .split("\n---\n")
+        .find(|doc| doc.lines().any(|l| l == "kind: Namespace"))
+        .ok_or_else(|| err("it has no Namespace".into()))?;
+    for (what, stdin, dry) in [
+        ("Namespace", Some(namespace), false),
+        ("--dry-run=server", None, true),
+        ("", None, false),
+    ] {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", hub_ns, "kubectl"])
+            .arg(format!("--kubeconfig={}", admin_kubeconfig.display()))
+            .args(["apply", "-f"]);
+        match stdin {
+            Some(_) => c.arg("-"),
+            None => c.arg(&file),
+        };
+        if dry {
+            c.arg("--dry-run=server");
+        }
+        crate::cmd::run_with_stdin(&mut c, stdin.unwrap_or("").as_bytes())
+            .map_err(|e| err(format!("kubectl apply {what}: {e}")))?;
+    }
+    Ok(())
 }

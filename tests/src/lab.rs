@@ -803,12 +803,8 @@ fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab, LabError>
         t0.elapsed().as_secs_f64()
     ));
 
-    say("creating weft's Namespace, ServiceAccount, ClusterRole and ClusterRoleBinding");
-    netns::block_on_in(&hub_ns, || async {
-        let client = cluster::client(&admin_kc).await?;
-        cp::bootstrap_rbac(&client).await?;
-        Ok::<_, LabError>(())
-    })??;
+    say("applying weft's manifest (Namespace, ServiceAccount, RBAC, ConfigMap, DaemonSet)");
+    cp::apply_manifest(&hub_ns, &admin_kc)?;
 
     let mut lab = Lab {
         state,

@@ -80,7 +80,15 @@ impl Lab {
         self.run(node, &install)?;
         let kubeconfig = self.node_kubeconfig();
         let healthz = format!("0.0.0.0:{HEALTHZ_PORT}");
+        // With the DaemonSet's privileges: uid 0 with CAP_NET_ADMIN alone
+        // and no_new_privs (charts/weft/templates/daemonset.yaml).
         let args = [
+            "setpriv",
+            "--bounding-set=-all,+net_admin",
+            "--inh-caps=-all,+net_admin",
+            "--ambient-caps=-all,+net_admin",
+            "--no-new-privs",
+            "--",
             weftd.to_str().unwrap_or("weftd"),
             "--kubeconfig",
             kubeconfig.to_str().unwrap_or(""),

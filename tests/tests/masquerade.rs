@@ -165,6 +165,13 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Durat
 #[test]
 fn masquerade_to_the_outside_pod_addresses_between_pods_and_forged_vxlan_dropped() {
     let lab = lab_with_pods("masq");
+    // weftd runs with the DaemonSet's privileges: CAP_NET_ADMIN (bit 12) only.
+    let pid = lab.node("node-1").unwrap().weftd_pid.unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    for field in ["CapEff", "CapPrm", "CapBnd"] {
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        assert!(line.ends_with("0000000000001000"), "{line}");
+    }
     let p1 = pod(&lab, "node-1-pod").clone();
     let p2 = pod(&lab, "node-2-pod").clone();
 
