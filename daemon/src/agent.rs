@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ipnetwork::IpNetwork;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
@@ -22,12 +23,13 @@ use crate::health::{self, HealthError};
 use crate::iface::{self, IfaceError};
 use crate::lease::acquire::{self, LeaseError};
 use crate::lease::node::SlimNode;
-use crate::lease::peers::{Context, Family, PeerSet};
+use crate::lease::peers::{Context, Family, PeerBackend, PeerSet};
 use crate::lease::watch;
 use crate::metrics::Metrics;
 use crate::netlink::kernel::{self, Kernel};
 use crate::netlink::{Change, NetlinkError, VxlanSpec};
 use crate::nft::{self, kernel::NftError};
+use crate::udp::{self, DataPlane, UdpError, UdpSpec};
 use crate::vxlan::{self, Device, DeviceConfig, VxlanError};
 
 /// The smallest pod MTU weft accepts (IPv4's minimum datagram size).
@@ -57,8 +59,6 @@ pub struct Options {
 pub enum AgentError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("the {backend} backend is not available in this version of weft")]
-    UnsupportedBackend { backend: &'static str },
     #[error("net-conf.json: {field} is not supported by this version of weft yet")]
     UnsupportedOption { field: &'static str },
     #[error("--kube-annotation-prefix")]
@@ -83,6 +83,8 @@ pub enum AgentError {
     Files(#[from] FileError),
     #[error(transparent)]
     Nft(#[from] NftError),
+    #[error(transparent)]
+    Udp(#[from] UdpError),
     #[error("--public-ip{v6} {ip} is not an IPv{n} address", v6 = if *.ipv6 { "v6" } else { "" }, n = if *.ipv6 { 6 } else { 4 })]
     PublicIpFamily { ip: IpAddr, ipv6: bool },
     #[error(
@@ -118,11 +120,19 @@ async fn client(opts: &Options) -> Result<Client, AgentError> {
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let mut shutdown = std::pin::pin!(shutdown);
     let cfg = NetConfig::load(&opts.net_config_path)?;
-    let vx = match &cfg.backend {
-        BackendConfig::Vxlan(v) => v.clone(),
-        BackendConfig::Udp(_) => return Err(AgentError::UnsupportedBackend { backend: "udp" }),
+    // The udp backend runs the same loop with no VXLAN device.
+    let (vx, udp_port) = match &cfg.backend {
+        BackendConfig::Vxlan(v) => (Some(v.clone()), None),
+        BackendConfig::Udp(u) => {
+            if cfg.ipv6.is_some() {
+                return Err(AgentError::UnsupportedOption {
+                    field: "EnableIPv6 with Backend.Type udp (flannel's udp backend is IPv4 only)",
+                });
+            }
+            (None, Some(u.port))
+        }
     };
-    if vx.direct_routing {
+    if vx.as_ref().is_some_and(|v| v.direct_routing) {
         return Err(AgentError::UnsupportedOption {
             field: "Backend.DirectRouting",
         });
@@ -146,8 +156,12 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
 
     // Per family: the device, and what to publish.
     let mut devices: Vec<Device> = Vec::new();
+    let mut udp: Option<(DataPlane, UdpSpec)> = None;
     let mut wanted = BTreeMap::from([
-        (names.backend_type.clone(), "vxlan".to_string()),
+        (
+            names.backend_type.clone(),
+            if vx.is_some() { "vxlan" } else { "udp" }.to_string(),
+        ),
         (names.subnet_manager.clone(), "true".to_string()),
     ]);
     let networks = [&cfg.ipv4, &cfg.ipv6];
@@ -185,6 +199,39 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             .and_then(|s| s.parse::<IpAddr>().ok())
             .filter(|ip| ip.is_ipv6() == ipv6)
             .unwrap_or(local);
+        wanted.insert(ip_key.clone(), advertised.to_string());
+        let Some(vx) = &vx else {
+            // The udp backend (IPv4 only): a TUN device and a socket.
+            let (IpAddr::V4(v4), IpNetwork::V4(sub), IpNetwork::V4(net)) =
+                (local, *subnet, fam.network)
+            else {
+                continue;
+            };
+            let mtu = ext
+                .mtu
+                .checked_sub(udp::OVERHEAD)
+                .filter(|m| *m >= MIN_POD_MTU)
+                .ok_or_else(|| AgentError::MtuTooSmall {
+                    iface: ext.name.clone(),
+                    mtu: ext.mtu,
+                })?;
+            let spec = UdpSpec {
+                name: udp::DEVICE.into(),
+                local: v4,
+                port: udp_port.unwrap_or(crate::config::DEFAULT_UDP_PORT),
+                subnet: sub,
+                network: net,
+                mtu,
+            };
+            let dp = DataPlane::start(&spec)?;
+            ensure_udp_routes(&nl, dp.index, &spec).await?;
+            metrics.set_udp(dp.counters());
+            tracing::info!(device = %spec.name, index = dp.index, %subnet, %local, port = spec.port, "udp data path ready");
+            // flannel's udp backend publishes no backend data.
+            wanted.insert(data_key.clone(), "null".into());
+            udp = Some((dp, spec));
+            continue;
+        };
         // Keep the VTEP MAC across restarts: peers know us by it.
         let mac = match node
             .annotation(data_key)
@@ -229,7 +276,6 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             }
             .encode(),
         );
-        wanted.insert(ip_key.clone(), advertised.to_string());
         devices.push(Device::new(dc));
     }
 
@@ -256,7 +302,11 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         ipv6: subnets[1]
             .zip(cfg.ipv6.as_ref())
             .map(|(s, f)| (f.network, s)),
-        mtu: devices.first().map(|d| d.cfg.spec.mtu).unwrap_or(ext.mtu),
+        mtu: devices
+            .first()
+            .map(|d| d.cfg.spec.mtu)
+            .or(udp.as_ref().map(|(_, spec)| spec.mtu))
+            .unwrap_or(ext.mtu),
         ip_masq: opts.ip_masq,
     };
     env.write(&opts.subnet_file)?;
@@ -284,7 +334,10 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         own_name: opts.node_name.clone(),
         v4: fam(0),
         v6: fam(1),
-        vni: vx.vni,
+        backend: match &vx {
+            Some(v) => PeerBackend::Vxlan { vni: v.vni },
+            None => PeerBackend::Udp,
+        },
     };
     let mut fw = Firewall::new(nft::RulesetInput {
         families: (0..2)
@@ -298,7 +351,12 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             })
             .collect(),
         ip_masq: opts.ip_masq,
-        vxlan_allow: opts.allow_list.then(|| (vx.port, Vec::new())),
+        vxlan_allow: opts.allow_list.then(|| {
+            (
+                vx.as_ref().map(|v| v.port).or(udp_port).unwrap_or_default(),
+                Vec::new(),
+            )
+        }),
     })?;
     let mut rules_tick = tokio::time::interval(opts.rules_resync);
     rules_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -364,6 +422,13 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         let t0 = Instant::now();
         let pass = if full { Pass::Full } else { Pass::Quick };
         let mut ok = reconcile_all(&nl, &mut devices, &set, &metrics, pass).await;
+        if let Some((dp, spec)) = &udp {
+            dp.set_peers(&set.v4);
+            if full && let Err(e) = ensure_udp_routes(&nl, dp.index, spec).await {
+                tracing::warn!(error = %chain(&e), "udp backend: restoring address and route failed; will retry");
+                ok = false;
+            }
+        }
         if let Err(e) = fw.peers_changed(firewall::peer_ips(&set), &metrics) {
             tracing::warn!(error = %chain(&e), "writing the nftables table failed; will retry");
             ok = false;
@@ -385,6 +450,29 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         }
     }
     tracing::info!("shutting down; the data plane stays in place");
+    Ok(())
+}
+
+/// flannel's layout on `flannel0`: our subnet's network address as /32 and
+/// one route for the whole Network through the device (idempotent).
+async fn ensure_udp_routes(nl: &Kernel, index: u32, spec: &UdpSpec) -> Result<(), AgentError> {
+    use crate::netlink::{Netlink, Op, Route};
+    let addr = IpNetwork::V4(
+        ipnetwork::Ipv4Network::new(spec.subnet.network(), 32)
+            .map_err(|_| AgentError::UnsupportedOption { field: "Network" })?,
+    );
+    if !nl.addresses(index).await?.contains(&addr) {
+        nl.set_address(index, addr, true).await?;
+    }
+    let route = Op::ReplaceRoute(Route {
+        link: index,
+        dst: IpNetwork::V4(spec.network),
+        gateway: None,
+        onlink: false,
+    });
+    for r in nl.apply(&[route]).await {
+        r?;
+    }
     Ok(())
 }
 

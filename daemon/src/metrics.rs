@@ -3,10 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::lease::peers::SkipReason;
+use crate::udp::forward::{Counters, Reason};
 
 /// One metric family: name, help, type, and its samples (suffix or labels, value).
 type Family = (
@@ -32,6 +33,7 @@ struct Values {
     nft_restorations: u64,
     nft_errors: u64,
     allowlist_drops: u64,
+    udp: Option<Arc<Counters>>,
 }
 
 /// Shared by the reconcile loop (writer) and the HTTP server (reader).
@@ -118,6 +120,11 @@ impl Metrics {
             *v.nft_syncs.entry(result).or_default() += 1;
             v.nft_restorations += u64::from(restored);
         });
+    }
+
+    /// The udp backend's data-path counters, read at each scrape.
+    pub fn set_udp(&self, counters: Arc<Counters>) {
+        self.with(|v| v.udp = Some(counters));
     }
 
     pub fn nft_error(&self) {
@@ -236,6 +243,39 @@ impl Metrics {
                     plain(v.device_creations.to_string()),
                 ),
             ];
+            let mut families = families.to_vec();
+            if let Some(c) = &v.udp {
+                let t = c.totals();
+                let dir = |i: u64, o: u64| {
+                    vec![
+                        ("{direction=\"in\"}".to_string(), i.to_string()),
+                        ("{direction=\"out\"}".to_string(), o.to_string()),
+                    ]
+                };
+                families.extend([
+                    (
+                        "weft_udp_packets_total",
+                        "Packets the udp backend carried, by direction (a GSO super-packet counts once).",
+                        "counter",
+                        dir(t.packets_in, t.packets_out),
+                    ),
+                    (
+                        "weft_udp_bytes_total",
+                        "Bytes the udp backend carried, by direction.",
+                        "counter",
+                        dir(t.bytes_in, t.bytes_out),
+                    ),
+                    (
+                        "weft_udp_dropped_packets_total",
+                        "Packets the udp backend dropped, by reason.",
+                        "counter",
+                        Reason::ALL
+                            .iter()
+                            .map(|r| (format!("{{reason=\"{}\"}}", r.label()), t.drops(*r).to_string()))
+                            .collect(),
+                    ),
+                ]);
+            }
             for (name, help, kind, samples) in families {
                 let _ = writeln!(s, "# HELP {name} {help}\n# TYPE {name} {kind}");
                 for (suffix, value) in samples {

@@ -86,8 +86,6 @@ pub enum LabError {
         log: PathBuf,
         tail: String,
     },
-    #[error("the {backend} backend is not built yet; use --backend vxlan")]
-    BackendNotBuilt { backend: &'static str },
     #[error("interrupted: the partly built lab was removed")]
     Interrupted,
     #[error("reading or writing lab state {path}")]
@@ -262,9 +260,6 @@ impl Lab {
         let max = 240usize;
         if cfg.nodes > max {
             return Err(LabError::TooManyNodes { max });
-        }
-        if cfg.weftd && cfg.backend == Backend::Udp {
-            return Err(LabError::BackendNotBuilt { backend: "udp" });
         }
         if cfg.weftd {
             crate::weftd::find_weftd()?;

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use super::node::SlimNode;
-use crate::annotations::{Names, VxlanData};
+use crate::annotations::{Mac, Names, VxlanData};
 use crate::vxlan::plan::PeerEntry;
 
 /// Why a node is not a peer (the metric label).
@@ -77,7 +77,19 @@ pub struct Context {
     pub own_name: String,
     pub v4: Option<Family>,
     pub v6: Option<Family>,
-    pub vni: u32,
+    pub backend: PeerBackend,
+}
+
+/// Which backend this node runs: only nodes of the same backend are peers
+/// (flannel's nodes of another backend are skipped, with a reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerBackend {
+    Vxlan {
+        vni: u32,
+    },
+    /// flannel's udp backend: no backend data; the VTEP MAC of the entries
+    /// is unused (all zero).
+    Udp,
 }
 
 /// The complete peer set, per family, plus what was skipped.
@@ -141,10 +153,14 @@ fn entry(
     }
     let names = &ctx.names;
     let ty = node.annotation(&names.backend_type).unwrap_or("");
-    if ty != "vxlan" {
+    let want = match ctx.backend {
+        PeerBackend::Vxlan { .. } => "vxlan",
+        PeerBackend::Udp => "udp",
+    };
+    if ty != want {
         return Err((
             SkipReason::OtherBackend,
-            format!("{} is {ty:?}, not \"vxlan\"", names.backend_type),
+            format!("{} is {ty:?}, not {want:?}", names.backend_type),
         ));
     }
     let ip_key = if ipv6 {
@@ -158,6 +174,13 @@ fn entry(
         .ok()
         .filter(|ip: &IpAddr| ip.is_ipv6() == ipv6)
         .ok_or_else(|| (SkipReason::BadPublicIp, format!("{ip_key} is {ip_text:?}")))?;
+    let PeerBackend::Vxlan { vni } = ctx.backend else {
+        return Ok(PeerEntry {
+            subnet,
+            public_ip,
+            vtep_mac: Mac([0; 6]),
+        });
+    };
     let data_key = if ipv6 {
         &names.backend_v6_data
     } else {
@@ -170,13 +193,10 @@ fn entry(
             format!("{data_key} {data_text:?}: {e}"),
         )
     })?;
-    if data.vni != ctx.vni {
+    if data.vni != vni {
         return Err((
             SkipReason::BadBackendData,
-            format!(
-                "{data_key} has VNI {}, this node uses {}",
-                data.vni, ctx.vni
-            ),
+            format!("{data_key} has VNI {}, this node uses {vni}", data.vni),
         ));
     }
     if !data.vtep_mac.is_unicast() {
@@ -479,7 +499,7 @@ mod tests {
                 local_subnet: "10.244.1.0/24".parse().unwrap(),
             }),
             v6: None,
-            vni: 1,
+            backend: PeerBackend::Vxlan { vni: 1 },
         }
     }
 
@@ -533,6 +553,37 @@ mod tests {
         let set = derive(&ctx(), &nodes);
         assert_eq!(set.v4, vec![entry_of(2), entry_of(3)]);
         assert!(set.skipped.is_empty());
+    }
+
+    #[test]
+    fn a_udp_node_peers_with_udp_nodes_only_and_needs_no_backend_data() {
+        let udp_ctx = Context {
+            backend: PeerBackend::Udp,
+            ..ctx()
+        };
+        let mut u = node(
+            "u",
+            "2026-01-01T00:00:04Z",
+            "10.244.4.0/24",
+            "198.51.100.4",
+            "null",
+        );
+        if let Some(a) = u.metadata.annotations.as_mut() {
+            a.insert("flannel.alpha.coreos.com/backend-type".into(), "udp".into());
+        }
+        let set = derive(&udp_ctx, &[u.clone(), good("v", 2)]);
+        assert_eq!(
+            set.v4,
+            vec![PeerEntry {
+                vtep_mac: Mac([0; 6]),
+                ..entry_of(4)
+            }]
+        );
+        assert_eq!(reasons(&set), vec![("v".to_string(), "other_backend_type")]);
+        // And a VXLAN node skips the udp one.
+        let set = derive(&ctx(), &[u, good("v", 2)]);
+        assert_eq!(set.v4, vec![entry_of(2)]);
+        assert_eq!(reasons(&set), vec![("u".to_string(), "other_backend_type")]);
     }
 
     #[test]

@@ -1,0 +1,189 @@
+//! weftd with the udp backend on a 3-node lab, pods from the conflist:
+//! flannel's layout on `flannel0`, the full matrix (ICMP and TCP), a
+//! datagram from a non-peer dropped by the allow-list and an inner source
+//! spoofed by a peer dropped by the data path (counted; the pod never sees
+//! either), a node leaving and one joining, and weftd killed and restarted.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use weft_lab::runtime::PodRecord;
+use weft_lab::{Backend, Lab, LabConfig, unique_name};
+
+/// Sends one raw IPv4/UDP packet (inner src -> dst:port) as a udp-backend
+/// datagram to <node>:8285.
+const SEND: &str = r#"
+import socket, struct, sys
+node, src, dst, port, text = sys.argv[1:6]
+def csum(b):
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    return ~(s + (s >> 16)) & 0xffff
+data = text.encode()
+udp = struct.pack("!HHHH", 40000, int(port), 8 + len(data), 0) + data
+ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                 socket.inet_aton(src), socket.inet_aton(dst))
+ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
+socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(ip + udp, (node, 8285))
+"#;
+
+/// Prints every datagram's payload for `secs` seconds.
+const LISTEN: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.settimeout(float(sys.argv[2]))
+print("listening", flush=True)
+try:
+    while True:
+        print(s.recvfrom(65535)[0].decode(errors="replace"), flush=True)
+except socket.timeout:
+    pass
+"#;
+
+fn udp_lab(tag: &str) -> Lab {
+    let cfg = LabConfig {
+        backend: Backend::Udp,
+        ..LabConfig::with_weftd(&unique_name(tag), 3)
+    };
+    let mut lab = Lab::up(&cfg).unwrap();
+    for n in ["node-1", "node-2", "node-3"] {
+        lab.add_pod(n, &format!("{n}-pod")).unwrap();
+    }
+    lab
+}
+
+fn matrix_ok(lab: &Lab) {
+    let results = lab.connectivity().unwrap();
+    let failed: Vec<_> = results.iter().filter(|r| !r.ok()).collect();
+    assert!(failed.is_empty(), "failed pairs: {failed:#?}");
+}
+
+fn metric(lab: &Lab, node: &str, line_start: &str) -> u64 {
+    let m = lab.weftd_metrics(node).unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix(line_start))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {line_start} in:\n{m}"))
+}
+
+fn pod<'a>(lab: &'a Lab, name: &str) -> &'a PodRecord {
+    lab.state.pods.iter().find(|p| p.name == name).unwrap()
+}
+
+#[test]
+fn udp_backend_layout_matrix_and_what_it_refuses() {
+    let lab = udp_lab("udp");
+    let node = lab.node("node-1").unwrap().clone();
+    let link = lab
+        .run("node-1", &["ip", "-d", "link", "show", "flannel0"])
+        .unwrap();
+    assert!(
+        link.contains("mtu 1472") && link.contains("tun type tun"),
+        "{link}"
+    );
+    let addr = lab
+        .run("node-1", &["ip", "-4", "-o", "addr", "show", "flannel0"])
+        .unwrap();
+    assert!(addr.contains("inet 10.244.0.0/32"), "{addr}");
+    let routes = lab
+        .run("node-1", &["ip", "route", "show", "dev", "flannel0"])
+        .unwrap();
+    assert_eq!(routes.trim(), "10.244.0.0/16");
+    let env = std::fs::read_to_string(node.host_path("/run/flannel/subnet.env")).unwrap();
+    assert!(env.contains("FLANNEL_MTU=1472\n"), "{env}");
+    matrix_ok(&lab);
+
+    // A listener in node-1's pod; datagrams from the outside host (not a
+    // peer) and from node-2 with an inner source outside node-2's subnet.
+    let p1 = pod(&lab, "node-1-pod").clone();
+    let mut listen = lab.node_command("node-1", "ip").unwrap();
+    let mut child = listen
+        .args([
+            "netns", "exec", &p1.name, "python3", "-u", "-c", LISTEN, "7777", "3",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    let dropped_before = metric(
+        &lab,
+        "node-1",
+        "weft_udp_dropped_packets_total{reason=\"spoofed_source\"}",
+    );
+    let send = |mut c: Command, src: &str, text: &str| {
+        assert!(
+            c.args([
+                "-c",
+                SEND,
+                "198.51.100.11",
+                src,
+                &p1.ip.to_string(),
+                "7777",
+                text
+            ])
+            .status()
+            .unwrap()
+            .success()
+        );
+    };
+    send(
+        lab.outside_command("python3"),
+        "10.244.1.99",
+        "from-a-stranger",
+    );
+    send(
+        lab.node_command("node-2", "python3").unwrap(),
+        "10.244.2.99",
+        "spoofed-by-a-peer",
+    );
+    send(
+        lab.node_command("node-2", "python3").unwrap(),
+        "10.244.1.99",
+        "from-node-2",
+    );
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "from-node-2");
+    assert_eq!(
+        metric(
+            &lab,
+            "node-1",
+            "weft_udp_dropped_packets_total{reason=\"spoofed_source\"}"
+        ),
+        dropped_before + 1
+    );
+    let input = lab
+        .run("node-1", &["nft", "list", "chain", "inet", "weft", "input"])
+        .unwrap();
+    assert!(
+        input.contains("udp dport 8285 counter packets 1 "),
+        "{input}"
+    );
+}
+
+#[test]
+fn udp_backend_through_node_churn_and_a_weftd_restart() {
+    let mut lab = udp_lab("udpchurn");
+    lab.remove_node("node-3").unwrap();
+    lab.state.pods.retain(|p| p.node != "node-3");
+    let joined = lab.add_node(true).unwrap();
+    lab.start_weftd(&joined.name).unwrap();
+    lab.wait_weftd_ready(&[&joined.name], Duration::from_secs(30))
+        .unwrap();
+    lab.add_pod(&joined.name, "joined-pod").unwrap();
+    matrix_ok(&lab);
+
+    lab.stop_weftd("node-1", Signal::SIGKILL).unwrap();
+    lab.start_weftd("node-1").unwrap();
+    lab.wait_weftd_ready(&["node-1"], Duration::from_secs(30))
+        .unwrap();
+    matrix_ok(&lab);
+}
