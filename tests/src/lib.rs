@@ -9,6 +9,7 @@
 
 pub mod bench;
 pub mod bench_cni;
+pub mod bench_dataplane;
 pub mod check;
 pub mod cluster;
 pub mod cmd;

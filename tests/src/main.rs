@@ -84,6 +84,24 @@ enum BenchCmd {
         #[arg(long, default_value = "bench-cni.json")]
         json: std::path::PathBuf,
     },
+    /// Pod-to-pod TCP throughput per backend against the underlay alone.
+    Dataplane {
+        /// Backends to compare (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "vxlan,udp")]
+        backends: Vec<weft_lab::Backend>,
+        /// Seconds per transfer.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Repetitions (interleaved).
+        #[arg(long, default_value_t = 3)]
+        reps: u32,
+        /// Parallel TCP streams (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,4")]
+        streams: Vec<u32>,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "bench-dataplane.json")]
+        json: std::path::PathBuf,
+    },
     /// weftd's control plane at scale: sync time, add->route latency, memory, idle CPU.
     ControlPlane {
         /// Nodes in the cluster (weftd's node included).
@@ -227,6 +245,35 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 cli.name.clone()
             };
             let report = weft_lab::bench_cni::run(&name, runs)?;
+            report.print_table(&mut std::io::stdout())?;
+            std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", json.display()))?;
+            eprintln!("==> JSON written to {}", json.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(BenchCmd::Dataplane {
+            backends,
+            seconds,
+            reps,
+            streams,
+            json,
+        }) => {
+            watch_ctrl_c()?;
+            let name = if cli.name == "default" {
+                "bench-dp".to_string()
+            } else {
+                cli.name.clone()
+            };
+            let result = weft_lab::bench_dataplane::run(&name, &backends, seconds, reps, &streams);
+            for b in &backends {
+                let suffix = if *b == weft_lab::Backend::Udp {
+                    "udp"
+                } else {
+                    "vx"
+                };
+                lab::teardown(&format!("{name}-{suffix}"));
+            }
+            let report = result?;
             report.print_table(&mut std::io::stdout())?;
             std::fs::write(&json, serde_json::to_string_pretty(&report)?)
                 .with_context(|| format!("writing {}", json.display()))?;

@@ -4,12 +4,19 @@
 //! what happens to each packet (`forward`), and this thin I/O shell around
 //! it: the device, the socket, and one thread per direction.
 //!
-//! This is the plain data path (one packet per system call); the batched,
-//! offloaded one (multiqueue, `IFF_VNET_HDR`, UDP GSO/GRO) is still to come.
+//! The fast path: the TUN device with `IFF_VNET_HDR` and checksum/TSO
+//! offload hands over TCP super-packets (split into MTU-sized segments in
+//! userspace, tun-rs doing what wireguard-go does), which leave as one UDP
+//! GSO send per run of segments to a peer; received datagrams come in
+//! batches through UDP GRO and are coalesced back into super-packets on the
+//! way into the TUN device. Each offload the kernel refuses is logged once
+//! and done without. Not yet: multiqueue (one queue per core), sendmmsg for
+//! runs to different peers.
 
 pub mod forward;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +68,8 @@ pub struct DataPlane {
     counters: Arc<Counters>,
 }
 
+/// The socket's receive and send buffers.
+const SOCKET_BUFFER: usize = 16 << 20;
 /// Largest packet a TUN read or UDP receive can bring.
 const BUF: usize = 65_536;
 
@@ -73,82 +82,299 @@ fn pause_after_error(what: &str, e: &std::io::Error, errors: &mut u64) {
     std::thread::sleep(Duration::from_millis(10));
 }
 
+/// Largest number of segments one UDP GSO send may carry (the kernel's
+/// UDP_MAX_SEGMENTS on older kernels).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// Largest UDP GSO send: one IPv4 datagram's worth of payload.
+const GSO_MAX_BYTES: usize = 65_535 - 20 - 8;
+/// Room for the virtio-net header in front of each packet written to the
+/// TUN device.
+const HEADROOM: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+
+/// TUN → UDP: read (a TCP super-packet split into segments with offload),
+/// decide, and send each run of same-size segments to one peer as one
+/// UDP GSO send.
+struct Out {
+    dev: Arc<tun_rs::SyncDevice>,
+    sock: UdpSocket,
+    table: Arc<SharedTable>,
+    counters: Arc<Counters>,
+    fwd: Arc<Forwarder>,
+    /// Whether UDP GSO sends work (turned off at the first refusal).
+    gso: bool,
+    errors: u64,
+}
+
+impl Out {
+    fn run(mut self, seg_room: usize) {
+        let mut original = vec![0u8; HEADROOM + BUF];
+        let mut bufs = vec![vec![0u8; seg_room]; tun_rs::IDEAL_BATCH_SIZE];
+        let mut sizes = vec![0usize; tun_rs::IDEAL_BATCH_SIZE];
+        // The run being collected: destination, segment size, its packets
+        // (indices into `bufs`) and their bytes. Sent from where they lie.
+        let mut members: Vec<usize> = Vec::with_capacity(GSO_MAX_SEGMENTS);
+        loop {
+            let n = match self
+                .dev
+                .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    pause_after_error("reading the TUN device", &e, &mut self.errors);
+                    continue;
+                }
+            };
+            let table = self.table.load();
+            let mut run: Option<(SocketAddrV4, usize)> = None;
+            let mut bytes = 0;
+            members.clear();
+            for i in 0..n {
+                let len = sizes[i];
+                let verdict = self.fwd.outbound(&table, &bufs[i][..len]);
+                self.counters.record(verdict, len);
+                let Verdict::Send(to) = verdict else { continue };
+                let joins = run.is_some_and(|(dst, seg)| {
+                    // Same peer, same size (a shorter one ends the run).
+                    self.gso
+                        && dst == to
+                        && members.len() < GSO_MAX_SEGMENTS
+                        && bytes + len <= GSO_MAX_BYTES
+                        && len <= seg
+                        && bytes == seg * members.len()
+                });
+                if !joins {
+                    if let Some((dst, seg)) = run {
+                        self.flush(&bufs, &sizes, &members, dst, seg);
+                    }
+                    members.clear();
+                    bytes = 0;
+                    run = Some((to, len));
+                }
+                members.push(i);
+                bytes += len;
+            }
+            if let Some((dst, seg)) = run {
+                self.flush(&bufs, &sizes, &members, dst, seg);
+            }
+        }
+    }
+
+    /// Sends packets `members` of `bufs` (`seg` bytes each, the last maybe
+    /// shorter) to `to`: one UDP GSO send for several.
+    fn flush(
+        &mut self,
+        bufs: &[Vec<u8>],
+        sizes: &[usize],
+        members: &[usize],
+        to: SocketAddrV4,
+        seg: usize,
+    ) {
+        use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, sendmsg};
+        let packet = |i: usize| &bufs[i][..sizes[i]];
+        if members.len() > 1 {
+            let iov: Vec<std::io::IoSlice<'_>> = members
+                .iter()
+                .map(|i| std::io::IoSlice::new(packet(*i)))
+                .collect();
+            let size = u16::try_from(seg).unwrap_or(u16::MAX);
+            let sent = sendmsg(
+                self.sock.as_raw_fd(),
+                &iov,
+                &[ControlMessage::UdpGsoSegments(&size)],
+                MsgFlags::empty(),
+                Some(&SockaddrIn::from(to)),
+            );
+            match sent {
+                Ok(_) => return,
+                // The kernel or the route cannot do it: never again.
+                Err(
+                    e @ (nix::errno::Errno::EIO
+                    | nix::errno::Errno::EINVAL
+                    | nix::errno::Errno::ENOPROTOOPT),
+                ) => {
+                    self.gso = false;
+                    tracing::warn!(error = %e, "udp backend: UDP GSO refused; sending one datagram per packet from now on");
+                }
+                // Anything else (a smaller path MTU, a full buffer): this
+                // run goes packet by packet.
+                Err(e) => {
+                    pause_after_error("a UDP GSO send", &e.into(), &mut self.errors);
+                }
+            }
+        }
+        for i in members {
+            if let Err(e) = self.sock.send_to(packet(*i), to) {
+                pause_after_error("sending to a peer", &e, &mut self.errors);
+            }
+        }
+    }
+}
+
+/// UDP → TUN: receive (many datagrams at once with UDP GRO), decide, and
+/// write what is ours (coalesced back into TCP super-packets with offload).
+struct In {
+    dev: Arc<tun_rs::SyncDevice>,
+    sock: UdpSocket,
+    table: Arc<SharedTable>,
+    counters: Arc<Counters>,
+    fwd: Arc<Forwarder>,
+    errors: u64,
+}
+
+impl In {
+    fn run(mut self) {
+        use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
+        let mut rbuf = vec![0u8; BUF];
+        let mut bufs: Vec<Vec<u8>> = (0..tun_rs::IDEAL_BATCH_SIZE)
+            .map(|_| Vec::with_capacity(HEADROOM + BUF))
+            .collect();
+        let mut gro = tun_rs::GROTable::default();
+        loop {
+            let received = {
+                let mut iov = [std::io::IoSliceMut::new(&mut rbuf)];
+                let mut cmsg = nix::cmsg_space!(i32);
+                recvmsg::<SockaddrIn>(
+                    self.sock.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::empty(),
+                )
+                .map(|m| {
+                    let seg = m.cmsgs().ok().and_then(|mut c| {
+                        c.find_map(|c| match c {
+                            ControlMessageOwned::UdpGroSegments(s) => usize::try_from(s).ok(),
+                            _ => None,
+                        })
+                    });
+                    (m.bytes, m.address.map(SocketAddrV4::from), seg)
+                })
+            };
+            let (n, Some(from), seg) = (match received {
+                Ok(r) => r,
+                Err(e) => {
+                    pause_after_error("receiving", &e.into(), &mut self.errors);
+                    continue;
+                }
+            }) else {
+                continue;
+            };
+            let table = self.table.load();
+            let mut count = 0;
+            for packet in rbuf[..n].chunks(seg.unwrap_or(n).max(1)) {
+                let verdict = self.fwd.inbound(&table, from, packet);
+                self.counters.record(verdict, packet.len());
+                if verdict != Verdict::Deliver {
+                    continue;
+                }
+                let b = &mut bufs[count];
+                b.clear();
+                b.resize(HEADROOM, 0);
+                b.extend_from_slice(packet);
+                count += 1;
+                if count == bufs.len() {
+                    self.write(&mut gro, &mut bufs, count);
+                    count = 0;
+                }
+            }
+            if count > 0 {
+                self.write(&mut gro, &mut bufs, count);
+            }
+        }
+    }
+
+    fn write(&mut self, gro: &mut tun_rs::GROTable, bufs: &mut [Vec<u8>], count: usize) {
+        if let Err(e) = self.dev.send_multiple(gro, &mut bufs[..count], HEADROOM) {
+            pause_after_error("writing the TUN device", &e, &mut self.errors);
+        }
+    }
+}
+
 impl DataPlane {
-    /// Creates the device and the socket and starts both directions.
+    /// Creates the device and the socket and starts both directions. The
+    /// device asks the kernel for checksum and TSO offload (TCP
+    /// super-packets of up to 64 KiB per read and write); the socket for
+    /// UDP GSO and GRO. Whatever the kernel refuses is logged once and done
+    /// without.
     pub fn start(spec: &UdpSpec) -> Result<DataPlane, UdpError> {
         let tun_err = |source| UdpError::Tun {
             name: spec.name.clone(),
             source,
         };
-        let dev = tun_rs::DeviceBuilder::new()
-            .name(&spec.name)
-            .mtu(u16::try_from(spec.mtu).unwrap_or(u16::MAX))
-            .enable(true)
-            .build_sync()
-            .map_err(tun_err)?;
+        let build = |offload: bool| {
+            tun_rs::DeviceBuilder::new()
+                .name(&spec.name)
+                .mtu(u16::try_from(spec.mtu).unwrap_or(u16::MAX))
+                .offload(offload)
+                .enable(true)
+                .build_sync()
+        };
+        let dev = match build(true) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(error = %e, "udp backend: TUN offload unavailable; one packet per read and write");
+                build(false).map_err(tun_err)?
+            }
+        };
+        let offload = dev.tcp_gso();
         let index = dev.if_index().map_err(tun_err)?;
         let addr = SocketAddrV4::new(spec.local, spec.port);
-        let sock = UdpSocket::bind(addr).map_err(|source| UdpError::Bind { addr, source })?;
+        let bind_err = |source| UdpError::Bind { addr, source };
+        let sock = UdpSocket::bind(addr).map_err(bind_err)?;
+        // Bursts of 64 KiB GSO sends overflow the default 208 KiB buffers
+        // at once (every overflow is a TCP retransmission inside).
+        use nix::sys::socket::{setsockopt, sockopt};
+        for (what, r) in [
+            (
+                "receive",
+                setsockopt(&sock, sockopt::RcvBufForce, &SOCKET_BUFFER),
+            ),
+            (
+                "send",
+                setsockopt(&sock, sockopt::SndBufForce, &SOCKET_BUFFER),
+            ),
+        ] {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "udp backend: cannot enlarge the socket's {what} buffer");
+            }
+        }
+        let gro = setsockopt(&sock, sockopt::UdpGroSegment, &true);
+        if let Err(e) = &gro {
+            tracing::warn!(error = %e, "udp backend: UDP GRO unavailable; one datagram per receive");
+        }
+        tracing::info!(
+            tun_offload = offload,
+            udp_gro = gro.is_ok(),
+            "udp backend data path"
+        );
         let dev = Arc::new(dev);
         let table = Arc::new(SharedTable::default());
         let counters = Arc::new(Counters::default());
         let fwd = Arc::new(Forwarder::new(spec.subnet, spec.network, spec.port));
-
-        let (d, t, c, f) = (dev.clone(), table.clone(), counters.clone(), fwd.clone());
-        let s = sock
-            .try_clone()
-            .map_err(|source| UdpError::Bind { addr, source })?;
+        let out = Out {
+            dev: dev.clone(),
+            sock: sock.try_clone().map_err(bind_err)?,
+            table: table.clone(),
+            counters: counters.clone(),
+            fwd: fwd.clone(),
+            gso: true,
+            errors: 0,
+        };
+        let seg_room = if offload { spec.mtu as usize + 64 } else { BUF };
         std::thread::Builder::new()
             .name("weft-udp-out".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; BUF];
-                let mut errors = 0;
-                loop {
-                    let n = match d.recv(&mut buf) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            pause_after_error("reading the TUN device", &e, &mut errors);
-                            continue;
-                        }
-                    };
-                    let packet = &buf[..n];
-                    let verdict = f.outbound(&t.load(), packet);
-                    if let Verdict::Send(to) = verdict
-                        && let Err(e) = s.send_to(packet, to)
-                    {
-                        pause_after_error("sending to a peer", &e, &mut errors);
-                        continue;
-                    }
-                    c.record(verdict, n);
-                }
-            })
+            .spawn(move || out.run(seg_room))
             .map_err(tun_err)?;
-        let (t, c) = (table.clone(), counters.clone());
+        let inbound = In {
+            dev,
+            sock,
+            table: table.clone(),
+            counters: counters.clone(),
+            fwd,
+            errors: 0,
+        };
         std::thread::Builder::new()
             .name("weft-udp-in".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; BUF];
-                let mut errors = 0;
-                loop {
-                    let (n, from) = match sock.recv_from(&mut buf) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            pause_after_error("receiving", &e, &mut errors);
-                            continue;
-                        }
-                    };
-                    let SocketAddr::V4(from) = from else { continue };
-                    let packet = &buf[..n];
-                    let verdict = fwd.inbound(&t.load(), from, packet);
-                    if verdict == Verdict::Deliver
-                        && let Err(e) = dev.send(packet)
-                    {
-                        pause_after_error("writing the TUN device", &e, &mut errors);
-                        continue;
-                    }
-                    c.record(verdict, n);
-                }
-            })
+            .spawn(move || inbound.run())
             .map_err(tun_err)?;
         Ok(DataPlane {
             index,
