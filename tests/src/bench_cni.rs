@@ -26,6 +26,10 @@ pub struct CniReport {
     pub del_wall_ms_bridge: f64,
     pub del_cpu_ms_weft: f64,
     pub del_cpu_ms_bridge: f64,
+    /// Median of the per-pair differences (weft − bridge of the same
+    /// round), the steadier estimate of what weft adds.
+    pub add_cpu_ms_extra_paired: f64,
+    pub del_cpu_ms_extra_paired: f64,
 }
 
 fn children_cpu() -> Duration {
@@ -127,6 +131,12 @@ pub fn run(name: &str, runs: usize) -> Result<CniReport, LabError> {
         lab.run(node, &["ip", "netns", "del", &w])?;
         lab.run(node, &["ip", "netns", "del", &b])?;
     }
+    let paired = |w: &[f64], b: &[f64]| {
+        let mut d: Vec<f64> = w.iter().zip(b).map(|(w, b)| w - b).collect();
+        median(&mut d)
+    };
+    let add_paired = paired(&m[2], &m[3]);
+    let del_paired = paired(&m[6], &m[7]);
     let [a, b, c, d, e, f, g, h] = &mut m;
     Ok(CniReport {
         runs,
@@ -138,6 +148,8 @@ pub fn run(name: &str, runs: usize) -> Result<CniReport, LabError> {
         del_wall_ms_bridge: median(f),
         del_cpu_ms_weft: median(g),
         del_cpu_ms_bridge: median(h),
+        add_cpu_ms_extra_paired: add_paired,
+        del_cpu_ms_extra_paired: del_paired,
     })
 }
 
@@ -177,6 +189,11 @@ impl CniReport {
         for (k, w, b, t) in rows {
             writeln!(out, "{k:<10} {w:>12.2} {b:>12.2} {:>10.2} {t:>8}", w - b)?;
         }
+        writeln!(
+            out,
+            "extra CPU, median of per-round differences: ADD {:.2}, DEL {:.2}",
+            self.add_cpu_ms_extra_paired, self.del_cpu_ms_extra_paired
+        )?;
         Ok(())
     }
 }
