@@ -156,7 +156,10 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
 
     // Per family: the device, and what to publish.
     let mut devices: Vec<Device> = Vec::new();
-    let mut udp: Option<(DataPlane, UdpSpec)> = None;
+    // The udp backend: what it needs, and the running data path (None
+    // while it could not be restarted).
+    let mut udp_spec: Option<UdpSpec> = None;
+    let mut udp_dp: Option<DataPlane> = None;
     let mut wanted = BTreeMap::from([
         (
             names.backend_type.clone(),
@@ -229,7 +232,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             tracing::info!(device = %spec.name, index = dp.index, %subnet, %local, port = spec.port, "udp data path ready");
             // flannel's udp backend publishes no backend data.
             wanted.insert(data_key.clone(), "null".into());
-            udp = Some((dp, spec));
+            udp_dp = Some(dp);
+            udp_spec = Some(spec);
             continue;
         };
         // Keep the VTEP MAC across restarts: peers know us by it.
@@ -305,7 +309,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         mtu: devices
             .first()
             .map(|d| d.cfg.spec.mtu)
-            .or(udp.as_ref().map(|(_, spec)| spec.mtu))
+            .or(udp_spec.as_ref().map(|spec| spec.mtu))
             .unwrap_or(ext.mtu),
         ip_masq: opts.ip_masq,
     };
@@ -362,8 +366,13 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     rules_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     rules_tick.tick().await;
     let mut peers_rx = watch::spawn(api, ctx, metrics.clone());
-    let mut changes =
-        kernel::watch_changes(devices.iter().map(|d| d.cfg.spec.name.clone()).collect())?;
+    let mut changes = kernel::watch_changes(
+        devices
+            .iter()
+            .map(|d| d.cfg.spec.name.clone())
+            .chain(udp_spec.as_ref().map(|spec| spec.name.clone()))
+            .collect(),
+    )?;
     let mut resync = tokio::time::interval(opts.resync);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     resync.tick().await;
@@ -386,7 +395,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
                 let mut next = Some(first);
                 while let Some(c) = next {
                     // Once a repair is due, the rest is only drained.
-                    if !repair && devices.iter().any(|d| d.contradicted_by(&c)) {
+                    let udp_gone = matches!(&c, Change::LinkDeleted(n) if udp_spec.as_ref().is_some_and(|spec| *n == spec.name));
+                    if !repair && (udp_gone || devices.iter().any(|d| d.contradicted_by(&c))) {
                         match &c {
                             Change::LinkDeleted(name) => tracing::warn!(device = %name, "device deleted; recreating it and replaying every peer"),
                             other => tracing::warn!(change = ?other, "an entry on our device was changed behind our back; repairing"),
@@ -422,11 +432,13 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         let t0 = Instant::now();
         let pass = if full { Pass::Full } else { Pass::Quick };
         let mut ok = reconcile_all(&nl, &mut devices, &set, &metrics, pass).await;
-        if let Some((dp, spec)) = &udp {
-            dp.set_peers(&set.v4);
-            if full && let Err(e) = ensure_udp_routes(&nl, dp.index, spec).await {
-                tracing::warn!(error = %chain(&e), "udp backend: restoring address and route failed; will retry");
+        if let Some(spec) = &udp_spec {
+            if let Err(e) = ensure_udp(&nl, &mut udp_dp, spec, full, &metrics).await {
+                tracing::warn!(error = %chain(&e), "udp backend: repairing the data path failed; will retry");
                 ok = false;
+            }
+            if let Some(dp) = &udp_dp {
+                dp.set_peers(&set.v4);
             }
         }
         if let Err(e) = fw.peers_changed(firewall::peer_ips(&set), &metrics) {
@@ -451,6 +463,46 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     }
     tracing::info!("shutting down; the data plane stays in place");
     Ok(())
+}
+
+/// Keeps the udp data path whole: on a full pass (or when it is not
+/// running), a `flannel0` that is gone (deleted behind weft's back) or not
+/// ours any more brings a fresh device and socket; address and route are
+/// put back either way.
+async fn ensure_udp(
+    nl: &Kernel,
+    slot: &mut Option<DataPlane>,
+    spec: &UdpSpec,
+    full: bool,
+    metrics: &Metrics,
+) -> Result<(), AgentError> {
+    use crate::netlink::Netlink;
+    let index = match slot.as_ref() {
+        Some(_) if !full => return Ok(()),
+        Some(dp) => nl
+            .link_by_name(&spec.name)
+            .await?
+            .filter(|l| l.index == dp.index)
+            .map(|l| l.index),
+        None => None,
+    };
+    let index = match index {
+        Some(i) => i,
+        None => {
+            if let Some(old) = slot.take() {
+                tracing::warn!(device = %spec.name, "udp backend: device gone; recreating it");
+                // Its threads let go of the socket before a new one binds.
+                let _ = tokio::task::spawn_blocking(move || old.shutdown()).await;
+            }
+            let dp = DataPlane::start(spec)?;
+            metrics.set_udp(dp.counters());
+            metrics.device_created();
+            let i = dp.index;
+            *slot = Some(dp);
+            i
+        }
+    };
+    ensure_udp_routes(nl, index, spec).await
 }
 
 /// flannel's layout on `flannel0`: our subnet's network address as /32 and

@@ -2,7 +2,8 @@
 //! flannel's layout on `flannel0`, the full matrix (ICMP and TCP), a
 //! datagram from a non-peer dropped by the allow-list and an inner source
 //! spoofed by a peer dropped by the data path (counted; the pod never sees
-//! either), a node leaving and one joining, and weftd killed and restarted.
+//! either), a node leaving and one joining, weftd killed and restarted, and
+//! `flannel0` deleted behind weftd's back.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -185,5 +186,21 @@ fn udp_backend_through_node_churn_and_a_weftd_restart() {
     lab.start_weftd("node-1").unwrap();
     lab.wait_weftd_ready(&["node-1"], Duration::from_secs(30))
         .unwrap();
+    matrix_ok(&lab);
+
+    // flannel0 deleted behind weftd's back: a new device, socket, address
+    // and route, at once.
+    lab.run("node-2", &["ip", "link", "del", "flannel0"])
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    loop {
+        let routes = lab.run("node-2", &["ip", "route", "show", "dev", "flannel0"]);
+        if routes.is_ok_and(|r| r.contains("10.244.0.0/16")) {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "flannel0 not back");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("flannel0 back in {:?}", t0.elapsed());
     matrix_ok(&lab);
 }

@@ -18,6 +18,7 @@ pub mod forward;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
@@ -66,7 +67,14 @@ pub struct DataPlane {
     pub index: u32,
     table: Arc<SharedTable>,
     counters: Arc<Counters>,
+    /// Tells both threads to end (checked between packets and after every
+    /// error or receive timeout).
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
+
+/// How long a blocked receive waits before looking at the stop flag.
+const POLL: Duration = Duration::from_millis(500);
 
 /// The socket's receive and send buffers.
 const SOCKET_BUFFER: usize = 16 << 20;
@@ -103,6 +111,7 @@ struct Out {
     /// Whether UDP GSO sends work (turned off at the first refusal).
     gso: bool,
     errors: u64,
+    stop: Arc<AtomicBool>,
 }
 
 impl Out {
@@ -113,13 +122,16 @@ impl Out {
         // The run being collected: destination, segment size, its packets
         // (indices into `bufs`) and their bytes. Sent from where they lie.
         let mut members: Vec<usize> = Vec::with_capacity(GSO_MAX_SEGMENTS);
-        loop {
+        while !self.stop.load(Ordering::Relaxed) {
             let n = match self
                 .dev
                 .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
             {
                 Ok(n) => n,
                 Err(e) => {
+                    if self.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
                     pause_after_error("reading the TUN device", &e, &mut self.errors);
                     continue;
                 }
@@ -219,6 +231,7 @@ struct In {
     counters: Arc<Counters>,
     fwd: Arc<Forwarder>,
     errors: u64,
+    stop: Arc<AtomicBool>,
 }
 
 impl In {
@@ -229,7 +242,7 @@ impl In {
             .map(|_| Vec::with_capacity(HEADROOM + BUF))
             .collect();
         let mut gro = tun_rs::GROTable::default();
-        loop {
+        while !self.stop.load(Ordering::Relaxed) {
             let received = {
                 let mut iov = [std::io::IoSliceMut::new(&mut rbuf)];
                 let mut cmsg = nix::cmsg_space!(i32);
@@ -251,6 +264,7 @@ impl In {
             };
             let (n, Some(from), seg) = (match received {
                 Ok(r) => r,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     pause_after_error("receiving", &e.into(), &mut self.errors);
                     continue;
@@ -346,6 +360,8 @@ impl DataPlane {
             udp_gro = gro.is_ok(),
             "udp backend data path"
         );
+        sock.set_read_timeout(Some(POLL)).map_err(bind_err)?;
+        let stop = Arc::new(AtomicBool::new(false));
         let dev = Arc::new(dev);
         let table = Arc::new(SharedTable::default());
         let counters = Arc::new(Counters::default());
@@ -358,9 +374,10 @@ impl DataPlane {
             fwd: fwd.clone(),
             gso: true,
             errors: 0,
+            stop: stop.clone(),
         };
         let seg_room = if offload { spec.mtu as usize + 64 } else { BUF };
-        std::thread::Builder::new()
+        let out = std::thread::Builder::new()
             .name("weft-udp-out".into())
             .spawn(move || out.run(seg_room))
             .map_err(tun_err)?;
@@ -371,8 +388,9 @@ impl DataPlane {
             counters: counters.clone(),
             fwd,
             errors: 0,
+            stop: stop.clone(),
         };
-        std::thread::Builder::new()
+        let inbound = std::thread::Builder::new()
             .name("weft-udp-in".into())
             .spawn(move || inbound.run())
             .map_err(tun_err)?;
@@ -380,6 +398,8 @@ impl DataPlane {
             index,
             table,
             counters,
+            stop,
+            threads: vec![out, inbound],
         })
     }
 
@@ -396,6 +416,19 @@ impl DataPlane {
             })
             .collect();
         self.table.store(PeerTable::new(&peers));
+    }
+
+    /// Stops both threads and waits (up to 5 s) until they have let go of
+    /// the device and the socket, so that a new data path can take them.
+    /// The reading thread notices once its device is gone (deleted) or a
+    /// packet arrives; the receiving one within its poll interval.
+    pub fn shutdown(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The data path's counters.
