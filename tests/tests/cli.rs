@@ -278,12 +278,12 @@ fn refusals_are_one_line_and_build_nothing() {
         stderr(&bad)
     );
 
-    let udp = run(&["up", "--name", &name, "--backend", "udp"]);
-    assert!(!udp.status.success());
+    let many = run(&["up", "--name", &name, "--nodes", "241"]);
+    assert!(!many.status.success());
     assert!(
-        stderr(&udp).contains("udp backend is not built yet"),
+        stderr(&many).contains("at most 240 nodes") && stderr(&many).lines().count() == 1,
         "{}",
-        stderr(&udp)
+        stderr(&many)
     );
     nothing_left(&name);
 }
