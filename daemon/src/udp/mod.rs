@@ -9,9 +9,10 @@
 //! userspace, tun-rs doing what wireguard-go does), which leave as one UDP
 //! GSO send per run of segments to a peer; received datagrams come in
 //! batches through UDP GRO and are coalesced back into super-packets on the
-//! way into the TUN device. Each offload the kernel refuses is logged once
-//! and done without. Not yet: multiqueue (one queue per core), sendmmsg for
-//! runs to different peers.
+//! way into the TUN device. One TUN queue per core, each with its own
+//! socket on the port (SO_REUSEPORT) and a thread per direction. Each
+//! offload the kernel refuses is logged once and done without. Not yet:
+//! sendmmsg for runs to different peers.
 
 pub mod forward;
 
@@ -75,6 +76,51 @@ pub struct DataPlane {
 
 /// How long a blocked receive waits before looking at the stop flag.
 const POLL: Duration = Duration::from_millis(500);
+
+/// At most this many TUN queues (and thread pairs).
+const MAX_QUEUES: usize = 8;
+
+/// A UDP socket bound to `addr` (shared with its siblings when `shared`),
+/// with big buffers (bursts of 64 KiB GSO sends overflow the default 208 KiB
+/// at once, and every overflow is a TCP retransmission inside), UDP GRO if
+/// the kernel has it (the second value), and a receive timeout so that its
+/// thread notices a stop.
+fn socket(addr: SocketAddrV4, shared: bool) -> std::io::Result<(UdpSocket, bool)> {
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, sockopt,
+    };
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    if shared {
+        setsockopt(&fd, sockopt::ReusePort, &true)?;
+    }
+    bind(fd.as_raw_fd(), &SockaddrIn::from(addr))?;
+    for (what, r) in [
+        (
+            "receive",
+            setsockopt(&fd, sockopt::RcvBufForce, &SOCKET_BUFFER),
+        ),
+        (
+            "send",
+            setsockopt(&fd, sockopt::SndBufForce, &SOCKET_BUFFER),
+        ),
+    ] {
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "udp backend: cannot enlarge the socket's {what} buffer");
+        }
+    }
+    let gro = setsockopt(&fd, sockopt::UdpGroSegment, &true);
+    if let Err(e) = &gro {
+        tracing::warn!(error = %e, "udp backend: UDP GRO unavailable; one datagram per receive");
+    }
+    let sock = UdpSocket::from(fd);
+    sock.set_read_timeout(Some(POLL))?;
+    Ok((sock, gro.is_ok()))
+}
 
 /// The socket's receive and send buffers.
 const SOCKET_BUFFER: usize = 16 << 20;
@@ -314,11 +360,16 @@ impl DataPlane {
             name: spec.name.clone(),
             source,
         };
+        let queues = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, MAX_QUEUES);
         let build = |offload: bool| {
             tun_rs::DeviceBuilder::new()
                 .name(&spec.name)
                 .mtu(u16::try_from(spec.mtu).unwrap_or(u16::MAX))
                 .offload(offload)
+                .multi_queue(queues > 1)
                 .enable(true)
                 .build_sync()
         };
@@ -331,75 +382,79 @@ impl DataPlane {
         };
         let offload = dev.tcp_gso();
         let index = dev.if_index().map_err(tun_err)?;
-        let addr = SocketAddrV4::new(spec.local, spec.port);
-        let bind_err = |source| UdpError::Bind { addr, source };
-        let sock = UdpSocket::bind(addr).map_err(bind_err)?;
-        // Bursts of 64 KiB GSO sends overflow the default 208 KiB buffers
-        // at once (every overflow is a TCP retransmission inside).
-        use nix::sys::socket::{setsockopt, sockopt};
-        for (what, r) in [
-            (
-                "receive",
-                setsockopt(&sock, sockopt::RcvBufForce, &SOCKET_BUFFER),
-            ),
-            (
-                "send",
-                setsockopt(&sock, sockopt::SndBufForce, &SOCKET_BUFFER),
-            ),
-        ] {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "udp backend: cannot enlarge the socket's {what} buffer");
+        // One queue per core, each with its own socket on the same port
+        // (SO_REUSEPORT spreads the peers' flows over them) and a thread
+        // per direction.
+        let mut devs = vec![Arc::new(dev)];
+        while devs.len() < queues {
+            match devs[0].try_clone() {
+                Ok(d) => devs.push(Arc::new(d)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "udp backend: no more TUN queues; going on with {}", devs.len());
+                    break;
+                }
             }
         }
-        let gro = setsockopt(&sock, sockopt::UdpGroSegment, &true);
-        if let Err(e) = &gro {
-            tracing::warn!(error = %e, "udp backend: UDP GRO unavailable; one datagram per receive");
+        let addr = SocketAddrV4::new(spec.local, spec.port);
+        let bind_err = |source| UdpError::Bind { addr, source };
+        let mut gro = true;
+        let mut socks = Vec::new();
+        for _ in 0..devs.len() {
+            let (sock, has_gro) = socket(addr, devs.len() > 1).map_err(bind_err)?;
+            gro &= has_gro;
+            socks.push(sock);
         }
         tracing::info!(
             tun_offload = offload,
-            udp_gro = gro.is_ok(),
+            udp_gro = gro,
+            queues = devs.len(),
             "udp backend data path"
         );
-        sock.set_read_timeout(Some(POLL)).map_err(bind_err)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let dev = Arc::new(dev);
         let table = Arc::new(SharedTable::default());
         let counters = Arc::new(Counters::default());
         let fwd = Arc::new(Forwarder::new(spec.subnet, spec.network, spec.port));
-        let out = Out {
-            dev: dev.clone(),
-            sock: sock.try_clone().map_err(bind_err)?,
-            table: table.clone(),
-            counters: counters.clone(),
-            fwd: fwd.clone(),
-            gso: true,
-            errors: 0,
-            stop: stop.clone(),
-        };
         let seg_room = if offload { spec.mtu as usize + 64 } else { BUF };
-        let out = std::thread::Builder::new()
-            .name("weft-udp-out".into())
-            .spawn(move || out.run(seg_room))
-            .map_err(tun_err)?;
-        let inbound = In {
-            dev,
-            sock,
-            table: table.clone(),
-            counters: counters.clone(),
-            fwd,
-            errors: 0,
-            stop: stop.clone(),
-        };
-        let inbound = std::thread::Builder::new()
-            .name("weft-udp-in".into())
-            .spawn(move || inbound.run())
-            .map_err(tun_err)?;
+        let mut threads = Vec::new();
+        for (q, (dev, sock)) in devs.into_iter().zip(socks).enumerate() {
+            let out = Out {
+                dev: dev.clone(),
+                sock: sock.try_clone().map_err(bind_err)?,
+                table: table.clone(),
+                counters: counters.clone(),
+                fwd: fwd.clone(),
+                gso: true,
+                errors: 0,
+                stop: stop.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("weft-udp-out{q}"))
+                    .spawn(move || out.run(seg_room))
+                    .map_err(tun_err)?,
+            );
+            let inbound = In {
+                dev,
+                sock,
+                table: table.clone(),
+                counters: counters.clone(),
+                fwd: fwd.clone(),
+                errors: 0,
+                stop: stop.clone(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("weft-udp-in{q}"))
+                    .spawn(move || inbound.run())
+                    .map_err(tun_err)?,
+            );
+        }
         Ok(DataPlane {
             index,
             table,
             counters,
             stop,
-            threads: vec![out, inbound],
+            threads,
         })
     }
 
