@@ -135,6 +135,8 @@ pub struct NodeRegistration {
     pub name: String,
     pub internal_ip: Ipv4Addr,
     pub pod_cidr: Option<Ipv4Network>,
+    /// Also an IPv6 podCIDR and InternalIP (derived from the IPv4 ones).
+    pub dual_stack: bool,
 }
 
 /// Creates the Node (spec.podCIDR/podCIDRs when given) and sets its status
@@ -157,7 +159,13 @@ pub async fn register_node(client: &Client, reg: &NodeRegistration) -> Result<No
         },
         spec: Some(NodeSpec {
             pod_cidr: reg.pod_cidr.map(|c| c.to_string()),
-            pod_cidrs: reg.pod_cidr.map(|c| vec![c.to_string()]),
+            pod_cidrs: reg.pod_cidr.map(|c| {
+                let mut v = vec![c.to_string()];
+                if reg.dual_stack {
+                    v.push(crate::lab::pod_cidr6(c).to_string());
+                }
+                v
+            }),
             ..Default::default()
         }),
         status: None,
@@ -170,12 +178,15 @@ pub async fn register_node(client: &Client, reg: &NodeRegistration) -> Result<No
             source,
         })?;
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let mut addresses =
+        vec![serde_json::json!({"type": "InternalIP", "address": reg.internal_ip.to_string()})];
+    if reg.dual_stack {
+        addresses.push(serde_json::json!({"type": "InternalIP", "address": crate::lab::underlay_ip6(reg.internal_ip).to_string()}));
+    }
+    addresses.push(serde_json::json!({"type": "Hostname", "address": reg.name}));
     let status = serde_json::json!({
         "status": {
-            "addresses": [
-                {"type": "InternalIP", "address": reg.internal_ip.to_string()},
-                {"type": "Hostname", "address": reg.name},
-            ],
+            "addresses": addresses,
             "conditions": [{
                 "type": "Ready",
                 "status": "True",

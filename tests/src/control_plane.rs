@@ -201,6 +201,8 @@ pub fn start_apiserver(spec: &ApiserverSpec<'_>) -> Result<u32, ControlPlaneErro
         .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
         .arg("--api-audiences=https://kubernetes.default.svc.cluster.local")
         .arg("--service-cluster-ip-range=10.96.0.0/16")
+        // Nodes with an IPv4 and an IPv6 podCIDR (alpha in 1.20).
+        .arg("--feature-gates=IPv6DualStack=true")
         .arg("--authorization-mode=Node,RBAC")
         .arg("--anonymous-auth=false")
         .arg("--endpoint-reconciler-type=none")

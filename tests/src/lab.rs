@@ -126,6 +126,9 @@ pub struct LabConfig {
     pub weftd: bool,
     /// Print progress lines on stderr.
     pub verbose: bool,
+    /// IPv6 too: an IPv6 underlay address per node, an IPv6 podCIDR per
+    /// Node, and weft configured for both families.
+    pub dual_stack: bool,
 }
 
 impl LabConfig {
@@ -136,6 +139,7 @@ impl LabConfig {
             backend: Backend::Vxlan,
             weftd: false,
             verbose: false,
+            dual_stack: false,
         }
     }
 
@@ -168,6 +172,31 @@ pub struct LabState {
     pub pods: Vec<crate::runtime::PodRecord>,
     pub cidrs: CidrAllocator,
     pub next_node_index: u32,
+    /// IPv6 as well (see `LabConfig::dual_stack`).
+    #[serde(default)]
+    pub dual_stack: bool,
+}
+
+/// The hub's IPv6 underlay address (dual-stack labs).
+const HUB_IP6: &str = "fd00:198:51:100::1/64";
+/// The IPv6 pod network of dual-stack labs.
+pub const CLUSTER_CIDR6: &str = "fd00:10:244::/48";
+
+/// A node's IPv6 underlay address, from its IPv4 one.
+pub fn underlay_ip6(v4: Ipv4Addr) -> std::net::Ipv6Addr {
+    let d = v4.octets()[3];
+    std::net::Ipv6Addr::new(0xfd00, 0x198, 0x51, 0x100, 0, 0, 0, u16::from(d))
+}
+
+/// A node's IPv6 podCIDR, from its IPv4 one (10.244.N.0/24 →
+/// fd00:10:244:N::/64), so both are freed together.
+pub fn pod_cidr6(v4: Ipv4Network) -> ipnetwork::Ipv6Network {
+    let n = v4.network().octets()[2];
+    ipnetwork::Ipv6Network::new(
+        std::net::Ipv6Addr::new(0xfd00, 0x10, 0x244, u16::from(n), 0, 0, 0, 0),
+        64,
+    )
+    .unwrap_or_else(|_| ipnetwork::Ipv6Network::from(std::net::Ipv6Addr::UNSPECIFIED))
 }
 
 /// The directory all labs keep their state under (`$WEFT_LAB_STATE`, default
@@ -510,10 +539,16 @@ impl Lab {
         } else {
             None
         };
+        if self.state.dual_stack {
+            let ip6 = format!("{}/64", underlay_ip6(ip));
+            cmd::ip(["-n", &ns, "addr", "add", &ip6, "dev", "eth0", "nodad"])
+                .map_err(LabError::Hub)?;
+        }
         let reg = NodeRegistration {
             name: name.clone(),
             internal_ip: ip,
             pod_cidr,
+            dual_stack: self.state.dual_stack,
         };
         let admin = self.admin_kubeconfig();
         self.block_on(|| async move {
@@ -635,6 +670,11 @@ fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab, LabError>
         ])?;
         cmd::ip(["-n", &hub_ns, "addr", "add", &hub_cidr, "dev", HUB_BRIDGE])?;
         cmd::ip(["-n", &hub_ns, "link", "set", HUB_BRIDGE, "up"])?;
+        if cfg.dual_stack {
+            cmd::ip([
+                "-n", &hub_ns, "addr", "add", HUB_IP6, "dev", HUB_BRIDGE, "nodad",
+            ])?;
+        }
         // The outside host, behind the hub acting as the underlay's router.
         cmd::ip([
             "-n",
@@ -742,6 +782,7 @@ fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab, LabError>
         name: name.to_string(),
         dir: dir.to_path_buf(),
         backend: cfg.backend,
+        dual_stack: cfg.dual_stack,
         hub_netns: hub_ns.clone(),
         hub_ip: HUB_IP,
         underlay,

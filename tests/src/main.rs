@@ -35,6 +35,9 @@ enum Cmd {
         /// Pods to create on each node.
         #[arg(long, default_value_t = 0)]
         pods_per_node: usize,
+        /// IPv6 too: IPv6 underlay addresses and podCIDRs, weft dual-stack.
+        #[arg(long)]
+        dual_stack: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -137,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nodes,
             backend,
             pods_per_node,
+            dual_stack,
             json,
         } => {
             watch_ctrl_c()?;
@@ -147,6 +151,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 backend,
                 weftd: true,
                 verbose: true,
+                dual_stack,
             })?;
             let mut lab = lab;
             let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();

@@ -36,13 +36,21 @@ pub fn find_weftd() -> Result<PathBuf, LabError> {
 }
 
 /// flannel's net-conf.json for the lab's cluster CIDR and backend.
-pub fn net_conf(backend: Backend) -> String {
+pub fn net_conf(backend: Backend, dual_stack: bool) -> String {
     let ty = match backend {
         Backend::Vxlan => "vxlan",
         Backend::Udp => "udp",
     };
+    let v6 = if dual_stack {
+        format!(
+            r#""EnableIPv6":true,"IPv6Network":"{}","#,
+            crate::lab::CLUSTER_CIDR6
+        )
+    } else {
+        String::new()
+    };
     format!(
-        r#"{{"Network":"{}","EnableNFTables":false,"Backend":{{"Type":"{ty}"}}}}"#,
+        r#"{{"Network":"{}",{v6}"EnableNFTables":false,"Backend":{{"Type":"{ty}"}}}}"#,
         crate::lab::CLUSTER_CIDR
     )
 }
@@ -62,7 +70,7 @@ impl Lab {
         let n = self.node(node)?.clone();
         let conf = n.host_path("/etc/kube-flannel/net-conf.json");
         if !conf.exists() {
-            std::fs::write(&conf, net_conf(self.state.backend))
+            std::fs::write(&conf, net_conf(self.state.backend, self.state.dual_stack))
                 .map_err(|source| LabError::State { path: conf, source })?;
         }
         // The DaemonSet's init container: plugin binary and conflist.
