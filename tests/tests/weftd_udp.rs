@@ -204,3 +204,36 @@ fn udp_backend_through_node_churn_and_a_weftd_restart() {
     eprintln!("flannel0 back in {:?}", t0.elapsed());
     matrix_ok(&lab);
 }
+
+/// The CNI suite's checks with the udp backend: two pods per node from the
+/// conflist, the full matrix, and DEL freeing the address, veth and saved
+/// config; the rest still reach each other.
+#[test]
+fn udp_backend_pods_from_the_conflist_and_del() {
+    let cfg = LabConfig {
+        backend: Backend::Udp,
+        ..LabConfig::with_weftd(&unique_name("udpcni"), 3)
+    };
+    let mut lab = Lab::up(&cfg).unwrap();
+    for n in ["node-1", "node-2", "node-3"] {
+        for k in 1..=2 {
+            lab.add_pod(n, &format!("{n}-pod-{k}")).unwrap();
+        }
+    }
+    assert_eq!(lab.connectivity().unwrap().len(), 30);
+    matrix_ok(&lab);
+    let gone = pod(&lab, "node-2-pod-1").clone();
+    let node = lab.node("node-2").unwrap().clone();
+    lab.del_pod("node-2", "node-2-pod-1").unwrap();
+    assert!(
+        !node
+            .host_path(&format!("/var/lib/cni/networks/cbr0/{}", gone.ip))
+            .exists()
+    );
+    assert!(!node.host_path("/var/lib/cni/flannel/node-2-pod-1").exists());
+    let veths = lab
+        .run("node-2", &["ip", "-o", "link", "show", "master", "cni0"])
+        .unwrap();
+    assert_eq!(veths.lines().count(), 1, "{veths}");
+    matrix_ok(&lab);
+}
