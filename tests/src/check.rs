@@ -1,4 +1,5 @@
-//! `weft-lab check`: every pod to every other pod, ICMP and TCP.
+//! `weft-lab check`: every pod to every other pod, ICMP and TCP (over IPv6
+//! too in a dual-stack lab).
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,8 @@ impl PairResult {
 }
 
 const PORT: &str = "5201";
+/// The IPv6 servers' port (each server binds one address).
+const PORT6: &str = "5202";
 
 impl Lab {
     /// Runs `args` inside `pod` (its network namespace, on its node); its output.
@@ -37,45 +40,73 @@ impl Lab {
         self.exec(&pod.node, &full)
     }
 
-    /// Makes sure a TCP server (iperf3) listens in every pod.
-    fn tcp_servers(&self) -> Result<(), LabError> {
-        for p in &self.state.pods {
-            let listening = |lab: &Lab| {
-                lab.pod_cmd(p, &["ss", "-Hltn"])
-                    .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(":{PORT}")))
-                    .unwrap_or(false)
-            };
-            if listening(self) {
-                continue;
+    /// A pod's global IPv6 address, if it has one.
+    pub fn pod_ipv6(&self, pod: &PodRecord) -> Result<Option<String>, LabError> {
+        let out = self.pod_cmd(
+            pod,
+            &[
+                "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
+            ],
+        )?;
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .map(str::to_string))
+    }
+
+    /// Makes sure a TCP server (iperf3) listens on `ip`:`port` in `pod`.
+    fn tcp_server(&self, p: &PodRecord, ip: &str, port: &str) -> Result<(), LabError> {
+        let listening = |lab: &Lab| {
+            lab.pod_cmd(p, &["ss", "-Hltn"])
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains(&format!(":{port}")))
+                .unwrap_or(false)
+        };
+        if listening(self) {
+            return Ok(());
+        }
+        self.pod_cmd(p, &["iperf3", "-s", "-D", "-B", ip, "-p", port])?;
+        let t0 = Instant::now();
+        while !listening(self) {
+            if t0.elapsed() > Duration::from_secs(5) {
+                return Err(LabError::State {
+                    path: format!("pod {}", p.name).into(),
+                    source: std::io::Error::other("iperf3 server did not start"),
+                });
             }
-            let ip = p.ip.to_string();
-            self.pod_cmd(p, &["iperf3", "-s", "-D", "-B", &ip, "-p", PORT])?;
-            let t0 = Instant::now();
-            while !listening(self) {
-                if t0.elapsed() > Duration::from_secs(5) {
-                    return Err(LabError::State {
-                        path: format!("pod {}", p.name).into(),
-                        source: std::io::Error::other("iperf3 server did not start"),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
     }
 
-    /// The connectivity matrix over every pod the lab created.
+    /// The connectivity matrix over every pod the lab created: IPv4, and
+    /// IPv6 as well in a dual-stack lab.
     pub fn connectivity(&self) -> Result<Vec<PairResult>, LabError> {
-        self.tcp_servers()?;
+        let mut targets: Vec<(&PodRecord, String, &str)> = Vec::new();
+        for p in &self.state.pods {
+            let ip = p.ip.to_string();
+            self.tcp_server(p, &ip, PORT)?;
+            targets.push((p, ip, PORT));
+        }
+        if self.state.dual_stack {
+            for p in &self.state.pods {
+                if let Some(ip) = self.pod_ipv6(p)? {
+                    self.tcp_server(p, &ip, PORT6)?;
+                    targets.push((p, ip, PORT6));
+                }
+            }
+        }
         let mut out = Vec::new();
         for a in &self.state.pods {
-            for b in &self.state.pods {
-                if a == b {
+            for (b, ip, port) in &targets {
+                if a == *b {
                     continue;
                 }
-                let ip = b.ip.to_string();
+                // -w: a fresh IPv6 gateway may still be in duplicate address
+                // detection for its first second.
                 let icmp = self
-                    .pod_cmd(a, &["ping", "-q", "-c", "1", "-W", "2", &ip])?
+                    .pod_cmd(a, &["ping", "-q", "-c", "1", "-w", "5", ip])?
                     .status
                     .success();
                 let tcp = self
@@ -84,9 +115,9 @@ impl Lab {
                         &[
                             "iperf3",
                             "-c",
-                            &ip,
+                            ip,
                             "-p",
-                            PORT,
+                            port,
                             "-n",
                             "64K",
                             "--connect-timeout",
@@ -98,7 +129,7 @@ impl Lab {
                 out.push(PairResult {
                     from: a.name.clone(),
                     to: b.name.clone(),
-                    to_ip: ip,
+                    to_ip: ip.clone(),
                     icmp,
                     tcp,
                 });
