@@ -30,6 +30,7 @@ use crate::netlink::kernel::{self, Kernel};
 use crate::netlink::{Change, NetlinkError, VxlanSpec};
 use crate::nft::{self, kernel::NftError};
 use crate::udp::{self, DataPlane, UdpError, UdpSpec};
+use crate::vxlan::direct::{self, Direct};
 use crate::vxlan::{self, Device, DeviceConfig, VxlanError};
 
 /// The smallest pod MTU weft accepts (IPv4's minimum datagram size).
@@ -132,11 +133,6 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             (None, Some(u.port))
         }
     };
-    if vx.as_ref().is_some_and(|v| v.direct_routing) {
-        return Err(AgentError::UnsupportedOption {
-            field: "Backend.DirectRouting",
-        });
-    }
     let names = Names::new(&opts.annotation_prefix).map_err(AgentError::Prefix)?;
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = opts.healthz_addr {
@@ -153,6 +149,25 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     let internal: Vec<IpAddr> = node.internal_ips().filter_map(|s| s.parse().ok()).collect();
     let ext = iface::select(&nl, &opts.iface, &internal, cfg.ipv4.is_none()).await?;
     tracing::info!(iface = %ext.name, mtu = ext.mtu, "external interface chosen");
+    // DirectRouting: peers on the external interface's own subnets are
+    // reached without VXLAN.
+    let direct = match &vx {
+        Some(v) if v.direct_routing => {
+            use crate::netlink::Netlink;
+            let onlink: Vec<IpNetwork> = nl
+                .addresses(ext.index)
+                .await?
+                .into_iter()
+                .filter_map(|a| IpNetwork::new(a.network(), a.prefix()).ok())
+                .collect();
+            tracing::info!(iface = %ext.name, ?onlink, "DirectRouting: peers on these prefixes are routed without VXLAN");
+            Some(Direct {
+                link: ext.index,
+                onlink,
+            })
+        }
+        _ => None,
+    };
 
     // Per family: the device, and what to publish.
     let mut devices: Vec<Device> = Vec::new();
@@ -426,12 +441,20 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         };
         let set = update.set;
         if !update.complete {
-            reconcile_all(&nl, &mut devices, &set, &metrics, Pass::Partial).await;
+            reconcile_all(
+                &nl,
+                &mut devices,
+                direct.as_ref(),
+                &set,
+                &metrics,
+                Pass::Partial,
+            )
+            .await;
             continue;
         }
         let t0 = Instant::now();
         let pass = if full { Pass::Full } else { Pass::Quick };
-        let mut ok = reconcile_all(&nl, &mut devices, &set, &metrics, pass).await;
+        let mut ok = reconcile_all(&nl, &mut devices, direct.as_ref(), &set, &metrics, pass).await;
         if let Some(spec) = &udp_spec {
             if let Err(e) = ensure_udp(&nl, &mut udp_dp, spec, full, &metrics).await {
                 tracing::warn!(error = %chain(&e), "udp backend: repairing the data path failed; will retry");
@@ -550,13 +573,25 @@ enum Pass {
 async fn reconcile_all(
     nl: &Kernel,
     devices: &mut [Device],
+    direct: Option<&Direct>,
     set: &PeerSet,
     metrics: &Metrics,
     pass: Pass,
 ) -> bool {
     let mut ok = true;
     for dev in devices {
-        let entries = set.family(dev.cfg.subnet.is_ipv6());
+        let all = set.family(dev.cfg.subnet.is_ipv6());
+        // With DirectRouting, the directly reachable peers leave the device.
+        let (near, far) = match direct {
+            Some(d) => d.split(all),
+            None => (Vec::new(), all.to_vec()),
+        };
+        let entries = far.as_slice();
+        if let Some(d) = direct
+            && pass != Pass::Partial
+        {
+            ok &= reconcile_direct(nl, d, dev.cfg.network, &near, metrics).await;
+        }
         let t0 = Instant::now();
         let result = match pass {
             Pass::Partial => dev.add_partial(nl, entries).await,
@@ -587,6 +622,42 @@ async fn reconcile_all(
         }
     }
     ok
+}
+
+/// The direct routes of one family; whether everything succeeded.
+async fn reconcile_direct(
+    nl: &Kernel,
+    d: &Direct,
+    network: IpNetwork,
+    near: &[crate::vxlan::plan::PeerEntry],
+    metrics: &Metrics,
+) -> bool {
+    let t0 = Instant::now();
+    match direct::reconcile(nl, d, network, near).await {
+        Ok((done, failed)) => {
+            let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
+            for op in &done {
+                *counts.entry(op.kind()).or_default() += 1;
+            }
+            let kinds: Vec<&'static str> = failed.iter().map(|(op, _)| op.kind()).collect();
+            metrics.reconciled(t0.elapsed().as_secs_f64(), &counts, &kinds, false, false);
+            if !done.is_empty() {
+                tracing::info!(
+                    peers = near.len(),
+                    writes = done.len(),
+                    "direct routes reconciled"
+                );
+            }
+            for (op, why) in failed.iter().take(5) {
+                tracing::warn!(?op, error = %why, "kernel refused a direct route; will retry");
+            }
+            failed.is_empty()
+        }
+        Err(e) => {
+            tracing::warn!(error = %chain(&e), "direct routes: reconcile failed; will retry");
+            false
+        }
+    }
 }
 
 /// The error and its causes, joined.

@@ -129,6 +129,9 @@ pub struct LabConfig {
     /// IPv6 too: an IPv6 underlay address per node, an IPv6 podCIDR per
     /// Node, and weft configured for both families.
     pub dual_stack: bool,
+    /// VXLAN with flannel's `DirectRouting` (the lab's nodes share one
+    /// underlay subnet, so every peer is routed directly).
+    pub direct_routing: bool,
 }
 
 impl LabConfig {
@@ -140,6 +143,7 @@ impl LabConfig {
             weftd: false,
             verbose: false,
             dual_stack: false,
+            direct_routing: false,
         }
     }
 
@@ -175,6 +179,9 @@ pub struct LabState {
     /// IPv6 as well (see `LabConfig::dual_stack`).
     #[serde(default)]
     pub dual_stack: bool,
+    /// VXLAN's DirectRouting on.
+    #[serde(default)]
+    pub direct_routing: bool,
 }
 
 /// The hub's IPv6 underlay address (dual-stack labs).
@@ -783,6 +790,7 @@ fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab, LabError>
         dir: dir.to_path_buf(),
         backend: cfg.backend,
         dual_stack: cfg.dual_stack,
+        direct_routing: cfg.direct_routing,
         hub_netns: hub_ns.clone(),
         hub_ip: HUB_IP,
         underlay,

@@ -152,6 +152,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 weftd: true,
                 verbose: true,
                 dual_stack,
+                direct_routing: false,
             })?;
             let mut lab = lab;
             let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();

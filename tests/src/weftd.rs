@@ -36,23 +36,24 @@ pub fn find_weftd() -> Result<PathBuf, LabError> {
 }
 
 /// flannel's net-conf.json for the lab's cluster CIDR and backend.
-pub fn net_conf(backend: Backend, dual_stack: bool) -> String {
-    let ty = match backend {
+pub fn net_conf(backend: Backend, dual_stack: bool, direct_routing: bool) -> String {
+    let mut b = serde_json::json!({"Type": match backend {
         Backend::Vxlan => "vxlan",
         Backend::Udp => "udp",
-    };
-    let v6 = if dual_stack {
-        format!(
-            r#""EnableIPv6":true,"IPv6Network":"{}","#,
-            crate::lab::CLUSTER_CIDR6
-        )
-    } else {
-        String::new()
-    };
-    format!(
-        r#"{{"Network":"{}",{v6}"EnableNFTables":false,"Backend":{{"Type":"{ty}"}}}}"#,
-        crate::lab::CLUSTER_CIDR
-    )
+    }});
+    if direct_routing && backend == Backend::Vxlan {
+        b["DirectRouting"] = true.into();
+    }
+    let mut conf = serde_json::json!({
+        "Network": crate::lab::CLUSTER_CIDR,
+        "EnableNFTables": false,
+        "Backend": b,
+    });
+    if dual_stack {
+        conf["EnableIPv6"] = true.into();
+        conf["IPv6Network"] = crate::lab::CLUSTER_CIDR6.into();
+    }
+    conf.to_string()
 }
 
 /// A GET of weftd's health server inside a node's namespace.
@@ -70,8 +71,15 @@ impl Lab {
         let n = self.node(node)?.clone();
         let conf = n.host_path("/etc/kube-flannel/net-conf.json");
         if !conf.exists() {
-            std::fs::write(&conf, net_conf(self.state.backend, self.state.dual_stack))
-                .map_err(|source| LabError::State { path: conf, source })?;
+            std::fs::write(
+                &conf,
+                net_conf(
+                    self.state.backend,
+                    self.state.dual_stack,
+                    self.state.direct_routing,
+                ),
+            )
+            .map_err(|source| LabError::State { path: conf, source })?;
         }
         // The DaemonSet's init container: plugin binary and conflist.
         // `$WEFT_LAB_PLUGIN` picks another plugin binary (say, the static one).

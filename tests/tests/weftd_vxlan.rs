@@ -433,3 +433,62 @@ fn a_node_deleted_while_weftd_was_down_is_cleaned_up_on_its_next_start() {
     );
     assert_eq!(kernel_view(&lab, "node-1").2.len(), 1);
 }
+
+/// flannel's DirectRouting: the lab's nodes share one underlay subnet, so
+/// every peer is reached through `<subnet> via <peer IP> dev eth0` and
+/// flannel.1 carries no peer entries; pods reach each other; a node that
+/// leaves takes its direct route with it.
+#[test]
+fn direct_routing_routes_peers_on_the_underlay_subnet_without_vxlan() {
+    let cfg = LabConfig {
+        direct_routing: true,
+        ..LabConfig::with_weftd(&unique_name("direct"), 3)
+    };
+    let mut lab = Lab::up(&cfg).unwrap();
+    for n in ["node-1", "node-2", "node-3"] {
+        lab.add_pod(n, &format!("{n}-pod")).unwrap();
+    }
+    let direct = |lab: &Lab| {
+        let mut r: Vec<String> = lab
+            .run(
+                "node-1",
+                &[
+                    "ip",
+                    "-4",
+                    "route",
+                    "show",
+                    "dev",
+                    "eth0",
+                    "root",
+                    "10.244.0.0/16",
+                ],
+            )
+            .unwrap()
+            .lines()
+            .map(|l| l.trim().to_string())
+            .collect();
+        r.sort();
+        r
+    };
+    assert_eq!(
+        direct(&lab),
+        vec![
+            "10.244.1.0/24 via 198.51.100.12".to_string(),
+            "10.244.2.0/24 via 198.51.100.13".to_string()
+        ]
+    );
+    assert_eq!(kernel_view(&lab, "node-1"), (vec![], vec![], vec![]));
+    let results = lab.connectivity().unwrap();
+    assert!(results.iter().all(|r| r.ok()), "{results:#?}");
+
+    lab.remove_node("node-3").unwrap();
+    let t0 = Instant::now();
+    while direct(&lab).len() != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", direct(&lab));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        direct(&lab),
+        vec!["10.244.1.0/24 via 198.51.100.12".to_string()]
+    );
+}

@@ -21,6 +21,7 @@
 //! plans against what the kernel holds (see [`plan`]) and applies the
 //! difference; a second reconcile with nothing changed writes nothing.
 
+pub mod direct;
 pub mod plan;
 
 use std::collections::BTreeMap;
