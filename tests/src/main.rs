@@ -38,6 +38,9 @@ enum Cmd {
         /// IPv6 too: IPv6 underlay addresses and podCIDRs, weft dual-stack.
         #[arg(long)]
         dual_stack: bool,
+        /// VXLAN with DirectRouting (every lab node shares one subnet).
+        #[arg(long)]
+        direct_routing: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -141,6 +144,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             backend,
             pods_per_node,
             dual_stack,
+            direct_routing,
             json,
         } => {
             watch_ctrl_c()?;
@@ -152,7 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 weftd: true,
                 verbose: true,
                 dual_stack,
-                direct_routing: false,
+                direct_routing,
             })?;
             let mut lab = lab;
             let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
