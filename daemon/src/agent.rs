@@ -151,7 +151,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     tracing::info!(iface = %ext.name, mtu = ext.mtu, "external interface chosen");
     // DirectRouting: peers on the external interface's own subnets are
     // reached without VXLAN.
-    let direct = match &vx {
+    let mut direct = match &vx {
         Some(v) if v.direct_routing => {
             use crate::netlink::Netlink;
             let onlink: Vec<IpNetwork> = nl
@@ -164,6 +164,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             Some(Direct {
                 link: ext.index,
                 onlink,
+                known: BTreeMap::new(),
             })
         }
         _ => None,
@@ -411,7 +412,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
                 while let Some(c) = next {
                     // Once a repair is due, the rest is only drained.
                     let udp_gone = matches!(&c, Change::LinkDeleted(n) if udp_spec.as_ref().is_some_and(|spec| *n == spec.name));
-                    if !repair && (udp_gone || devices.iter().any(|d| d.contradicted_by(&c))) {
+                    let direct_undone = direct.as_ref().is_some_and(|d| d.contradicted_by(&c));
+                    if !repair && (udp_gone || direct_undone || devices.iter().any(|d| d.contradicted_by(&c))) {
                         match &c {
                             Change::LinkDeleted(name) => tracing::warn!(device = %name, "device deleted; recreating it and replaying every peer"),
                             other => tracing::warn!(change = ?other, "an entry on our device was changed behind our back; repairing"),
@@ -444,7 +446,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             reconcile_all(
                 &nl,
                 &mut devices,
-                direct.as_ref(),
+                direct.as_mut(),
                 &set,
                 &metrics,
                 Pass::Partial,
@@ -454,7 +456,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         }
         let t0 = Instant::now();
         let pass = if full { Pass::Full } else { Pass::Quick };
-        let mut ok = reconcile_all(&nl, &mut devices, direct.as_ref(), &set, &metrics, pass).await;
+        let mut ok = reconcile_all(&nl, &mut devices, direct.as_mut(), &set, &metrics, pass).await;
         if let Some(spec) = &udp_spec {
             if let Err(e) = ensure_udp(&nl, &mut udp_dp, spec, full, &metrics).await {
                 tracing::warn!(error = %chain(&e), "udp backend: repairing the data path failed; will retry");
@@ -573,7 +575,7 @@ enum Pass {
 async fn reconcile_all(
     nl: &Kernel,
     devices: &mut [Device],
-    direct: Option<&Direct>,
+    mut direct: Option<&mut Direct>,
     set: &PeerSet,
     metrics: &Metrics,
     pass: Pass,
@@ -582,12 +584,12 @@ async fn reconcile_all(
     for dev in devices {
         let all = set.family(dev.cfg.subnet.is_ipv6());
         // With DirectRouting, the directly reachable peers leave the device.
-        let (near, far) = match direct {
+        let (near, far) = match direct.as_deref() {
             Some(d) => d.split(all),
             None => (Vec::new(), all.to_vec()),
         };
         let entries = far.as_slice();
-        if let Some(d) = direct
+        if let Some(d) = direct.as_deref_mut()
             && pass != Pass::Partial
         {
             ok &= reconcile_direct(nl, d, dev.cfg.network, &near, metrics).await;
@@ -627,7 +629,7 @@ async fn reconcile_all(
 /// The direct routes of one family; whether everything succeeded.
 async fn reconcile_direct(
     nl: &Kernel,
-    d: &Direct,
+    d: &mut Direct,
     network: IpNetwork,
     near: &[crate::vxlan::plan::PeerEntry],
     metrics: &Metrics,

@@ -436,8 +436,9 @@ fn a_node_deleted_while_weftd_was_down_is_cleaned_up_on_its_next_start() {
 
 /// flannel's DirectRouting: the lab's nodes share one underlay subnet, so
 /// every peer is reached through `<subnet> via <peer IP> dev eth0` and
-/// flannel.1 carries no peer entries; pods reach each other; a node that
-/// leaves takes its direct route with it.
+/// flannel.1 carries no peer entries; pods reach each other; a direct route
+/// deleted by hand is back at once; a node that leaves takes its route with
+/// it.
 #[test]
 fn direct_routing_routes_peers_on_the_underlay_subnet_without_vxlan() {
     let cfg = LabConfig {
@@ -480,6 +481,15 @@ fn direct_routing_routes_peers_on_the_underlay_subnet_without_vxlan() {
     assert_eq!(kernel_view(&lab, "node-1"), (vec![], vec![], vec![]));
     let results = lab.connectivity().unwrap();
     assert!(results.iter().all(|r| r.ok()), "{results:#?}");
+
+    // A direct route deleted by hand comes back at once.
+    lab.run("node-1", &["ip", "route", "del", "10.244.1.0/24"])
+        .unwrap();
+    let t0 = Instant::now();
+    while direct(&lab).len() != 2 {
+        assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", direct(&lab));
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     lab.remove_node("node-3").unwrap();
     let t0 = Instant::now();

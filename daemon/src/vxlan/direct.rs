@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use ipnetwork::IpNetwork;
 
 use super::plan::PeerEntry;
-use crate::netlink::{Netlink, NetlinkError, Op, Route};
+use crate::netlink::{Change, Netlink, NetlinkError, Op, Route};
 
 /// Where direct routes go: the external interface and its connected
 /// prefixes.
@@ -20,6 +20,8 @@ use crate::netlink::{Netlink, NetlinkError, Op, Route};
 pub struct Direct {
     pub link: u32,
     pub onlink: Vec<IpNetwork>,
+    /// The routes of the last successful reconcile, per pod network.
+    pub known: BTreeMap<IpNetwork, Vec<Route>>,
 }
 
 impl Direct {
@@ -30,16 +32,34 @@ impl Direct {
             .any(|n| n.is_ipv4() == peer.public_ip.is_ipv4() && n.contains(peer.public_ip))
     }
 
+    /// Whether a change seen on netlink undoes one of our routes, or adds
+    /// a foreign one inside a pod network we route: then a repair is due.
+    pub fn contradicted_by(&self, change: &Change) -> bool {
+        let Change::Route(r, deleted) = change else {
+            return false;
+        };
+        if r.link != self.link {
+            return false;
+        }
+        self.known
+            .iter()
+            .any(|(net, routes)| inside(net, &r.dst) && (routes.contains(r) == *deleted))
+    }
+
     /// The peers of `entries` reached directly, and the rest (for VXLAN).
     pub fn split(&self, entries: &[PeerEntry]) -> (Vec<PeerEntry>, Vec<PeerEntry>) {
         entries.iter().partition(|p| self.reaches(p))
     }
 }
 
-/// The operations that leave exactly `direct`'s routes (one per peer, via its
-/// public IP) among the routes on `link` inside `network`.
-pub fn plan(link: u32, network: IpNetwork, direct: &[PeerEntry], observed: &[Route]) -> Vec<Op> {
-    let want: BTreeMap<IpNetwork, Route> = direct
+fn inside(network: &IpNetwork, dst: &IpNetwork) -> bool {
+    dst.is_ipv4() == network.is_ipv4()
+        && dst.prefix() >= network.prefix()
+        && network.contains(dst.network())
+}
+
+fn desired(link: u32, direct: &[PeerEntry]) -> BTreeMap<IpNetwork, Route> {
+    direct
         .iter()
         .map(|p| {
             (
@@ -52,13 +72,14 @@ pub fn plan(link: u32, network: IpNetwork, direct: &[PeerEntry], observed: &[Rou
                 },
             )
         })
-        .collect();
-    let ours = |r: &&Route| {
-        r.link == link
-            && r.dst.is_ipv4() == network.is_ipv4()
-            && r.dst.prefix() >= network.prefix()
-            && network.contains(r.dst.network())
-    };
+        .collect()
+}
+
+/// The operations that leave exactly `direct`'s routes (one per peer, via its
+/// public IP) among the routes on `link` inside `network`.
+pub fn plan(link: u32, network: IpNetwork, direct: &[PeerEntry], observed: &[Route]) -> Vec<Op> {
+    let want = desired(link, direct);
+    let ours = |r: &&Route| r.link == link && inside(&network, &r.dst);
     let mut ops = Vec::new();
     let mut have: BTreeMap<IpNetwork, Vec<Route>> = BTreeMap::new();
     for r in observed.iter().filter(ours) {
@@ -85,15 +106,19 @@ pub fn plan(link: u32, network: IpNetwork, direct: &[PeerEntry], observed: &[Rou
 }
 
 /// Reads the external interface's routes and carries out the plan; the
-/// operations done and the ones the kernel refused.
+/// operations done and the ones the kernel refused. On success the routes
+/// become the known ones (for `contradicted_by`).
 pub async fn reconcile<N: Netlink>(
     nl: &N,
-    direct: &Direct,
+    direct: &mut Direct,
     network: IpNetwork,
     peers: &[PeerEntry],
 ) -> Result<(Vec<Op>, Vec<(Op, NetlinkError)>), NetlinkError> {
     let observed = nl.observe(direct.link, network.is_ipv6()).await?;
     let ops = plan(direct.link, network, peers, &observed.routes);
+    direct
+        .known
+        .insert(network, desired(direct.link, peers).into_values().collect());
     let results = nl.apply(&ops).await;
     let (mut done, mut failed) = (Vec::new(), Vec::new());
     for (op, r) in ops.into_iter().zip(results) {
@@ -132,6 +157,7 @@ mod tests {
         let d = Direct {
             link: 2,
             onlink: vec!["198.51.100.0/24".parse().unwrap()],
+            known: BTreeMap::new(),
         };
         let (direct, vxlan) = d.split(&[peer(2, "198.51.100.12"), peer(3, "203.0.113.7")]);
         assert_eq!(direct, vec![peer(2, "198.51.100.12")]);
@@ -162,5 +188,25 @@ mod tests {
             route("10.244.3.0/24", "198.51.100.13"),
         ];
         assert!(plan(2, net, &peers, &settled).is_empty());
+    }
+
+    #[test]
+    fn only_changes_that_undo_our_routes_or_add_foreign_ones_call_for_a_repair() {
+        let net: IpNetwork = "10.244.0.0/16".parse().unwrap();
+        let ours = route("10.244.2.0/24", "198.51.100.12");
+        let d = Direct {
+            link: 2,
+            onlink: vec![],
+            known: BTreeMap::from([(net, vec![ours])]),
+        };
+        assert!(d.contradicted_by(&Change::Route(ours, true)));
+        assert!(!d.contradicted_by(&Change::Route(ours, false)));
+        assert!(d.contradicted_by(&Change::Route(
+            route("10.244.7.0/24", "198.51.100.9"),
+            false
+        )));
+        assert!(!d.contradicted_by(&Change::Route(route("0.0.0.0/0", "198.51.100.1"), true)));
+        let elsewhere = Route { link: 9, ..ours };
+        assert!(!d.contradicted_by(&Change::Route(elsewhere, true)));
     }
 }
