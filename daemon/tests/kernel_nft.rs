@@ -5,35 +5,12 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::process::Command;
+mod common;
+
+use common::{in_private_netns, sh};
 
 use weftd::nft::kernel::{Nft, Synced};
 use weftd::nft::{self, Family, RulesetInput};
-
-fn in_private_netns(f: impl FnOnce() + Send) {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("unshare a network namespace (root needed)");
-            f();
-        })
-        .join()
-        .unwrap();
-    });
-}
-
-fn sh(script: &str) -> String {
-    let out = Command::new("bash")
-        .args(["-euc", script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn input(peers: &[&str], dual: bool) -> RulesetInput {
     let mut families = vec![Family {

@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
-use std::process::Command;
+mod common;
+
+use common::{in_private_netns_async as in_private_netns, sh};
 
 use ipnetwork::IpNetwork;
 use weftd::annotations::Mac;
@@ -12,36 +14,6 @@ use weftd::netlink::VxlanSpec;
 use weftd::netlink::kernel::Kernel;
 use weftd::vxlan::plan::PeerEntry;
 use weftd::vxlan::{self, DeviceConfig, Outcome};
-
-/// Runs `f` on a thread in a fresh network namespace with a tokio runtime.
-fn in_private_netns<F: std::future::Future<Output = ()>>(f: impl FnOnce() -> F + Send) {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("unshare a network namespace (root needed)");
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f());
-        })
-        .join()
-        .unwrap();
-    });
-}
-
-fn sh(script: &str) -> String {
-    let out = Command::new("bash")
-        .args(["-euc", script])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{script}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn json(script: &str) -> serde_json::Value {
     serde_json::from_str(&sh(script)).unwrap()

@@ -18,6 +18,7 @@ pub mod http;
 pub mod lab;
 pub mod netns;
 pub mod node;
+pub mod packets;
 pub mod pki;
 pub mod pods;
 pub mod procs;

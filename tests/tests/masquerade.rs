@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use weft_lab::lab::OUTSIDE_IP;
+use weft_lab::packets::SEND_PY;
 use weft_lab::runtime::PodRecord;
 use weft_lab::{Lab, LabConfig, unique_name};
 
@@ -41,25 +42,6 @@ try:
     print(s.recvfrom(65535)[0].decode())
 except socket.timeout:
     sys.exit(1)
-"#;
-
-/// Sends one VXLAN packet (VNI 1) to <node>:8472 whose inner frame carries
-/// a UDP datagram <inner src> -> <inner dst>:<port> to the node's VTEP MAC.
-const FORGE: &str = r#"
-import socket, struct, sys
-node, mac, src, dst, port, text = sys.argv[1:7]
-def csum(b):
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    s = (s >> 16) + (s & 0xffff)
-    return ~(s + (s >> 16)) & 0xffff
-data = text.encode()
-udp = struct.pack("!HHHH", 40000, int(port), 8 + len(data), 0) + data
-ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-                 socket.inet_aton(src), socket.inet_aton(dst))
-ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-eth = bytes.fromhex(mac.replace(":", "")) + bytes.fromhex("0a0000000001") + b"\x08\x00"
-vxlan = struct.pack("!II", 0x08000000, 1 << 8)
-socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(vxlan + eth + ip + udp, (node, 8472))
 "#;
 
 const PORT: &str = "7777";
@@ -225,8 +207,14 @@ fn masquerade_to_the_outside_pod_addresses_between_pods_and_forged_vxlan_dropped
     };
     let forge = |from: &mut Command, text: &str| {
         let st = from
-            .args(["-c", FORGE, &underlay_ip(&lab, "node-1"), &mac, &fake_src])
-            .args([&p1.ip.to_string(), PORT, text])
+            .args(["-c", SEND_PY, &underlay_ip(&lab, "node-1"), "8472"])
+            .args([
+                &format!("vxlan:{mac}"),
+                &fake_src,
+                &p1.ip.to_string(),
+                PORT,
+                text,
+            ])
             .status()
             .unwrap();
         assert!(st.success());

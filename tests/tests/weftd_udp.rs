@@ -11,25 +11,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use weft_lab::packets::SEND_PY;
 use weft_lab::runtime::PodRecord;
 use weft_lab::{Backend, Lab, LabConfig, unique_name};
-
-/// Sends one raw IPv4/UDP packet (inner src -> dst:port) as a udp-backend
-/// datagram to <node>:8285.
-const SEND: &str = r#"
-import socket, struct, sys
-node, src, dst, port, text = sys.argv[1:6]
-def csum(b):
-    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    s = (s >> 16) + (s & 0xffff)
-    return ~(s + (s >> 16)) & 0xffff
-data = text.encode()
-udp = struct.pack("!HHHH", 40000, int(port), 8 + len(data), 0) + data
-ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-                 socket.inet_aton(src), socket.inet_aton(dst))
-ip = ip[:10] + struct.pack("!H", csum(ip)) + ip[12:]
-socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(ip + udp, (node, 8285))
-"#;
 
 /// Prints every datagram's payload for `secs` seconds.
 const LISTEN: &str = r#"
@@ -124,8 +108,10 @@ fn udp_backend_layout_matrix_and_what_it_refuses() {
         assert!(
             c.args([
                 "-c",
-                SEND,
+                SEND_PY,
                 "198.51.100.11",
+                "8285",
+                "raw",
                 src,
                 &p1.ip.to_string(),
                 "7777",
