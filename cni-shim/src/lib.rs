@@ -14,3 +14,16 @@ pub use error::CniError;
 
 /// The CNI spec version this plugin reports.
 pub const CURRENT_VERSION: &str = "1.1.0";
+
+/// What kind of JSON value `v` is, for error messages ("a string", "null").
+pub fn json_kind(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}

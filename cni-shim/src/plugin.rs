@@ -55,7 +55,7 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<String>, CniError> {
                 code::DECODE,
                 format!(
                     "the network config must be a JSON object, not {}",
-                    kind(&other)
+                    crate::json_kind(&other)
                 ),
             ));
         }
@@ -116,17 +116,6 @@ pub fn version_json() -> String {
     let mut v: Vec<&str> = SUPPORTED_VERSIONS.to_vec();
     v.sort();
     json!({"cniVersion": crate::CURRENT_VERSION, "supportedVersions": v}).to_string()
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// The plugin's own keys.

@@ -534,10 +534,7 @@ async fn ensure_udp(
 /// one route for the whole Network through the device (idempotent).
 async fn ensure_udp_routes(nl: &Kernel, index: u32, spec: &UdpSpec) -> Result<(), AgentError> {
     use crate::netlink::{Netlink, Op, Route};
-    let addr = IpNetwork::V4(
-        ipnetwork::Ipv4Network::new(spec.subnet.network(), 32)
-            .map_err(|_| AgentError::UnsupportedOption { field: "Network" })?,
-    );
+    let addr = vxlan::device_address(IpNetwork::V4(spec.subnet));
     if !nl.addresses(index).await?.contains(&addr) {
         nl.set_address(index, addr, true).await?;
     }

@@ -109,7 +109,7 @@ impl NetConfig {
         })?;
         let Value::Object(top) = value else {
             return Err(ConfigError::NotJson {
-                reason: format!("found {}", kind(&value)),
+                reason: format!("found {}", weft_cni::json_kind(&value)),
             });
         };
         let enable_v4 = field::<bool>(&top, "", "EnableIPv4")?.unwrap_or(true);
@@ -294,17 +294,6 @@ fn cidr(obj: &Map<String, Value>, key: &str) -> Result<Option<IpNetwork>, Config
         )));
     }
     Ok(Some(masked))
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 #[cfg(test)]

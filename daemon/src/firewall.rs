@@ -134,9 +134,4 @@ impl Firewall {
         self.applied = Some(rs);
         Ok(())
     }
-
-    /// Whether the table is known to be in place.
-    pub fn in_place(&self) -> bool {
-        self.applied.is_some()
-    }
 }

@@ -362,6 +362,13 @@ mod tests {
         }
     }
 
+    fn v6() -> Family {
+        Family {
+            network: "fd00:10:244::/48".parse().unwrap(),
+            subnet: "fd00:10:244:1::/64".parse().unwrap(),
+        }
+    }
+
     #[test]
     fn golden_ipv4_ruleset_with_masquerade_and_allow_list() {
         let input = RulesetInput {
@@ -418,13 +425,7 @@ table inet weft {
     #[test]
     fn dual_stack_without_masquerade_or_allow_list() {
         let input = RulesetInput {
-            families: vec![
-                v4(),
-                Family {
-                    network: "fd00:10:244::/48".parse().unwrap(),
-                    subnet: "fd00:10:244:1::/64".parse().unwrap(),
-                },
-            ],
+            families: vec![v4(), v6()],
             ip_masq: false,
             vxlan_allow: None,
         };
@@ -439,13 +440,7 @@ table inet weft {
     #[test]
     fn nft_accepts_the_ruleset() {
         let input = RulesetInput {
-            families: vec![
-                v4(),
-                Family {
-                    network: "fd00:10:244::/48".parse().unwrap(),
-                    subnet: "fd00:10:244:1::/64".parse().unwrap(),
-                },
-            ],
+            families: vec![v4(), v6()],
             ip_masq: true,
             vxlan_allow: Some((
                 8472,

@@ -8,8 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use ipnetwork::IpNetwork;
-
 use super::{Action, Chain, Dir, Match, Rule, Ruleset, Set, TABLE_NAME};
 
 /// nfnetlink subsystem of nf_tables.
@@ -882,11 +880,6 @@ pub fn add_elements(p: &mut Picture, payload: &[u8]) {
             set.elements.insert(v.to_vec());
         }
     }
-}
-
-/// A network's bytes, for tests and callers that build sets by hand.
-pub fn net_bytes(n: &IpNetwork) -> Vec<u8> {
-    addr_bytes(n.network()).0
 }
 
 #[cfg(test)]
