@@ -10,9 +10,10 @@ COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
 COPY daemon daemon
 COPY cni-shim cni-shim
 COPY tests tests
-COPY scripts/build-static scripts/build-static
-# glibc linked statically (-C target-feature=+crt-static), checked with ldd:
-# the final image has no libc to load.
+COPY scripts/build-static scripts/build-plugin scripts/
+# weftd with glibc linked statically (-C target-feature=+crt-static), the
+# plugin with no C library at all; both checked with ldd: the final image has
+# no libc to load.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     bash scripts/build-static weftd weft-cni \

@@ -5,6 +5,10 @@
 //! host-local `ranges` replaced by this node's subnets and `routes` extended
 //! with a route to each pod network.
 
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use serde_json::{Map, Value, json};
 
 use crate::error::{CniError, code};

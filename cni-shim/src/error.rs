@@ -1,6 +1,10 @@
 //! CNI errors: printed on stdout as `{cniVersion, code, msg, details}` with
 //! a non-zero exit (logs go to stderr).
 
+use alloc::format;
+use alloc::string::String;
+use core::fmt;
+
 use serde::Serialize;
 
 /// Standard error codes this plugin uses.
@@ -49,8 +53,8 @@ impl CniError {
     }
 }
 
-impl std::fmt::Display for CniError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl fmt::Display for CniError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "CNI error {}: {}", self.code, self.msg)?;
         if !self.details.is_empty() {
             write!(f, " ({})", self.details)?;
@@ -59,7 +63,7 @@ impl std::fmt::Display for CniError {
     }
 }
 
-impl std::error::Error for CniError {}
+impl core::error::Error for CniError {}
 
 #[cfg(test)]
 mod tests {

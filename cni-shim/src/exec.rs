@@ -1,19 +1,22 @@
 //! The CNI environment and running the delegate plugin.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 
 use crate::error::{CniError, code};
+use crate::sys::{self, Environ};
 
-/// The CNI_* variables of one invocation.
+/// The CNI_* variables of one invocation, and the whole environment the
+/// delegate inherits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CniEnv {
     pub command: String,
     pub container_id: Option<String>,
     pub netns: Option<String>,
     pub ifname: Option<String>,
-    pub path: Vec<PathBuf>,
+    pub path: Vec<String>,
+    pub vars: Environ,
 }
 
 fn bad_env(msg: impl Into<String>) -> CniError {
@@ -30,7 +33,8 @@ pub fn valid_container_id(id: &str) -> bool {
 
 impl CniEnv {
     /// Reads and checks the variables the command needs.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<CniEnv, CniError> {
+    pub fn from_environ(vars: Environ) -> Result<CniEnv, CniError> {
+        let var = |k: &str| vars.get(k).map(String::from);
         let command = var("CNI_COMMAND").ok_or_else(|| bad_env("CNI_COMMAND is not set"))?;
         let (needs_id, needs_netns, needs_ifname, needs_path) = match command.as_str() {
             "ADD" | "CHECK" => (true, true, true, true),
@@ -58,8 +62,9 @@ impl CniEnv {
         let ifname = get("CNI_IFNAME", needs_ifname)?;
         let path = get("CNI_PATH", needs_path)?
             .map(|p| {
-                std::env::split_paths(&p)
-                    .filter(|d| !d.as_os_str().is_empty())
+                p.split(':')
+                    .filter(|d| !d.is_empty())
+                    .map(String::from)
                     .collect()
             })
             .unwrap_or_default();
@@ -69,11 +74,12 @@ impl CniEnv {
             netns,
             ifname,
             path,
+            vars,
         })
     }
 
     /// The delegate plugin's executable, from CNI_PATH.
-    pub fn find(&self, plugin: &str) -> Result<PathBuf, CniError> {
+    pub fn find(&self, plugin: &str) -> Result<String, CniError> {
         if plugin.is_empty() || plugin.contains('/') || plugin == "." || plugin == ".." {
             return Err(CniError::new(
                 code::INVALID_CONFIG,
@@ -82,8 +88,8 @@ impl CniEnv {
         }
         self.path
             .iter()
-            .map(|d| d.join(plugin))
-            .find(|p| p.is_file())
+            .map(|d| format!("{}/{plugin}", d.trim_end_matches('/')))
+            .find(|p| sys::is_file(p))
             .ok_or_else(|| {
                 bad_env(format!(
                     "failed to find plugin {plugin:?} in CNI_PATH {:?}",
@@ -93,16 +99,13 @@ impl CniEnv {
     }
 }
 
-/// The spec versions a plugin executable reports (`CNI_COMMAND=VERSION`);
-/// empty when it cannot tell.
-pub fn versions(exe: &std::path::Path) -> Vec<String> {
-    let out = Command::new(exe)
-        .env("CNI_COMMAND", "VERSION")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output();
-    let Ok(out) = out else { return Vec::new() };
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+/// The spec versions a plugin executable reports (`CNI_COMMAND=VERSION`,
+/// run in environment `env`); empty when it cannot tell.
+pub fn versions(exe: &str, env: &Environ) -> Vec<String> {
+    let Ok((_, out)) = sys::run(exe, &env.with("CNI_COMMAND", "VERSION"), b"") else {
+        return Vec::new();
+    };
+    serde_json::from_slice::<serde_json::Value>(&out)
         .ok()
         .and_then(|v| {
             v.get("supportedVersions")?.as_array().map(|a| {
@@ -115,29 +118,13 @@ pub fn versions(exe: &std::path::Path) -> Vec<String> {
 }
 
 /// Replaces this process with the delegate at `exe`, running `command` with
-/// `config` on its stdin (a pipe filled beforehand; `config` must fit in a
-/// pipe's buffer, 64 KiB) and this process's environment, stdout and
-/// stderr: its result and exit status go straight to the runtime, and no
-/// process of ours stays around waiting. Returns only if it could not.
-pub fn replace_with(exe: &std::path::Path, command: &str, config: &[u8]) -> CniError {
-    use std::os::unix::process::CommandExt;
-    let fail = |e: std::io::Error| {
-        CniError::new(code::IO, format!("running delegate {}: {e}", exe.display()))
-    };
-    let (reader, mut writer) = match std::io::pipe() {
-        Ok(p) => p,
-        Err(e) => return fail(e),
-    };
-    if let Err(e) = writer.write_all(config) {
-        return fail(e);
-    }
-    drop(writer);
-    fail(
-        Command::new(exe)
-            .env("CNI_COMMAND", command)
-            .stdin(reader)
-            .exec(),
-    )
+/// `config` on its stdin (a pipe filled beforehand) and this invocation's
+/// environment, stdout and stderr: its result and exit status go straight
+/// to the runtime, and no process of ours stays around waiting. Returns
+/// only if it could not.
+pub fn replace_with(env: &CniEnv, exe: &str, command: &str, config: &[u8]) -> CniError {
+    let e = sys::exec_with_input(exe, &env.vars.with("CNI_COMMAND", command), config);
+    CniError::new(code::IO, format!("running delegate {exe}: {e}"))
 }
 
 /// Runs delegate `plugin` for `command` with `config` on stdin and the same
@@ -150,30 +137,13 @@ pub fn delegate(
     config: &[u8],
 ) -> Result<Vec<u8>, CniError> {
     let exe = env.find(plugin)?;
-    let mut child = Command::new(&exe)
-        .env("CNI_COMMAND", command)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| {
-            CniError::new(
-                code::IO,
-                format!("starting delegate {}: {e}", exe.display()),
-            )
-        })?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A delegate that exits without reading is reported by its status.
-        let _ = stdin.write_all(config);
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| CniError::new(code::IO, format!("running delegate {}: {e}", exe.display())))?;
-    if out.status.success() {
-        return Ok(out.stdout);
+    let (status, stdout) = sys::run(&exe, &env.vars.with("CNI_COMMAND", command), config)
+        .map_err(|e| CniError::new(code::IO, format!("running delegate {exe}: {e}")))?;
+    if status.success() {
+        return Ok(stdout);
     }
     // A CNI plugin reports its error as JSON on stdout: pass it through.
-    let reported: Option<CniError> = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+    let reported: Option<CniError> = serde_json::from_slice::<serde_json::Value>(&stdout)
         .ok()
         .and_then(|v| {
             Some(
@@ -187,23 +157,18 @@ pub fn delegate(
     Err(reported.unwrap_or_else(|| {
         CniError::new(
             code::DELEGATE,
-            format!("delegate {plugin} {command} failed ({})", out.status),
+            format!("delegate {plugin} {command} failed ({status})"),
         )
-        .details(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        .details(String::from_utf8_lossy(&stdout).trim().to_string())
     }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn env_of(pairs: &[(&str, &str)]) -> Result<CniEnv, CniError> {
-        let m: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        CniEnv::from_vars(|k| m.get(k).cloned())
+        CniEnv::from_environ(Environ::from_pairs(pairs.iter().copied()))
     }
 
     #[test]
@@ -216,10 +181,7 @@ mod tests {
             ("CNI_PATH", "/opt/cni/bin:/usr/lib/cni"),
         ];
         let e = env_of(&full).unwrap();
-        assert_eq!(
-            e.path,
-            vec![PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")]
-        );
+        assert_eq!(e.path, vec!["/opt/cni/bin", "/usr/lib/cni"]);
         for missing in ["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"] {
             let partial: Vec<(&str, &str)> = full
                 .iter()

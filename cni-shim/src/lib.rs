@@ -1,14 +1,21 @@
 //! weft's CNI plugin: flannel's plugin, kept byte for byte where it matters
 //! (the delegate config it saves), fixed where flannel's hurts (a DEL that
 //! never loses the saved config, CHECK/STATUS/GC that do real work).
+//!
+//! `no_std`: the plugin binary links no C library (see `sys`); serde_json
+//! works on `alloc` alone.
+
+#![cfg_attr(not(test), no_std)]
+
+extern crate alloc;
 
 pub mod delegate;
 pub mod error;
 pub mod exec;
-pub mod fsutil;
 pub mod plugin;
 pub mod result;
 pub mod subnet_env;
+pub mod sys;
 
 pub use error::CniError;
 

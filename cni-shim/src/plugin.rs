@@ -7,7 +7,10 @@
 //! when the delegate failed, so the runtime's retry has nothing to replay and
 //! the pod's IP and veth leak).
 
-use std::path::{Path, PathBuf};
+use alloc::collections::BTreeSet;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use alloc::{format, vec};
 
 use serde_json::{Map, Value, json};
 
@@ -15,6 +18,7 @@ use crate::delegate;
 use crate::error::{CniError, code};
 use crate::exec::{self, CniEnv};
 use crate::subnet_env::SubnetEnv;
+use crate::sys::{self, Errno};
 
 /// flannel's defaults, which are weft's.
 pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
@@ -33,8 +37,8 @@ fn invalid(msg: impl Into<String>) -> CniError {
     CniError::new(code::INVALID_CONFIG, msg)
 }
 
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> CniError {
-    CniError::new(code::IO, format!("{what} {}: {e}", path.display()))
+fn io_err(what: &str, path: &str, e: Errno) -> CniError {
+    CniError::new(code::IO, format!("{what} {path}: {e}"))
 }
 
 /// Runs one invocation: the environment, and stdin's bytes. Returns what
@@ -120,16 +124,16 @@ pub fn version_json() -> String {
 
 /// The plugin's own keys.
 struct Options {
-    subnet_file: PathBuf,
-    data_dir: PathBuf,
+    subnet_file: String,
+    data_dir: String,
 }
 
 impl Options {
     fn from(conf: &Map<String, Value>) -> Result<Options, CniError> {
-        let path = |k: &str, default: &str| -> Result<PathBuf, CniError> {
+        let path = |k: &str, default: &str| -> Result<String, CniError> {
             match conf.get(k) {
-                None | Some(Value::Null) => Ok(PathBuf::from(default)),
-                Some(Value::String(s)) if !s.is_empty() => Ok(PathBuf::from(s)),
+                None | Some(Value::Null) => Ok(default.to_string()),
+                Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
                 Some(other) => Err(invalid(format!(
                     "\"{k}\" must be a non-empty string, not {other}"
                 ))),
@@ -153,11 +157,15 @@ fn plugin_type(d: &Value) -> &str {
 }
 
 /// Saves `bytes` as `dir/name` atomically (dir 0700, file 0600, fsync).
-fn save(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), CniError> {
-    let path = dir.join(name);
-    crate::fsutil::write_atomic(&path, bytes, 0o600, 0o700)
+fn save(dir: &str, name: &str, bytes: &[u8]) -> Result<(), CniError> {
+    let path = in_dir(dir, name);
+    sys::write_atomic(&path, bytes, 0o600, 0o700)
         .map(drop)
         .map_err(|e| io_err("saving", &path, e))
+}
+
+fn in_dir(dir: &str, name: &str) -> String {
+    format!("{}/{name}", dir.trim_end_matches('/'))
 }
 
 fn parse_version(v: &str) -> (u32, u32, u32) {
@@ -199,14 +207,14 @@ fn add(
     // the runtime's, unchanged. Newer lists may need the delegate asked in
     // an older version and its answer converted, so weft waits for it.
     if DIRECT_VERSIONS.contains(&version) && bytes.len() <= DIRECT_MAX {
-        return Err(exec::replace_with(&exe, "ADD", bytes.as_bytes()));
+        return Err(exec::replace_with(env, &exe, "ADD", bytes.as_bytes()));
     }
     let out = match exec::delegate(env, "ADD", &ty, bytes.as_bytes()) {
         // A delegate older than the conflist (Debian's plugins stop at
         // 1.0.0) refuses before it touches anything: ask it in the newest
         // version it speaks, save that, and convert its result back.
         Err(e) if e.code == code::INCOMPATIBLE_VERSION => {
-            let Some(older) = older_version(&exec::versions(&exe), version) else {
+            let Some(older) = older_version(&exec::versions(&exe, &env.vars), version) else {
                 return Err(e);
             };
             if let Some(m) = d.as_object_mut() {
@@ -229,16 +237,16 @@ fn add(
 
 /// The saved config for `id`: ours, else one flannel's plugin saved before
 /// the node switched to weft. `None` when there is none.
-fn saved(opts: &Options, id: &str) -> Result<Option<(PathBuf, Vec<u8>)>, CniError> {
-    let mut dirs = vec![opts.data_dir.clone()];
-    if opts.data_dir != Path::new(DEFAULT_DATA_DIR) {
-        dirs.push(PathBuf::from(DEFAULT_DATA_DIR));
+fn saved(opts: &Options, id: &str) -> Result<Option<(String, Vec<u8>)>, CniError> {
+    let mut dirs = vec![opts.data_dir.as_str()];
+    if opts.data_dir.trim_end_matches('/') != DEFAULT_DATA_DIR {
+        dirs.push(DEFAULT_DATA_DIR);
     }
     for dir in dirs {
-        let path = dir.join(id);
-        match std::fs::read(&path) {
+        let path = in_dir(dir, id);
+        match sys::read_file(&path) {
             Ok(b) => return Ok(Some((path, b))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(Errno::ENOENT) => continue,
             Err(e) => return Err(io_err("reading", &path, e)),
         }
     }
@@ -254,14 +262,13 @@ fn del(env: &CniEnv, opts: &Options) -> Result<(), CniError> {
     let d: Value = serde_json::from_slice(&bytes).map_err(|e| {
         CniError::new(
             code::DECODE,
-            format!("the saved config {} is not JSON: {e}", path.display()),
+            format!("the saved config {path} is not JSON: {e}"),
         )
     })?;
     exec::delegate(env, "DEL", plugin_type(&d), &bytes)?;
     // Only now: had the delegate failed, the runtime's retry replays the file.
-    match std::fs::remove_file(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+    match sys::remove_file(&path) {
+        Ok(()) | Err(Errno::ENOENT) => Ok(()),
         Err(e) => Err(io_err("removing", &path, e)),
     }
 }
@@ -287,7 +294,7 @@ fn check(
     let saved: Value = serde_json::from_slice(&bytes).map_err(|e| {
         CniError::new(
             code::DECODE,
-            format!("the saved config {} is not JSON: {e}", path.display()),
+            format!("the saved config {path} is not JSON: {e}"),
         )
     })?;
     let subnet = SubnetEnv::load(&opts.subnet_file)?;
@@ -301,9 +308,8 @@ fn check(
     };
     if strip(&saved) != strip(&now) {
         return Err(invalid(format!(
-            "the saved config {} differs from what {} now gives: the node's subnet changed since this pod was added",
-            path.display(),
-            opts.subnet_file.display()
+            "the saved config {path} differs from what {} now gives: the node's subnet changed since this pod was added",
+            opts.subnet_file
         )));
     }
     let mut with_prev = saved.clone();
@@ -337,7 +343,7 @@ fn forward_if_new(env: &CniEnv, conf: &Map<String, Value>, command: &str) -> Res
     let Ok(exe) = env.find(&ty) else {
         return Ok(());
     };
-    if !exec::versions(&exe).iter().any(|v| v == "1.1.0") {
+    if !exec::versions(&exe, &env.vars).iter().any(|v| v == "1.1.0") {
         return Ok(());
     }
     d.insert("type".into(), json!(ty));
@@ -369,7 +375,7 @@ fn gc(conf: &Map<String, Value>, opts: &Options) -> Result<(), CniError> {
     let Value::Array(list) = list else {
         return Err(invalid("\"cni.dev/valid-attachments\" must be an array"));
     };
-    let valid: std::collections::BTreeSet<String> = list
+    let valid: BTreeSet<String> = list
         .iter()
         .filter_map(|a| {
             a.get("containerID")
@@ -377,15 +383,14 @@ fn gc(conf: &Map<String, Value>, opts: &Options) -> Result<(), CniError> {
                 .map(String::from)
         })
         .collect();
-    let entries = match std::fs::read_dir(&opts.data_dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+    let names = match sys::list_dir(&opts.data_dir) {
+        Ok(names) => names,
+        Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(io_err("reading", &opts.data_dir, e)),
     };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
+    for name in names {
         if exec::valid_container_id(&name) && !valid.contains(&name) {
-            let _ = std::fs::remove_file(e.path());
+            let _ = sys::remove_file(&in_dir(&opts.data_dir, &name));
         }
     }
     Ok(())

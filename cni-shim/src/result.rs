@@ -3,6 +3,10 @@
 //! 1.x (`ips` without `version`), 0.3.x/0.4.0 (`ips` with `version` "4" or
 //! "6"), and the legacy 0.1.0/0.2.0 (`ip4`/`ip6` objects).
 
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
 use serde_json::{Map, Value, json};
 
 use crate::error::{CniError, code};

@@ -2,10 +2,14 @@
 //! lines; the network keys may hold comma lists; IPMASQ is true only when it
 //! is exactly "true".
 
-use std::net::IpAddr;
-use std::path::Path;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::net::IpAddr;
 
 use crate::error::{CniError, code};
+use crate::sys::{self, Errno};
 
 /// What the plugin needs from subnet.env.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,31 +54,27 @@ pub fn network_of(cidr: &str) -> Option<String> {
 impl SubnetEnv {
     /// Reads and checks the file. A missing file means weftd has not set
     /// this node up yet: "try again later" (11), so the runtime retries.
-    pub fn load(path: &Path) -> Result<SubnetEnv, CniError> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    pub fn load(path: &str) -> Result<SubnetEnv, CniError> {
+        let text = match sys::read_file(path) {
+            Ok(t) => String::from_utf8_lossy(&t).into_owned(),
+            Err(Errno::ENOENT) => {
                 return Err(CniError::new(
                     code::TRY_AGAIN_LATER,
-                    format!("weftd is not ready on this node: {} does not exist yet", path.display()),
+                    format!("weftd is not ready on this node: {path} does not exist yet"),
                 )
                 .details("weftd writes it once the node has its subnet; check the weftd pod's log on this node"));
             }
             Err(e) => {
-                return Err(CniError::new(
-                    code::IO,
-                    format!("reading {}: {e}", path.display()),
-                ));
+                return Err(CniError::new(code::IO, format!("reading {path}: {e}")));
             }
         };
-        SubnetEnv::parse(&text).map_err(|msg| {
-            CniError::new(code::INVALID_CONFIG, format!("{}: {msg}", path.display()))
-        })
+        SubnetEnv::parse(&text)
+            .map_err(|msg| CniError::new(code::INVALID_CONFIG, format!("{path}: {msg}")))
     }
 
     /// Parses the text; the error names the offending line or key.
     pub fn parse(text: &str) -> Result<SubnetEnv, String> {
-        let mut get = std::collections::BTreeMap::new();
+        let mut get = BTreeMap::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {

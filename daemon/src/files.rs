@@ -20,7 +20,15 @@ pub enum FileError {
 /// Writes `bytes` to `path` atomically with mode `mode`, creating the parent
 /// directory (0755) if needed. Returns whether the content changed.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<bool, FileError> {
-    weft_cni::fsutil::write_atomic(path, bytes, mode, 0o755).map_err(|source| FileError::Write {
+    let written = match path.to_str() {
+        Some(p) => weft_cni::sys::write_atomic(p, bytes, mode, 0o755)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.0)),
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path is not UTF-8",
+        )),
+    };
+    written.map_err(|source| FileError::Write {
         path: path.to_path_buf(),
         source,
     })

@@ -130,7 +130,10 @@ impl Install {
                             name,
                             dirs: dirs.clone(),
                         })?;
-                    let versions = weft_cni::exec::versions(&exe);
+                    let versions = weft_cni::exec::versions(
+                        &exe.to_string_lossy(),
+                        &weft_cni::sys::Environ::from_pairs(std::env::vars()),
+                    );
                     found.push(format!("{name}: {}", versions.join(" ")));
                     lists.push(versions);
                 }

@@ -84,6 +84,12 @@ impl Lab {
         // The DaemonSet's init container: plugin binary and conflist.
         // `$WEFT_LAB_PLUGIN` picks another plugin binary (say, the static one).
         let plugin = std::env::var("WEFT_LAB_PLUGIN").ok();
+        if plugin.is_none() && !weftd.with_file_name("weft").is_file() {
+            // The plugin is a cargo workspace of its own (no std, no libc).
+            return Err(LabError::MissingTool {
+                tool: "the weft CNI plugin next to weftd (build it: scripts/build-plugin)".into(),
+            });
+        }
         let mut install = vec![
             weftd.to_str().unwrap_or("weftd"),
             "install-cni",

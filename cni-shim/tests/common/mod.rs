@@ -4,11 +4,36 @@
 #![allow(clippy::unwrap_used, dead_code)] // test code; not every test file uses every helper
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+/// The plugin binary, built fresh (once per test binary) by
+/// scripts/build-plugin into this build's target directory: it is a
+/// workspace of its own, so cargo does not build it for these tests.
+pub fn plugin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        // <target>/<profile>/deps/<this test>
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let status = Command::new("bash")
+            .arg(root.join("scripts/build-plugin"))
+            .arg("--out")
+            .arg(profile_dir)
+            .env("CARGO_TARGET_DIR", profile_dir.parent().unwrap())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/build-plugin failed");
+        profile_dir.join("weft")
+    })
+}
 
 /// Starts the plugin with exactly `env` and `stdin`.
 pub fn spawn(env: &[(&str, &str)], stdin: &[u8]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weft"));
+    let mut cmd = Command::new(plugin());
     cmd.env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
