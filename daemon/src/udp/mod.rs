@@ -15,6 +15,7 @@
 //! sendmmsg for runs to different peers.
 
 pub mod forward;
+pub mod offload;
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -25,7 +26,8 @@ use std::time::Duration;
 use ipnetwork::Ipv4Network;
 
 use crate::vxlan::plan::PeerEntry;
-use forward::{Counters, Forwarder, Peer, PeerTable, SharedTable, Verdict};
+use forward::{Counters, Forwarder, Peer, PeerTable, Reason, SharedTable, Verdict};
+use offload::{VNET_HDR_LEN, VnetHdr};
 
 /// flannel's device name.
 pub const DEVICE: &str = "flannel0";
@@ -136,20 +138,21 @@ fn pause_after_error(what: &str, e: &std::io::Error, errors: &mut u64) {
     std::thread::sleep(Duration::from_millis(10));
 }
 
-/// Largest number of segments one UDP GSO send may carry (the kernel's
-/// UDP_MAX_SEGMENTS on older kernels).
-const GSO_MAX_SEGMENTS: usize = 64;
+fn io_slices<'a>(v: &[&'a [u8]]) -> Vec<std::io::IoSlice<'a>> {
+    v.iter().map(|b| std::io::IoSlice::new(b)).collect()
+}
+
 /// Largest UDP GSO send: one IPv4 datagram's worth of payload.
 const GSO_MAX_BYTES: usize = 65_535 - 20 - 8;
-/// Room for the virtio-net header in front of each packet written to the
-/// TUN device.
-const HEADROOM: usize = tun_rs::VIRTIO_NET_HDR_LEN;
 
-/// TUN → UDP: read (a TCP super-packet split into segments with offload),
-/// decide, and send each run of same-size segments to one peer as one
-/// UDP GSO send.
+/// TUN → UDP: read a packet (with offload, a TCP or UDP super-packet of up
+/// to 64 KiB), decide, and send it to the peer: a super-packet leaves as
+/// segments whose headers are written here and whose payloads are sent from
+/// where the read put them, one UDP GSO send per 64 KiB.
 struct Out {
     dev: Arc<tun_rs::SyncDevice>,
+    /// Whether packets carry a virtio-net header (offload on).
+    vnet: bool,
     sock: UdpSocket,
     table: Arc<SharedTable>,
     counters: Arc<Counters>,
@@ -161,117 +164,135 @@ struct Out {
 }
 
 impl Out {
-    fn run(mut self, seg_room: usize) {
-        let mut original = vec![0u8; HEADROOM + BUF];
-        let mut bufs = vec![vec![0u8; seg_room]; tun_rs::IDEAL_BATCH_SIZE];
-        let mut sizes = vec![0usize; tun_rs::IDEAL_BATCH_SIZE];
-        // The run being collected: destination, segment size, its packets
-        // (indices into `bufs`) and their bytes. Sent from where they lie.
-        let mut members: Vec<usize> = Vec::with_capacity(GSO_MAX_SEGMENTS);
+    fn run(mut self) {
+        let mut buf = vec![0u8; VNET_HDR_LEN + BUF];
+        let mut headers = vec![[0u8; 128]; offload::MAX_SEGMENTS];
+        let skip = if self.vnet { VNET_HDR_LEN } else { 0 };
         while !self.stop.load(Ordering::Relaxed) {
-            let n = match self
-                .dev
-                .recv_multiple(&mut original, &mut bufs, &mut sizes, 0)
-            {
-                Ok(n) => n,
+            let n = match nix::unistd::read(&*self.dev, &mut buf) {
+                Ok(n) if n > skip => n,
+                Ok(_) => continue,
                 Err(e) => {
                     if self.stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    pause_after_error("reading the TUN device", &e, &mut self.errors);
+                    pause_after_error("reading the TUN device", &e.into(), &mut self.errors);
                     continue;
                 }
             };
+            let vnet = VnetHdr::parse(&buf[..skip]).unwrap_or_default();
+            let pkt = &mut buf[skip..n];
             let table = self.table.load();
-            let mut run: Option<(SocketAddrV4, usize)> = None;
-            let mut bytes = 0;
-            members.clear();
-            for i in 0..n {
-                let len = sizes[i];
-                let verdict = self.fwd.outbound(&table, &bufs[i][..len]);
-                self.counters.record(verdict, len);
-                let Verdict::Send(to) = verdict else { continue };
-                let joins = run.is_some_and(|(dst, seg)| {
-                    // Same peer, same size (a shorter one ends the run).
-                    self.gso
-                        && dst == to
-                        && members.len() < GSO_MAX_SEGMENTS
-                        && bytes + len <= GSO_MAX_BYTES
-                        && len <= seg
-                        && bytes == seg * members.len()
-                });
-                if !joins {
-                    if let Some((dst, seg)) = run {
-                        self.flush(&bufs, &sizes, &members, dst, seg);
-                    }
-                    members.clear();
-                    bytes = 0;
-                    run = Some((to, len));
+            let verdict = match vnet.gso_type & !offload::GSO_ECN {
+                offload::GSO_NONE
+                    if vnet.flags & offload::NEEDS_CSUM != 0
+                        && !offload::complete_checksum(
+                            pkt,
+                            usize::from(vnet.csum_start),
+                            usize::from(vnet.csum_offset),
+                        ) =>
+                {
+                    Verdict::Drop(Reason::Malformed)
                 }
-                members.push(i);
-                bytes += len;
+                offload::GSO_NONE | offload::GSO_TCPV4 | offload::GSO_UDP_L4 => {
+                    self.fwd.outbound(&table, pkt)
+                }
+                // IPv6 super-packets: this backend carries IPv4 only.
+                _ => Verdict::Drop(Reason::Malformed),
+            };
+            let Verdict::Send(to) = verdict else {
+                self.counters.record(verdict, pkt.len());
+                continue;
+            };
+            if vnet.gso_type == offload::GSO_NONE {
+                self.counters.record(verdict, pkt.len());
+                self.send(&[&[], pkt], 0, to);
+                continue;
             }
-            if let Some((dst, seg)) = run {
-                self.flush(&bufs, &sizes, &members, dst, seg);
-            }
+            let Some(split) = offload::Split::new(pkt, usize::from(vnet.gso_size)) else {
+                self.counters
+                    .record(Verdict::Drop(Reason::Malformed), pkt.len());
+                continue;
+            };
+            self.send_split(&split, &mut headers, verdict, to);
         }
     }
 
-    /// Sends packets `members` of `bufs` (`seg` bytes each, the last maybe
-    /// shorter) to `to`: one UDP GSO send for several.
-    fn flush(
+    /// Sends the segments of `split`: as many per UDP GSO send as fit.
+    fn send_split(
         &mut self,
-        bufs: &[Vec<u8>],
-        sizes: &[usize],
-        members: &[usize],
+        split: &offload::Split<'_>,
+        headers: &mut [[u8; 128]],
+        verdict: Verdict,
         to: SocketAddrV4,
-        seg: usize,
     ) {
+        let hl = split.header_len();
+        let per_send = (GSO_MAX_BYTES / split.segment_len()).clamp(1, headers.len());
+        let mut first = 0;
+        while first < split.count() {
+            let last = (first + per_send).min(split.count());
+            for (i, h) in (first..last).zip(headers.iter_mut()) {
+                split.header(i, h);
+                self.counters.record(verdict, hl + split.payload(i).len());
+            }
+            let mut iov: Vec<&[u8]> = Vec::with_capacity(2 * per_send);
+            for (i, h) in (first..last).zip(headers.iter()) {
+                iov.push(&h[..hl]);
+                iov.push(split.payload(i));
+            }
+            let segment = if last - first > 1 {
+                split.segment_len()
+            } else {
+                0
+            };
+            self.send(&iov, segment, to);
+            first = last;
+        }
+    }
+
+    /// Sends `iov` (header/payload pairs) to `to`: cut into datagrams of
+    /// `segment` bytes by UDP GSO when `segment` is not 0, else one
+    /// datagram. Without GSO (refused once), pair by pair.
+    fn send(&mut self, iov: &[&[u8]], segment: usize, to: SocketAddrV4) {
         use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, sendmsg};
-        let packet = |i: usize| &bufs[i][..sizes[i]];
-        if members.len() > 1 {
-            let iov: Vec<std::io::IoSlice<'_>> = members
-                .iter()
-                .map(|i| std::io::IoSlice::new(packet(*i)))
-                .collect();
-            let size = u16::try_from(seg).unwrap_or(u16::MAX);
-            let sent = sendmsg(
-                self.sock.as_raw_fd(),
-                &iov,
-                &[ControlMessage::UdpGsoSegments(&size)],
-                MsgFlags::empty(),
-                Some(&SockaddrIn::from(to)),
-            );
-            match sent {
+        let addr = SockaddrIn::from(to);
+        let fd = self.sock.as_raw_fd();
+        if segment == 0 || self.gso {
+            let size = u16::try_from(segment).unwrap_or(u16::MAX);
+            let gso = [ControlMessage::UdpGsoSegments(&size)];
+            let cmsgs: &[ControlMessage<'_>] = if segment == 0 { &[] } else { &gso };
+            match sendmsg(fd, &io_slices(iov), cmsgs, MsgFlags::empty(), Some(&addr)) {
                 Ok(_) => return,
                 // The kernel or the route cannot do it: never again.
                 Err(
                     e @ (nix::errno::Errno::EIO
                     | nix::errno::Errno::EINVAL
                     | nix::errno::Errno::ENOPROTOOPT),
-                ) => {
+                ) if segment != 0 => {
                     self.gso = false;
                     tracing::warn!(error = %e, "udp backend: UDP GSO refused; sending one datagram per packet from now on");
                 }
-                // Anything else (a smaller path MTU, a full buffer): this
-                // run goes packet by packet.
                 Err(e) => {
-                    pause_after_error("a UDP GSO send", &e.into(), &mut self.errors);
+                    pause_after_error("sending to a peer", &e.into(), &mut self.errors);
+                    return;
                 }
             }
         }
-        for i in members {
-            if let Err(e) = self.sock.send_to(packet(*i), to) {
-                pause_after_error("sending to a peer", &e, &mut self.errors);
+        for pair in iov.chunks(2) {
+            if let Err(e) = sendmsg(fd, &io_slices(pair), &[], MsgFlags::empty(), Some(&addr)) {
+                pause_after_error("sending to a peer", &e.into(), &mut self.errors);
             }
         }
     }
 }
 
 /// UDP → TUN: receive (many datagrams at once with UDP GRO), decide, and
-/// write what is ours (coalesced back into TCP super-packets with offload).
+/// write what is ours: runs of segments of one TCP flow as one super-packet
+/// (a fresh header, then the payloads where the receive put them), the
+/// rest one by one.
 struct In {
     dev: Arc<tun_rs::SyncDevice>,
+    vnet: bool,
     sock: UdpSocket,
     table: Arc<SharedTable>,
     counters: Arc<Counters>,
@@ -284,10 +305,7 @@ impl In {
     fn run(mut self) {
         use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
         let mut rbuf = vec![0u8; BUF];
-        let mut bufs: Vec<Vec<u8>> = (0..tun_rs::IDEAL_BATCH_SIZE)
-            .map(|_| Vec::with_capacity(HEADROOM + BUF))
-            .collect();
-        let mut gro = tun_rs::GROTable::default();
+        let mut ours: Vec<std::ops::Range<usize>> = Vec::new();
         while !self.stop.load(Ordering::Relaxed) {
             let received = {
                 let mut iov = [std::io::IoSliceMut::new(&mut rbuf)];
@@ -319,32 +337,51 @@ impl In {
                 continue;
             };
             let table = self.table.load();
-            let mut count = 0;
-            for packet in rbuf[..n].chunks(seg.unwrap_or(n).max(1)) {
-                let verdict = self.fwd.inbound(&table, from, packet);
-                self.counters.record(verdict, packet.len());
-                if verdict != Verdict::Deliver {
-                    continue;
-                }
-                let b = &mut bufs[count];
-                b.clear();
-                b.resize(HEADROOM, 0);
-                b.extend_from_slice(packet);
-                count += 1;
-                if count == bufs.len() {
-                    self.write(&mut gro, &mut bufs, count);
-                    count = 0;
+            let seg = seg.unwrap_or(n).max(1);
+            ours.clear();
+            for start in (0..n).step_by(seg) {
+                let range = start..(start + seg).min(n);
+                let verdict = self.fwd.inbound(&table, from, &rbuf[range.clone()]);
+                self.counters.record(verdict, range.len());
+                if verdict == Verdict::Deliver {
+                    ours.push(range);
                 }
             }
-            if count > 0 {
-                self.write(&mut gro, &mut bufs, count);
-            }
+            let packets: Vec<&[u8]> = ours.iter().map(|r| &rbuf[r.clone()]).collect();
+            self.deliver(&packets);
         }
     }
 
-    fn write(&mut self, gro: &mut tun_rs::GROTable, bufs: &mut [Vec<u8>], count: usize) {
-        if let Err(e) = self.dev.send_multiple(gro, &mut bufs[..count], HEADROOM) {
-            pause_after_error("writing the TUN device", &e, &mut self.errors);
+    fn deliver(&mut self, packets: &[&[u8]]) {
+        let plain = VnetHdr::default().bytes();
+        if !self.vnet {
+            for p in packets {
+                self.write(&[p]);
+            }
+            return;
+        }
+        let mut header = [0u8; 128];
+        let mut at = 0;
+        for n in offload::groups(packets) {
+            let group = &packets[at..at + n];
+            at += n;
+            if n == 1 {
+                self.write(&[&plain, group[0]]);
+                continue;
+            }
+            let (vnet, hl) = offload::merged_header(group, &mut header);
+            let vnet = vnet.bytes();
+            let mut iov: Vec<&[u8]> = Vec::with_capacity(n + 2);
+            iov.push(&vnet);
+            iov.push(&header[..hl]);
+            iov.extend(group.iter().map(|p| &p[hl..]));
+            self.write(&iov);
+        }
+    }
+
+    fn write(&mut self, iov: &[&[u8]]) {
+        if let Err(e) = nix::sys::uio::writev(&*self.dev, &io_slices(iov)) {
+            pause_after_error("writing the TUN device", &e.into(), &mut self.errors);
         }
     }
 }
@@ -414,11 +451,11 @@ impl DataPlane {
         let table = Arc::new(SharedTable::default());
         let counters = Arc::new(Counters::default());
         let fwd = Arc::new(Forwarder::new(spec.subnet, spec.network, spec.port));
-        let seg_room = if offload { spec.mtu as usize + 64 } else { BUF };
         let mut threads = Vec::new();
         for (q, (dev, sock)) in devs.into_iter().zip(socks).enumerate() {
             let out = Out {
                 dev: dev.clone(),
+                vnet: offload,
                 sock: sock.try_clone().map_err(bind_err)?,
                 table: table.clone(),
                 counters: counters.clone(),
@@ -430,11 +467,12 @@ impl DataPlane {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("weft-udp-out{q}"))
-                    .spawn(move || out.run(seg_room))
+                    .spawn(move || out.run())
                     .map_err(tun_err)?,
             );
             let inbound = In {
                 dev,
+                vnet: offload,
                 sock,
                 table: table.clone(),
                 counters: counters.clone(),
