@@ -63,6 +63,12 @@ pub enum LabError {
     NotRoot,
     #[error("`{tool}` is not installed: run scripts/setup-host.sh")]
     MissingTool { tool: String },
+    #[error("{what} not found (looked at {looked}): build it with {how}")]
+    NotBuilt {
+        what: String,
+        looked: String,
+        how: String,
+    },
     #[error(
         "invalid lab name {name:?}: use 1-24 characters from a-z, 0-9 and '-', starting with a letter or digit"
     )]

@@ -4,7 +4,7 @@
 //! the lab's least-privilege kubeconfig (weft's ServiceAccount identity).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -22,17 +22,44 @@ pub fn find_weftd() -> Result<PathBuf, LabError> {
     if let Some(p) = std::env::var_os("WEFT_LAB_WEFTD") {
         return Ok(PathBuf::from(p));
     }
+    beside_me("weftd", "cargo build --workspace --bins")
+}
+
+/// `name` next to the running program, or one directory up.
+fn beside_me(name: &str, how: &str) -> Result<PathBuf, LabError> {
     let exe = std::env::current_exe().map_err(|source| LabError::State {
         path: PathBuf::from("/proc/self/exe"),
         source,
     })?;
     let dir = exe.parent().map(PathBuf::from).unwrap_or_default();
-    [dir.join("weftd"), dir.join("../weftd")]
-        .into_iter()
+    let places = [dir.join(name), dir.join("..").join(name)];
+    places
+        .iter()
         .find(|p| p.is_file())
-        .ok_or(LabError::MissingTool {
-            tool: "weftd (build it: cargo build --workspace --bins)".into(),
+        .cloned()
+        .ok_or_else(|| LabError::NotBuilt {
+            what: name.into(),
+            looked: places
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            how: how.into(),
         })
+}
+
+/// The CNI plugin binary to install: `$WEFT_LAB_PLUGIN`, else the one next
+/// to `weftd` (what `weftd install-cni` takes by default), else the one next
+/// to the running program.
+fn find_plugin(weftd: &Path) -> Result<PathBuf, LabError> {
+    if let Some(p) = std::env::var_os("WEFT_LAB_PLUGIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let beside_weftd = weftd.with_file_name("weft");
+    if beside_weftd.is_file() {
+        return Ok(beside_weftd);
+    }
+    beside_me("weft", "scripts/build-plugin")
 }
 
 /// flannel's net-conf.json for the lab's cluster CIDR and backend.
@@ -82,23 +109,16 @@ impl Lab {
             .map_err(|source| LabError::State { path: conf, source })?;
         }
         // The DaemonSet's init container: plugin binary and conflist.
-        // `$WEFT_LAB_PLUGIN` picks another plugin binary (say, the static one).
-        let plugin = std::env::var("WEFT_LAB_PLUGIN").ok();
-        if plugin.is_none() && !weftd.with_file_name("weft").is_file() {
-            // The plugin is a cargo workspace of its own (no std, no libc).
-            return Err(LabError::MissingTool {
-                tool: "the weft CNI plugin next to weftd (build it: scripts/build-plugin)".into(),
-            });
-        }
-        let mut install = vec![
+        // `$WEFT_LAB_PLUGIN` picks another plugin binary (say, the release one).
+        let plugin = find_plugin(&weftd)?;
+        let install = [
             weftd.to_str().unwrap_or("weftd"),
             "install-cni",
             "--delegate-dir",
             "/usr/lib/cni",
+            "--plugin",
+            plugin.to_str().unwrap_or("weft"),
         ];
-        if let Some(p) = plugin.as_deref() {
-            install.extend(["--plugin", p]);
-        }
         self.run(node, &install)?;
         let kubeconfig = self.node_kubeconfig();
         let healthz = format!("0.0.0.0:{HEALTHZ_PORT}");

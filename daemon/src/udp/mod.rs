@@ -5,14 +5,15 @@
 //! it: the device, the socket, and one thread per direction.
 //!
 //! The fast path: the TUN device with `IFF_VNET_HDR` and checksum/TSO
-//! offload hands over TCP super-packets (split into MTU-sized segments in
-//! userspace, tun-rs doing what wireguard-go does), which leave as one UDP
-//! GSO send per run of segments to a peer; received datagrams come in
-//! batches through UDP GRO and are coalesced back into super-packets on the
-//! way into the TUN device. One TUN queue per core, each with its own
-//! socket on the port (SO_REUSEPORT) and a thread per direction. Each
-//! offload the kernel refuses is logged once and done without. Not yet:
-//! sendmmsg for runs to different peers.
+//! offload hands over TCP (and UDP) super-packets of up to 64 KiB; they
+//! leave as one UDP GSO send of MTU-sized segments whose headers are
+//! written here and whose payloads go from where the read put them
+//! (`offload`). Received datagrams come in batches through UDP GRO; runs of
+//! one TCP flow's segments go into the TUN device as one super-packet (one
+//! fresh header, the payloads where they were received, `writev`). One TUN
+//! queue per core, each with its own socket on the port (SO_REUSEPORT) and
+//! a thread per direction. Each offload the kernel refuses is logged once
+//! and done without.
 
 pub mod forward;
 pub mod offload;
