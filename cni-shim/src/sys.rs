@@ -48,7 +48,6 @@ const O_TRUNC: usize = 0o1000;
 const O_DIRECTORY: usize = 0o200000;
 const O_CLOEXEC: usize = 0o2000000;
 const F_SETPIPE_SZ: usize = 1031;
-const AT_REMOVEDIR: usize = 0x200;
 const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
 const S_IFDIR: u16 = 0o040000;
@@ -178,23 +177,19 @@ impl Drop for Fd {
     }
 }
 
-fn open_at(dir: isize, path: &str, flags: usize, mode: u32) -> Result<Fd> {
+fn open(path: &str, flags: usize, mode: u32) -> Result<Fd> {
     let p = c_string(path)?;
     // SAFETY: `p` is NUL-terminated and lives across the call.
     let fd = check(unsafe {
         syscall4(
             nr::OPENAT,
-            dir as usize,
+            AT_FDCWD as usize,
             p.as_ptr() as usize,
             flags | O_CLOEXEC,
             mode as usize,
         )
     })?;
     Ok(Fd(fd as i32))
-}
-
-fn open(path: &str, flags: usize, mode: u32) -> Result<Fd> {
-    open_at(AT_FDCWD, path, flags, mode)
 }
 
 /// Reads from `fd` into `buf`, retrying on EINTR.
@@ -279,19 +274,9 @@ pub fn is_dir(path: &str) -> bool {
 
 /// Removes the file at `path`.
 pub fn remove_file(path: &str) -> Result<()> {
-    unlink(path, 0)
-}
-
-fn unlink(path: &str, flags: usize) -> Result<()> {
     let p = c_string(path)?;
     // SAFETY: `p` is NUL-terminated.
-    check(unsafe { syscall3(nr::UNLINKAT, AT_FDCWD as usize, p.as_ptr() as usize, flags) })
-        .map(drop)
-}
-
-/// Removes the empty directory at `path`.
-pub fn remove_dir(path: &str) -> Result<()> {
-    unlink(path, AT_REMOVEDIR)
+    check(unsafe { syscall3(nr::UNLINKAT, AT_FDCWD as usize, p.as_ptr() as usize, 0) }).map(drop)
 }
 
 /// Creates `path` and its missing parents with `mode` (the mode is set

@@ -146,11 +146,9 @@ fn io_slices<'a>(v: &[&'a [u8]]) -> Vec<std::io::IoSlice<'a>> {
 /// Largest UDP GSO send: one IPv4 datagram's worth of payload.
 const GSO_MAX_BYTES: usize = 65_535 - 20 - 8;
 
-/// TUN → UDP: read a packet (with offload, a TCP or UDP super-packet of up
-/// to 64 KiB), decide, and send it to the peer: a super-packet leaves as
-/// segments whose headers are written here and whose payloads are sent from
-/// where the read put them, one UDP GSO send per 64 KiB.
-struct Out {
+/// What each direction of one TUN queue holds: the queue, its socket, the
+/// shared peer table, counters and forwarder, and the stop flag.
+struct Queue {
     dev: Arc<tun_rs::SyncDevice>,
     /// Whether packets carry a virtio-net header (offload on).
     vnet: bool,
@@ -158,32 +156,40 @@ struct Out {
     table: Arc<SharedTable>,
     counters: Arc<Counters>,
     fwd: Arc<Forwarder>,
-    /// Whether UDP GSO sends work (turned off at the first refusal).
-    gso: bool,
     errors: u64,
     stop: Arc<AtomicBool>,
+}
+
+/// TUN → UDP: read a packet (with offload, a TCP or UDP super-packet of up
+/// to 64 KiB), decide, and send it to the peer: a super-packet leaves as
+/// segments whose headers are written here and whose payloads are sent from
+/// where the read put them, one UDP GSO send per 64 KiB.
+struct Out {
+    q: Queue,
+    /// Whether UDP GSO sends work (turned off at the first refusal).
+    gso: bool,
 }
 
 impl Out {
     fn run(mut self) {
         let mut buf = vec![0u8; VNET_HDR_LEN + BUF];
         let mut headers = vec![[0u8; 128]; offload::MAX_SEGMENTS];
-        let skip = if self.vnet { VNET_HDR_LEN } else { 0 };
-        while !self.stop.load(Ordering::Relaxed) {
-            let n = match nix::unistd::read(&*self.dev, &mut buf) {
+        let skip = if self.q.vnet { VNET_HDR_LEN } else { 0 };
+        while !self.q.stop.load(Ordering::Relaxed) {
+            let n = match nix::unistd::read(&*self.q.dev, &mut buf) {
                 Ok(n) if n > skip => n,
                 Ok(_) => continue,
                 Err(e) => {
-                    if self.stop.load(Ordering::Relaxed) {
+                    if self.q.stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    pause_after_error("reading the TUN device", &e.into(), &mut self.errors);
+                    pause_after_error("reading the TUN device", &e.into(), &mut self.q.errors);
                     continue;
                 }
             };
             let vnet = VnetHdr::parse(&buf[..skip]).unwrap_or_default();
             let pkt = &mut buf[skip..n];
-            let table = self.table.load();
+            let table = self.q.table.load();
             let verdict = match vnet.gso_type & !offload::GSO_ECN {
                 offload::GSO_NONE
                     if vnet.flags & offload::NEEDS_CSUM != 0
@@ -196,22 +202,23 @@ impl Out {
                     Verdict::Drop(Reason::Malformed)
                 }
                 offload::GSO_NONE | offload::GSO_TCPV4 | offload::GSO_UDP_L4 => {
-                    self.fwd.outbound(&table, pkt)
+                    self.q.fwd.outbound(&table, pkt)
                 }
                 // IPv6 super-packets: this backend carries IPv4 only.
                 _ => Verdict::Drop(Reason::Malformed),
             };
             let Verdict::Send(to) = verdict else {
-                self.counters.record(verdict, pkt.len());
+                self.q.counters.record(verdict, pkt.len());
                 continue;
             };
             if vnet.gso_type == offload::GSO_NONE {
-                self.counters.record(verdict, pkt.len());
+                self.q.counters.record(verdict, pkt.len());
                 self.send(&[&[], pkt], 0, to);
                 continue;
             }
             let Some(split) = offload::Split::new(pkt, usize::from(vnet.gso_size)) else {
-                self.counters
+                self.q
+                    .counters
                     .record(Verdict::Drop(Reason::Malformed), pkt.len());
                 continue;
             };
@@ -234,7 +241,7 @@ impl Out {
             let last = (first + per_send).min(split.count());
             for (i, h) in (first..last).zip(headers.iter_mut()) {
                 split.header(i, h);
-                self.counters.record(verdict, hl + split.payload(i).len());
+                self.q.counters.record(verdict, hl + split.payload(i).len());
             }
             let mut iov: Vec<&[u8]> = Vec::with_capacity(2 * per_send);
             for (i, h) in (first..last).zip(headers.iter()) {
@@ -257,7 +264,7 @@ impl Out {
     fn send(&mut self, iov: &[&[u8]], segment: usize, to: SocketAddrV4) {
         use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrIn, sendmsg};
         let addr = SockaddrIn::from(to);
-        let fd = self.sock.as_raw_fd();
+        let fd = self.q.sock.as_raw_fd();
         if segment == 0 || self.gso {
             let size = u16::try_from(segment).unwrap_or(u16::MAX);
             let gso = [ControlMessage::UdpGsoSegments(&size)];
@@ -274,14 +281,14 @@ impl Out {
                     tracing::warn!(error = %e, "udp backend: UDP GSO refused; sending one datagram per packet from now on");
                 }
                 Err(e) => {
-                    pause_after_error("sending to a peer", &e.into(), &mut self.errors);
+                    pause_after_error("sending to a peer", &e.into(), &mut self.q.errors);
                     return;
                 }
             }
         }
         for pair in iov.chunks(2) {
             if let Err(e) = sendmsg(fd, &io_slices(pair), &[], MsgFlags::empty(), Some(&addr)) {
-                pause_after_error("sending to a peer", &e.into(), &mut self.errors);
+                pause_after_error("sending to a peer", &e.into(), &mut self.q.errors);
             }
         }
     }
@@ -292,14 +299,7 @@ impl Out {
 /// (a fresh header, then the payloads where the receive put them), the
 /// rest one by one.
 struct In {
-    dev: Arc<tun_rs::SyncDevice>,
-    vnet: bool,
-    sock: UdpSocket,
-    table: Arc<SharedTable>,
-    counters: Arc<Counters>,
-    fwd: Arc<Forwarder>,
-    errors: u64,
-    stop: Arc<AtomicBool>,
+    q: Queue,
 }
 
 impl In {
@@ -307,12 +307,12 @@ impl In {
         use nix::sys::socket::{ControlMessageOwned, MsgFlags, SockaddrIn, recvmsg};
         let mut rbuf = vec![0u8; BUF];
         let mut ours: Vec<std::ops::Range<usize>> = Vec::new();
-        while !self.stop.load(Ordering::Relaxed) {
+        while !self.q.stop.load(Ordering::Relaxed) {
             let received = {
                 let mut iov = [std::io::IoSliceMut::new(&mut rbuf)];
                 let mut cmsg = nix::cmsg_space!(i32);
                 recvmsg::<SockaddrIn>(
-                    self.sock.as_raw_fd(),
+                    self.q.sock.as_raw_fd(),
                     &mut iov,
                     Some(&mut cmsg),
                     MsgFlags::empty(),
@@ -331,19 +331,19 @@ impl In {
                 Ok(r) => r,
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
-                    pause_after_error("receiving", &e.into(), &mut self.errors);
+                    pause_after_error("receiving", &e.into(), &mut self.q.errors);
                     continue;
                 }
             }) else {
                 continue;
             };
-            let table = self.table.load();
+            let table = self.q.table.load();
             let seg = seg.unwrap_or(n).max(1);
             ours.clear();
             for start in (0..n).step_by(seg) {
                 let range = start..(start + seg).min(n);
-                let verdict = self.fwd.inbound(&table, from, &rbuf[range.clone()]);
-                self.counters.record(verdict, range.len());
+                let verdict = self.q.fwd.inbound(&table, from, &rbuf[range.clone()]);
+                self.q.counters.record(verdict, range.len());
                 if verdict == Verdict::Deliver {
                     ours.push(range);
                 }
@@ -355,7 +355,7 @@ impl In {
 
     fn deliver(&mut self, packets: &[&[u8]]) {
         let plain = VnetHdr::default().bytes();
-        if !self.vnet {
+        if !self.q.vnet {
             for p in packets {
                 self.write(&[p]);
             }
@@ -381,8 +381,8 @@ impl In {
     }
 
     fn write(&mut self, iov: &[&[u8]]) {
-        if let Err(e) = nix::sys::uio::writev(&*self.dev, &io_slices(iov)) {
-            pause_after_error("writing the TUN device", &e.into(), &mut self.errors);
+        if let Err(e) = nix::sys::uio::writev(&*self.q.dev, &io_slices(iov)) {
+            pause_after_error("writing the TUN device", &e.into(), &mut self.q.errors);
         }
     }
 }
@@ -454,25 +454,8 @@ impl DataPlane {
         let fwd = Arc::new(Forwarder::new(spec.subnet, spec.network, spec.port));
         let mut threads = Vec::new();
         for (q, (dev, sock)) in devs.into_iter().zip(socks).enumerate() {
-            let out = Out {
+            let queue = |sock: UdpSocket| Queue {
                 dev: dev.clone(),
-                vnet: offload,
-                sock: sock.try_clone().map_err(bind_err)?,
-                table: table.clone(),
-                counters: counters.clone(),
-                fwd: fwd.clone(),
-                gso: true,
-                errors: 0,
-                stop: stop.clone(),
-            };
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("weft-udp-out{q}"))
-                    .spawn(move || out.run())
-                    .map_err(tun_err)?,
-            );
-            let inbound = In {
-                dev,
                 vnet: offload,
                 sock,
                 table: table.clone(),
@@ -481,12 +464,25 @@ impl DataPlane {
                 errors: 0,
                 stop: stop.clone(),
             };
-            threads.push(
+            let out = Out {
+                q: queue(sock.try_clone().map_err(bind_err)?),
+                gso: true,
+            };
+            let inbound = In { q: queue(sock) };
+            let spawn = |name: String, run: Box<dyn FnOnce() + Send>| {
                 std::thread::Builder::new()
-                    .name(format!("weft-udp-in{q}"))
-                    .spawn(move || inbound.run())
-                    .map_err(tun_err)?,
-            );
+                    .name(name)
+                    .spawn(run)
+                    .map_err(tun_err)
+            };
+            threads.push(spawn(
+                format!("weft-udp-out{q}"),
+                Box::new(move || out.run()),
+            )?);
+            threads.push(spawn(
+                format!("weft-udp-in{q}"),
+                Box::new(move || inbound.run()),
+            )?);
         }
         Ok(DataPlane {
             index,

@@ -129,7 +129,7 @@ pub fn complete_checksum(pkt: &mut [u8], start: usize, offset: usize) -> bool {
 
 /// An IPv4 TCP or UDP packet's layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tcp4 {
+struct L4 {
     /// IP header length.
     ip_hl: usize,
     /// IP + TCP (or UDP) header length.
@@ -140,8 +140,8 @@ struct Tcp4 {
     udp: bool,
 }
 
-impl Tcp4 {
-    fn parse(p: &[u8], gso: bool) -> Option<Tcp4> {
+impl L4 {
+    fn parse(p: &[u8], gso: bool) -> Option<L4> {
         let h: &[u8; 20] = p.first_chunk()?;
         let udp = h[9] == UDP;
         if h[0] >> 4 != 4 || !(h[9] == TCP || udp) {
@@ -159,7 +159,7 @@ impl Tcp4 {
         } else {
             ip_hl + usize::from(p[ip_hl + 12] >> 4) * 4
         };
-        (hl >= ip_hl + l4_min && hl <= end).then_some(Tcp4 {
+        (hl >= ip_hl + l4_min && hl <= end).then_some(L4 {
             ip_hl,
             hl,
             end,
@@ -181,7 +181,7 @@ fn seq(p: &[u8], ip_hl: usize) -> u32 {
 #[derive(Debug)]
 pub struct Split<'a> {
     pkt: &'a [u8],
-    tcp: Tcp4,
+    l4: L4,
     gso: usize,
     count: usize,
 }
@@ -190,14 +190,14 @@ impl<'a> Split<'a> {
     /// None when `pkt` is not an IPv4 TCP or UDP packet with consistent
     /// lengths, or `gso_size` is 0.
     pub fn new(pkt: &'a [u8], gso_size: usize) -> Option<Split<'a>> {
-        let tcp = Tcp4::parse(pkt, true)?;
-        if gso_size == 0 || tcp.payload_len() == 0 {
+        let l4 = L4::parse(pkt, true)?;
+        if gso_size == 0 || l4.payload_len() == 0 {
             return None;
         }
-        let count = tcp.payload_len().div_ceil(gso_size);
+        let count = l4.payload_len().div_ceil(gso_size);
         Some(Split {
             pkt,
-            tcp,
+            l4,
             gso: gso_size,
             count,
         })
@@ -210,18 +210,18 @@ impl<'a> Split<'a> {
 
     /// Header length (IP + TCP): each segment is this plus its payload.
     pub fn header_len(&self) -> usize {
-        self.tcp.hl
+        self.l4.hl
     }
 
     /// Segment size on the wire, for all but the last segment.
     pub fn segment_len(&self) -> usize {
-        self.tcp.hl + self.gso
+        self.l4.hl + self.gso
     }
 
     /// Segment `i`'s payload, where it lies in the super-packet.
     pub fn payload(&self, i: usize) -> &'a [u8] {
-        let start = self.tcp.hl + i * self.gso;
-        &self.pkt[start..(start + self.gso).min(self.tcp.end)]
+        let start = self.l4.hl + i * self.gso;
+        &self.pkt[start..(start + self.gso).min(self.l4.end)]
     }
 
     /// Writes segment `i`'s IP and TCP (or UDP) header into `out` (at
@@ -229,7 +229,7 @@ impl<'a> Split<'a> {
     /// sequence number and flags (FIN and PSH only on the last, CWR only on
     /// the first); the full TCP or UDP checksum over header and payload.
     pub fn header(&self, i: usize, out: &mut [u8]) {
-        let Tcp4 { ip_hl, hl, udp, .. } = self.tcp;
+        let L4 { ip_hl, hl, udp, .. } = self.l4;
         let h = &mut out[..hl];
         h.copy_from_slice(&self.pkt[..hl]);
         let payload = self.payload(i);
@@ -265,8 +265,8 @@ impl<'a> Split<'a> {
 /// IPv4 without options or fragmentation, TCP with payload, ACK (and maybe
 /// PSH) as its only flags, and a correct TCP checksum (coalescing replaces
 /// it with one the kernel trusts, so a bad one must not slip through).
-fn coalescable(p: &[u8]) -> Option<Tcp4> {
-    let t = Tcp4::parse(p, false).filter(|t| !t.udp)?;
+fn coalescable(p: &[u8]) -> Option<L4> {
+    let t = L4::parse(p, false).filter(|t| !t.udp)?;
     let flags = p[t.ip_hl + 13];
     let ok = t.ip_hl == 20
         && t.end == p.len()
