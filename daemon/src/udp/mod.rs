@@ -11,12 +11,14 @@
 //! (`offload`). Received datagrams come in batches through UDP GRO; runs of
 //! one TCP flow's segments go into the TUN device as one super-packet (one
 //! fresh header, the payloads where they were received, `writev`). One TUN
-//! queue per core, each with its own socket on the port (SO_REUSEPORT) and
-//! a thread per direction. Each offload the kernel refuses is logged once
-//! and done without.
+//! queue per core, each with its own socket on the port (SO_REUSEPORT,
+//! datagrams steered to a socket by their inner flow: `steer`) and a thread
+//! per direction. Each offload the kernel refuses is logged once and done
+//! without.
 
 pub mod forward;
 pub mod offload;
+pub mod steer;
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -123,6 +125,34 @@ fn socket(addr: SocketAddrV4, shared: bool) -> std::io::Result<(UdpSocket, bool)
     let sock = UdpSocket::from(fd);
     sock.set_read_timeout(Some(POLL))?;
     Ok((sock, gro.is_ok()))
+}
+
+/// `count` sockets bound to `addr` (sharing the port when more than one,
+/// each datagram steered to one of them by its inner flow: `steer`), and
+/// whether all have UDP GRO.
+pub fn sockets(addr: SocketAddrV4, count: usize) -> std::io::Result<(Vec<UdpSocket>, bool)> {
+    let mut gro = true;
+    let mut socks = Vec::new();
+    for _ in 0..count.max(1) {
+        let (sock, has_gro) = socket(addr, count > 1)?;
+        gro &= has_gro;
+        socks.push(sock);
+    }
+    if count > 1 {
+        let mut filter = steer::program(u32::try_from(count).unwrap_or(u32::MAX));
+        let prog = nix::libc::sock_fprog {
+            len: u16::try_from(filter.len()).unwrap_or(u16::MAX),
+            filter: filter.as_mut_ptr(),
+        };
+        if let Err(e) = nix::sys::socket::setsockopt(
+            &socks[0],
+            nix::sys::socket::sockopt::AttachReusePortCbpf,
+            &prog,
+        ) {
+            tracing::warn!(error = %e, "udp backend: cannot steer datagrams by inner flow; the kernel spreads them by outer address");
+        }
+    }
+    Ok((socks, gro))
 }
 
 /// The socket's receive and send buffers.
@@ -421,8 +451,8 @@ impl DataPlane {
         let offload = dev.tcp_gso();
         let index = dev.if_index().map_err(tun_err)?;
         // One queue per core, each with its own socket on the same port
-        // (SO_REUSEPORT spreads the peers' flows over them) and a thread
-        // per direction.
+        // (`steer` spreads the peers' flows over them) and a thread per
+        // direction.
         let mut devs = vec![Arc::new(dev)];
         while devs.len() < queues {
             match devs[0].try_clone() {
@@ -435,13 +465,7 @@ impl DataPlane {
         }
         let addr = SocketAddrV4::new(spec.local, spec.port);
         let bind_err = |source| UdpError::Bind { addr, source };
-        let mut gro = true;
-        let mut socks = Vec::new();
-        for _ in 0..devs.len() {
-            let (sock, has_gro) = socket(addr, devs.len() > 1).map_err(bind_err)?;
-            gro &= has_gro;
-            socks.push(sock);
-        }
+        let (socks, gro) = sockets(addr, devs.len()).map_err(bind_err)?;
         tracing::info!(
             tun_offload = offload,
             udp_gro = gro,
