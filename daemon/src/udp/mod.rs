@@ -73,14 +73,14 @@ pub struct DataPlane {
     pub index: u32,
     table: Arc<SharedTable>,
     counters: Arc<Counters>,
-    /// Tells both threads to end (checked between packets and after every
-    /// error or receive timeout).
+    /// Tells the threads to end (checked between packets and after every
+    /// error).
     stop: Arc<AtomicBool>,
+    /// The sockets (duplicates): shutting one down for reading wakes its
+    /// thread blocked in a receive.
+    sockets: Vec<UdpSocket>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
-
-/// How long a blocked receive waits before looking at the stop flag.
-const POLL: Duration = Duration::from_millis(500);
 
 /// At most this many TUN queues (and thread pairs).
 const MAX_QUEUES: usize = 8;
@@ -88,8 +88,7 @@ const MAX_QUEUES: usize = 8;
 /// A UDP socket bound to `addr` (shared with its siblings when `shared`),
 /// with big buffers (bursts of 64 KiB GSO sends overflow the default 208 KiB
 /// at once, and every overflow is a TCP retransmission inside), UDP GRO if
-/// the kernel has it (the second value), and a receive timeout so that its
-/// thread notices a stop.
+/// the kernel has it (the second value).
 fn socket(addr: SocketAddrV4, shared: bool) -> std::io::Result<(UdpSocket, bool)> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, sockopt,
@@ -122,9 +121,7 @@ fn socket(addr: SocketAddrV4, shared: bool) -> std::io::Result<(UdpSocket, bool)
     if let Err(e) = &gro {
         tracing::warn!(error = %e, "udp backend: UDP GRO unavailable; one datagram per receive");
     }
-    let sock = UdpSocket::from(fd);
-    sock.set_read_timeout(Some(POLL))?;
-    Ok((sock, gro.is_ok()))
+    Ok((UdpSocket::from(fd), gro.is_ok()))
 }
 
 /// `count` sockets bound to `addr` (sharing the port when more than one,
@@ -477,6 +474,7 @@ impl DataPlane {
         let counters = Arc::new(Counters::default());
         let fwd = Arc::new(Forwarder::new(spec.subnet, spec.network, spec.port));
         let mut threads = Vec::new();
+        let mut sockets = Vec::new();
         for (q, (dev, sock)) in devs.into_iter().zip(socks).enumerate() {
             let queue = |sock: UdpSocket| Queue {
                 dev: dev.clone(),
@@ -492,6 +490,7 @@ impl DataPlane {
                 q: queue(sock.try_clone().map_err(bind_err)?),
                 gso: true,
             };
+            sockets.push(sock.try_clone().map_err(bind_err)?);
             let inbound = In { q: queue(sock) };
             let spawn = |name: String, run: Box<dyn FnOnce() + Send>| {
                 std::thread::Builder::new()
@@ -513,6 +512,7 @@ impl DataPlane {
             table,
             counters,
             stop,
+            sockets,
             threads,
         })
     }
@@ -532,12 +532,18 @@ impl DataPlane {
         self.table.store(PeerTable::new(&peers));
     }
 
-    /// Stops both threads and waits (up to 5 s) until they have let go of
-    /// the device and the socket, so that a new data path can take them.
-    /// The reading thread notices once its device is gone (deleted) or a
-    /// packet arrives; the receiving one within its poll interval.
+    /// Stops the threads and waits (up to 5 s) until they have let go of
+    /// the device and the sockets, so that a new data path can take them
+    /// (used once the device is gone). A receiving thread wakes at once (its
+    /// socket is shut down for reading); a reading one when its device is
+    /// gone (deleted) or a packet arrives.
     pub fn shutdown(self) {
         self.stop.store(true, Ordering::Relaxed);
+        for s in &self.sockets {
+            // An unconnected socket answers ENOTCONN, but is shut down and
+            // its sleepers woken all the same.
+            let _ = nix::sys::socket::shutdown(s.as_raw_fd(), nix::sys::socket::Shutdown::Read);
+        }
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline
         {
