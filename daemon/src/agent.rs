@@ -54,6 +54,8 @@ pub struct Options {
     pub allow_list: bool,
     /// Seconds between reads of weft's nftables table (repairs edits).
     pub rules_resync: Duration,
+    /// The udp backend asks the kernel for TUN offload, UDP GSO and GRO.
+    pub udp_offload: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +243,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
                 subnet: sub,
                 network: net,
                 mtu,
+                offload: opts.udp_offload,
             };
             let dp = DataPlane::start(&spec)?;
             ensure_udp_routes(&nl, dp.index, &spec).await?;

@@ -66,6 +66,13 @@ struct Args {
     /// or edited table is put back within this interval.
     #[arg(long, env = "WEFTD_RULES_RESYNC_SECONDS", default_value_t = 10)]
     rules_resync_seconds: u64,
+    /// The udp backend's kernel offloads: TCP super-packets through the TUN
+    /// device, UDP GSO sends and GRO receives. `--udp-offload=false` moves
+    /// one packet per system call instead (much slower; for a kernel or a
+    /// path where an offload misbehaves). An offload the kernel refuses is
+    /// done without either way.
+    #[arg(long, env = "WEFTD_UDP_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    udp_offload: bool,
     /// Log format.
     #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -218,6 +225,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds.max(1)),
         allow_list: args.vxlan_allow_list,
         rules_resync: Duration::from_secs(args.rules_resync_seconds.max(1)),
+        udp_offload: args.udp_offload,
     };
     current_thread()?.block_on(async {
         let shutdown = async {

@@ -32,7 +32,7 @@ fn datagrams_go_to_the_socket_their_inner_flow_hashes_to() {
         sh("ip link set lo up");
         for count in [2usize, 3] {
             let addr: SocketAddrV4 = "127.0.0.1:8285".parse().unwrap();
-            let (socks, _) = sockets(addr, count).unwrap();
+            let (socks, _) = sockets(addr, count, true).unwrap();
             let client = UdpSocket::bind("127.0.0.1:0").unwrap();
             // Even ports, as connect() hands them out.
             let flows: Vec<u16> = (40_000..40_064).step_by(2).collect();

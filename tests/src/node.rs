@@ -91,6 +91,9 @@ pub struct NodeState {
     /// PID of the node's weftd, when the lab runs one.
     #[serde(default)]
     pub weftd_pid: Option<u32>,
+    /// Extra arguments for the node's weftd (`Lab::set_weftd_args`).
+    #[serde(default)]
+    pub weftd_args: Vec<String>,
 }
 
 impl NodeState {
@@ -150,6 +153,7 @@ pub fn create(spec: &NodeSpec<'_>) -> Result<NodeState, NodeError> {
         holder_pid,
         dir: spec.dir.to_path_buf(),
         weftd_pid: None,
+        weftd_args: Vec::new(),
     })
 }
 

@@ -124,7 +124,7 @@ impl Lab {
         let healthz = format!("0.0.0.0:{HEALTHZ_PORT}");
         // With the DaemonSet's privileges: uid 0 with CAP_NET_ADMIN alone
         // and no_new_privs (charts/weft/templates/daemonset.yaml).
-        let args = [
+        let mut args = vec![
             "setpriv",
             "--bounding-set=-all,+net_admin",
             "--inh-caps=-all,+net_admin",
@@ -138,12 +138,22 @@ impl Lab {
             "--healthz-addr",
             &healthz,
         ];
+        args.extend(n.weftd_args.iter().map(String::as_str));
         let (pid, _) = self.spawn_on(node, "weftd", &args)?;
         if let Some(s) = self.state.nodes.iter_mut().find(|s| s.name == node) {
             s.weftd_pid = Some(pid);
         }
         save_state(&self.state)?;
         Ok(pid)
+    }
+
+    /// Extra arguments for `node`'s weftd from its next start on.
+    pub fn set_weftd_args(&mut self, node: &str, args: &[&str]) -> Result<(), LabError> {
+        self.node(node)?;
+        if let Some(s) = self.state.nodes.iter_mut().find(|s| s.name == node) {
+            s.weftd_args = args.iter().map(|a| a.to_string()).collect();
+        }
+        save_state(&self.state)
     }
 
     /// Stops weftd on `node` with `signal` (SIGTERM: a clean exit; SIGKILL:

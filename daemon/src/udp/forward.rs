@@ -152,8 +152,12 @@ impl SharedTable {
 /// Why a packet was dropped; [`Reason::label`] is its metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
-    /// Not IPv4, shorter than its header, or lengths that do not add up.
+    /// An IPv4 packet shorter than its header, or lengths that do not add up.
     Malformed,
+    /// Not IPv4: this backend carries IPv4 only (as flannel's). The
+    /// kernel's own IPv6 chatter on `flannel0` (a router solicitation when
+    /// it comes up) lands here.
+    NotIpv4,
     /// Outbound to our own subnet: that traffic belongs on the bridge.
     Local,
     /// Outbound outside the pod network, or to a subnet no peer owns.
@@ -167,8 +171,9 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 6] = [
+    pub const ALL: [Reason; 7] = [
         Reason::Malformed,
+        Reason::NotIpv4,
         Reason::Local,
         Reason::NoRoute,
         Reason::UnknownSender,
@@ -179,6 +184,7 @@ impl Reason {
     pub fn label(&self) -> &'static str {
         match self {
             Reason::Malformed => "malformed",
+            Reason::NotIpv4 => "not_ipv4",
             Reason::Local => "local_destination",
             Reason::NoRoute => "no_route",
             Reason::UnknownSender => "unknown_sender",
@@ -222,8 +228,9 @@ impl Forwarder {
 
     /// A packet read from the TUN device (a GSO super-packet included).
     pub fn outbound(&self, table: &PeerTable, packet: &[u8]) -> Verdict {
-        let Some((_, dst)) = addresses(packet, true) else {
-            return Verdict::Drop(Reason::Malformed);
+        let (_, dst) = match addresses(packet, true) {
+            Ok(a) => a,
+            Err(r) => return Verdict::Drop(r),
         };
         if self.local_subnet.contains(dst) {
             return Verdict::Drop(Reason::Local);
@@ -243,8 +250,9 @@ impl Forwarder {
         if table.subnets_of(sender).next().is_none() {
             return Verdict::Drop(Reason::UnknownSender);
         }
-        let Some((src, dst)) = addresses(packet, false) else {
-            return Verdict::Drop(Reason::Malformed);
+        let (src, dst) = match addresses(packet, false) {
+            Ok(a) => a,
+            Err(r) => return Verdict::Drop(r),
         };
         if self.local_subnet.contains(src)
             || table.lookup(src).is_none_or(|p| p.public_ip != sender)
@@ -260,17 +268,21 @@ impl Forwarder {
 
 /// Source and destination of a consistent IPv4 header. The total length must
 /// equal the buffer's, or be 0 when `gso` (a super-packet from the TUN).
-fn addresses(packet: &[u8], gso: bool) -> Option<(Ipv4Addr, Ipv4Addr)> {
-    let h: &[u8; 20] = packet.first_chunk()?;
+fn addresses(packet: &[u8], gso: bool) -> Result<(Ipv4Addr, Ipv4Addr), Reason> {
+    if packet.first().is_some_and(|b| b >> 4 != 4) {
+        return Err(Reason::NotIpv4);
+    }
+    let h: &[u8; 20] = packet.first_chunk().ok_or(Reason::Malformed)?;
     let header_len = usize::from(h[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
     let lengths_ok =
         (20..=packet.len()).contains(&header_len) && (total == packet.len() || (gso && total == 0));
-    (h[0] >> 4 == 4 && lengths_ok).then(|| {
-        let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
-        let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
-        (src, dst)
-    })
+    if !lengths_ok {
+        return Err(Reason::Malformed);
+    }
+    let src = Ipv4Addr::new(h[12], h[13], h[14], h[15]);
+    let dst = Ipv4Addr::new(h[16], h[17], h[18], h[19]);
+    Ok((src, dst))
 }
 
 /// Data-path totals, shared lock-free by the I/O shell and the metrics endpoint.
@@ -512,7 +524,8 @@ mod tests {
             dropped(UnknownSender)
         );
         assert_eq!(n.inn(STRANGER, b"junk"), dropped(UnknownSender));
-        assert_eq!(n.inn(A, b"junk"), dropped(Malformed));
+        assert_eq!(n.inn(A, b"\x45junk"), dropped(Malformed));
+        assert_eq!(n.inn(A, b"junk"), dropped(NotIpv4), "version 6");
     }
 
     #[test]
@@ -564,7 +577,6 @@ mod tests {
         let cases = [
             ("empty", Vec::new()),
             ("shorter than a header", good[..19].to_vec()),
-            ("IPv6", first_byte(0x65, 60)),
             ("header length 16", first_byte(0x44, 60)),
             ("header length 60 in 40 bytes", first_byte(0x4f, 40)),
             ("truncated", good[..59].to_vec()),
@@ -576,6 +588,9 @@ mod tests {
             assert_eq!(n.inn(A, &p), dropped(Malformed), "{what}");
         }
         assert_eq!(n.out(&first_byte(0x4f, 60)), to(A), "a 60-byte header fits");
+        let ipv6 = first_byte(0x60, 60);
+        assert_eq!(n.out(&ipv6), dropped(NotIpv4));
+        assert_eq!(n.inn(A, &ipv6), dropped(NotIpv4));
     }
 
     /// xorshift64*: a fixed-seed generator, so a failure reproduces.
@@ -673,7 +688,10 @@ mod tests {
 
     #[test]
     fn reasons_have_distinct_snake_case_labels_in_index_order() {
-        let snake = |l: &str| l.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+        let snake = |l: &str| {
+            l.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(r.index(), i);
             assert!(snake(r.label()), "{r:?}");

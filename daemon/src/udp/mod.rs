@@ -47,6 +47,9 @@ pub struct UdpSpec {
     pub subnet: Ipv4Network,
     pub network: Ipv4Network,
     pub mtu: u32,
+    /// Ask for TUN offload, UDP GSO and UDP GRO (`--udp-offload`); without,
+    /// one packet per read, write, send and receive.
+    pub offload: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,8 +91,8 @@ const MAX_QUEUES: usize = 8;
 /// A UDP socket bound to `addr` (shared with its siblings when `shared`),
 /// with big buffers (bursts of 64 KiB GSO sends overflow the default 208 KiB
 /// at once, and every overflow is a TCP retransmission inside), UDP GRO if
-/// the kernel has it (the second value).
-fn socket(addr: SocketAddrV4, shared: bool) -> std::io::Result<(UdpSocket, bool)> {
+/// the kernel has it and `gro` asks for it (the second value).
+fn socket(addr: SocketAddrV4, shared: bool, gro: bool) -> std::io::Result<(UdpSocket, bool)> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, sockopt,
     };
@@ -117,6 +120,9 @@ fn socket(addr: SocketAddrV4, shared: bool) -> std::io::Result<(UdpSocket, bool)
             tracing::warn!(error = %e, "udp backend: cannot enlarge the socket's {what} buffer");
         }
     }
+    if !gro {
+        return Ok((UdpSocket::from(fd), false));
+    }
     let gro = setsockopt(&fd, sockopt::UdpGroSegment, &true);
     if let Err(e) = &gro {
         tracing::warn!(error = %e, "udp backend: UDP GRO unavailable; one datagram per receive");
@@ -126,13 +132,17 @@ fn socket(addr: SocketAddrV4, shared: bool) -> std::io::Result<(UdpSocket, bool)
 
 /// `count` sockets bound to `addr` (sharing the port when more than one,
 /// each datagram steered to one of them by its inner flow: `steer`), and
-/// whether all have UDP GRO.
-pub fn sockets(addr: SocketAddrV4, count: usize) -> std::io::Result<(Vec<UdpSocket>, bool)> {
-    let mut gro = true;
+/// whether all have UDP GRO (asked for when `gro`).
+pub fn sockets(
+    addr: SocketAddrV4,
+    count: usize,
+    gro: bool,
+) -> std::io::Result<(Vec<UdpSocket>, bool)> {
+    let mut all_gro = gro;
     let mut socks = Vec::new();
     for _ in 0..count.max(1) {
-        let (sock, has_gro) = socket(addr, count > 1)?;
-        gro &= has_gro;
+        let (sock, has_gro) = socket(addr, count > 1, gro)?;
+        all_gro &= has_gro;
         socks.push(sock);
     }
     if count > 1 {
@@ -149,7 +159,7 @@ pub fn sockets(addr: SocketAddrV4, count: usize) -> std::io::Result<(Vec<UdpSock
             tracing::warn!(error = %e, "udp backend: cannot steer datagrams by inner flow; the kernel spreads them by outer address");
         }
     }
-    Ok((socks, gro))
+    Ok((socks, all_gro))
 }
 
 /// The socket's receive and send buffers.
@@ -232,7 +242,7 @@ impl Out {
                     self.q.fwd.outbound(&table, pkt)
                 }
                 // IPv6 super-packets: this backend carries IPv4 only.
-                _ => Verdict::Drop(Reason::Malformed),
+                _ => Verdict::Drop(Reason::NotIpv4),
             };
             let Verdict::Send(to) = verdict else {
                 self.q.counters.record(verdict, pkt.len());
@@ -438,8 +448,9 @@ impl DataPlane {
                 .enable(true)
                 .build_sync()
         };
-        let dev = match build(true) {
+        let dev = match build(spec.offload) {
             Ok(d) => d,
+            Err(e) if !spec.offload => return Err(tun_err(e)),
             Err(e) => {
                 tracing::warn!(error = %e, "udp backend: TUN offload unavailable; one packet per read and write");
                 build(false).map_err(tun_err)?
@@ -462,10 +473,11 @@ impl DataPlane {
         }
         let addr = SocketAddrV4::new(spec.local, spec.port);
         let bind_err = |source| UdpError::Bind { addr, source };
-        let (socks, gro) = sockets(addr, devs.len()).map_err(bind_err)?;
+        let (socks, gro) = sockets(addr, devs.len(), spec.offload).map_err(bind_err)?;
         tracing::info!(
             tun_offload = offload,
             udp_gro = gro,
+            udp_gso = spec.offload,
             queues = devs.len(),
             "udp backend data path"
         );
@@ -488,7 +500,7 @@ impl DataPlane {
             };
             let out = Out {
                 q: queue(sock.try_clone().map_err(bind_err)?),
-                gso: true,
+                gso: spec.offload,
             };
             sockets.push(sock.try_clone().map_err(bind_err)?);
             let inbound = In { q: queue(sock) };
