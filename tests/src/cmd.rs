@@ -94,6 +94,13 @@ where
     run(Command::new("ip").args(args))
 }
 
+/// A veth pair: `name` in namespace `ns`, its peer `eth0` in `peer_ns`.
+pub fn veth_to_eth0(ns: &str, name: &str, peer_ns: &str) -> Result<String, CmdError> {
+    ip([
+        "-n", ns, "link", "add", name, "type", "veth", "peer", "name", "eth0", "netns", peer_ns,
+    ])
+}
+
 /// Whether `prog` is found on PATH.
 pub fn on_path(prog: &str) -> bool {
     std::env::var_os("PATH")

@@ -689,20 +689,7 @@ fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab, LabError>
             ])?;
         }
         // The outside host, behind the hub acting as the underlay's router.
-        cmd::ip([
-            "-n",
-            &hub_ns,
-            "link",
-            "add",
-            "outside",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &outside_ns,
-        ])?;
+        cmd::veth_to_eth0(&hub_ns, "outside", &outside_ns)?;
         cmd::ip(["-n", &hub_ns, "addr", "add", OUTSIDE_GW, "dev", "outside"])?;
         cmd::ip(["-n", &hub_ns, "link", "set", "outside", "up"])?;
         cmd::run(Command::new("ip").args([

@@ -161,20 +161,7 @@ fn wire(spec: &NodeSpec<'_>) -> Result<(), CmdError> {
     let ip_cidr = format!("{}/{}", spec.underlay_ip, spec.prefix_len);
     let gw = spec.gateway.to_string();
     let hub_side = spec.name;
-    cmd::ip([
-        "-n",
-        spec.hub_ns,
-        "link",
-        "add",
-        hub_side,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        spec.netns,
-    ])?;
+    cmd::veth_to_eth0(spec.hub_ns, hub_side, spec.netns)?;
     cmd::ip([
         "-n",
         spec.hub_ns,

@@ -140,18 +140,26 @@ impl Lab {
         ];
         args.extend(n.weftd_args.iter().map(String::as_str));
         let (pid, _) = self.spawn_on(node, "weftd", &args)?;
-        if let Some(s) = self.state.nodes.iter_mut().find(|s| s.name == node) {
-            s.weftd_pid = Some(pid);
-        }
-        save_state(&self.state)?;
+        self.update_node(node, |s| s.weftd_pid = Some(pid))?;
         Ok(pid)
     }
 
     /// Extra arguments for `node`'s weftd from its next start on.
     pub fn set_weftd_args(&mut self, node: &str, args: &[&str]) -> Result<(), LabError> {
         self.node(node)?;
-        if let Some(s) = self.state.nodes.iter_mut().find(|s| s.name == node) {
+        self.update_node(node, |s| {
             s.weftd_args = args.iter().map(|a| a.to_string()).collect();
+        })
+    }
+
+    /// Changes `node`'s saved state and saves the lab's.
+    fn update_node(
+        &mut self,
+        node: &str,
+        change: impl FnOnce(&mut crate::node::NodeState),
+    ) -> Result<(), LabError> {
+        if let Some(s) = self.state.nodes.iter_mut().find(|s| s.name == node) {
+            change(s);
         }
         save_state(&self.state)
     }
@@ -168,10 +176,7 @@ impl Lab {
             }
             procs::terminate(&[pid as i32], Duration::from_secs(2));
         }
-        if let Some(s) = self.state.nodes.iter_mut().find(|s| s.name == node) {
-            s.weftd_pid = None;
-        }
-        save_state(&self.state)
+        self.update_node(node, |s| s.weftd_pid = None)
     }
 
     /// Whether weftd on `node` answers /readyz with 200.

@@ -91,8 +91,8 @@ const MAX_QUEUES: usize = 8;
 /// A UDP socket bound to `addr` (shared with its siblings when `shared`),
 /// with big buffers (bursts of 64 KiB GSO sends overflow the default 208 KiB
 /// at once, and every overflow is a TCP retransmission inside), UDP GRO if
-/// the kernel has it and `gro` asks for it (the second value).
-fn socket(addr: SocketAddrV4, shared: bool, gro: bool) -> std::io::Result<(UdpSocket, bool)> {
+/// the kernel has it and `want_gro` asks for it (the second value).
+fn socket(addr: SocketAddrV4, shared: bool, want_gro: bool) -> std::io::Result<(UdpSocket, bool)> {
     use nix::sys::socket::{
         AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, sockopt,
     };
@@ -120,7 +120,7 @@ fn socket(addr: SocketAddrV4, shared: bool, gro: bool) -> std::io::Result<(UdpSo
             tracing::warn!(error = %e, "udp backend: cannot enlarge the socket's {what} buffer");
         }
     }
-    if !gro {
+    if !want_gro {
         return Ok((UdpSocket::from(fd), false));
     }
     let gro = setsockopt(&fd, sockopt::UdpGroSegment, &true);
