@@ -1,16 +1,16 @@
 //! `weftd cleanup`: removes from a node what weftd put there, for uninstall
 //! (the chart's uninstall path runs it on every node): weft's nftables
-//! table, the backend's devices (their routes, neighbour and FDB entries go
-//! with them), subnet.env and the conflist. The `weft` plugin binary and the
+//! table, what the backend put there (its devices, whose routes, neighbour
+//! and FDB entries go with them; host-gw's routes), subnet.env and the
+//! conflist. The `weft` plugin binary and the
 //! plugin's saved configs stay: pods still running must remain removable.
 //! Everything is attempted; the first failure is reported at the end.
 
 use std::path::Path;
 
-use crate::config::{BackendConfig, DEFAULT_VNI, NetConfig};
+use crate::config::{DEFAULT_VNI, NetConfig};
 use crate::netlink::kernel::Kernel;
 use crate::nft::kernel::Nft;
-use crate::vxlan;
 
 /// The conflist `weftd install-cni` writes.
 pub const CONFLIST: &str = "10-weft.conflist";
@@ -42,26 +42,18 @@ pub async fn run(
         Ok(false) => {}
         Err(e) => fail("deleting the nftables table", e.to_string()),
     }
-    // The devices of the configured VNI (flannel's default when the
-    // configuration is already gone).
-    let vni = match NetConfig::load(net_conf) {
-        Ok(cfg) => match cfg.backend {
-            BackendConfig::Vxlan(v) => v.vni,
-            BackendConfig::Udp(_) => DEFAULT_VNI,
-        },
-        Err(_) => DEFAULT_VNI,
-    };
+    // What the configured backend put there (with the configuration gone:
+    // flannel's default VXLAN devices).
+    let cfg = NetConfig::load(net_conf);
     match Kernel::connect() {
         Ok(nl) => {
-            for name in [
-                vxlan::device_name(vni, false),
-                vxlan::device_name(vni, true),
-            ] {
-                match nl.delete_link(&name).await {
-                    Ok(true) => removed.push(format!("device {name}")),
-                    Ok(false) => {}
-                    Err(e) => fail(&format!("deleting device {name}"), e.to_string()),
-                }
+            let (gone, failed) = match &cfg {
+                Ok(cfg) => crate::backend::teardown(&nl, cfg).await,
+                Err(_) => crate::vxlan::delete_devices(&nl, DEFAULT_VNI).await,
+            };
+            removed.extend(gone);
+            for (what, why) in failed {
+                fail(&what, why);
             }
         }
         Err(e) => fail("opening a netlink socket", e.to_string()),

@@ -35,7 +35,9 @@ pub enum ConfigError {
     },
     #[error("net-conf.json: field {field} is required when {because}")]
     Missing { field: String, because: String },
-    #[error("net-conf.json: field Backend.Type: {value} is not a backend weft knows (vxlan, udp)")]
+    #[error(
+        "net-conf.json: field Backend.Type: {value} is not a backend weft knows (vxlan, udp, host-gw)"
+    )]
     UnknownBackend { value: String },
     #[error("net-conf.json: neither IPv4 nor IPv6 is enabled")]
     NoFamily,
@@ -71,6 +73,8 @@ pub struct UdpConfig {
 pub enum BackendConfig {
     Vxlan(VxlanConfig),
     Udp(UdpConfig),
+    /// flannel's host-gw: no options.
+    HostGw,
 }
 
 impl BackendConfig {
@@ -79,6 +83,7 @@ impl BackendConfig {
         match self {
             BackendConfig::Vxlan(_) => "vxlan",
             BackendConfig::Udp(_) => "udp",
+            BackendConfig::HostGw => "host-gw",
         }
     }
 }
@@ -238,6 +243,7 @@ fn backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
             };
             Ok(BackendConfig::Udp(UdpConfig { port }))
         }
+        "host-gw" => Ok(BackendConfig::HostGw),
         _ => Err(ConfigError::UnknownBackend {
             value: format!("\"{ty}\""),
         }),
@@ -425,7 +431,7 @@ mod tests {
             ),
             (
                 r#"{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard"}}"#,
-                "net-conf.json: field Backend.Type: \"wireguard\" is not a backend weft knows (vxlan, udp)",
+                "net-conf.json: field Backend.Type: \"wireguard\" is not a backend weft knows (vxlan, udp, host-gw)",
             ),
             (
                 r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,

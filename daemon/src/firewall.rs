@@ -5,7 +5,6 @@
 
 use std::net::IpAddr;
 
-use crate::lease::peers::PeerSet;
 use crate::metrics::Metrics;
 use crate::nft::kernel::{Nft, NftError, Synced};
 use crate::nft::{self, Ruleset, RulesetInput, wire};
@@ -27,13 +26,8 @@ pub struct Firewall {
     synced_once: bool,
 }
 
-/// Every peer's public IP, both families.
-pub fn peer_ips(set: &PeerSet) -> Vec<IpAddr> {
-    set.v4.iter().chain(&set.v6).map(|p| p.public_ip).collect()
-}
-
 impl Firewall {
-    /// `base.vxlan_allow` is `Some((port, _))` when the allow-list is on.
+    /// `base.allow_list` is `Some((port, _))` when the allow-list is on.
     pub fn new(base: RulesetInput) -> Result<Firewall, NftError> {
         Ok(Firewall {
             nft: Nft::open()?,
@@ -47,7 +41,7 @@ impl Firewall {
 
     fn want(&self, peers: &[IpAddr]) -> Ruleset {
         let mut input = self.base.clone();
-        if let Some((_, allowed)) = &mut input.vxlan_allow {
+        if let Some((_, allowed)) = &mut input.allow_list {
             *allowed = peers.to_vec();
         }
         nft::build(&input)

@@ -7,11 +7,14 @@
 
 pub mod agent;
 pub mod annotations;
+pub mod backend;
 pub mod cleanup;
 pub mod config;
+pub mod family;
 pub mod files;
 pub mod firewall;
 pub mod health;
+pub mod hostgw;
 pub mod iface;
 pub mod install;
 pub mod lease;

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::lease::peers::SkipReason;
+use crate::lease::judge::SkipReason;
 use crate::udp::forward::{Counters, Reason};
 
 /// One metric family: name, help, type, and its samples (suffix or labels, value).

@@ -26,7 +26,7 @@ fn input(peers: &[&str], dual: bool) -> RulesetInput {
     RulesetInput {
         families,
         ip_masq: true,
-        vxlan_allow: Some((8472, peers.iter().map(|p| p.parse().unwrap()).collect())),
+        allow_list: Some((8472, peers.iter().map(|p| p.parse().unwrap()).collect())),
     }
 }
 

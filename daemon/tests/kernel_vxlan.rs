@@ -10,10 +10,11 @@ use common::{in_private_netns_async as in_private_netns, sh};
 
 use ipnetwork::IpNetwork;
 use weftd::annotations::Mac;
+use weftd::backend::Outcome;
 use weftd::netlink::VxlanSpec;
 use weftd::netlink::kernel::Kernel;
 use weftd::vxlan::plan::PeerEntry;
-use weftd::vxlan::{self, DeviceConfig, Outcome};
+use weftd::vxlan::{self, DeviceConfig};
 
 fn json(script: &str) -> serde_json::Value {
     serde_json::from_str(&sh(script)).unwrap()

@@ -12,6 +12,7 @@ use kube::api::{Patch, PatchParams};
 
 use super::node::SlimNode;
 use crate::config::NetConfig;
+use crate::family::{Family, PerFamily};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -67,7 +68,10 @@ pub async fn wait_for_pod_cidr(api: &Api<SlimNode>, name: &str) -> SlimNode {
 }
 
 /// Our subnets (IPv4, IPv6) from the node's podCIDRs, one per enabled family.
-pub fn own_subnets(cfg: &NetConfig, node: &SlimNode) -> Result<[Option<IpNetwork>; 2], LeaseError> {
+pub fn own_subnets(
+    cfg: &NetConfig,
+    node: &SlimNode,
+) -> Result<PerFamily<Option<IpNetwork>>, LeaseError> {
     let name = node.name().to_string();
     let mut parsed = Vec::new();
     for c in node.pod_cidrs() {
@@ -77,16 +81,17 @@ pub fn own_subnets(cfg: &NetConfig, node: &SlimNode) -> Result<[Option<IpNetwork
         })?;
         parsed.push(IpNetwork::new(n.network(), n.prefix()).unwrap_or(n));
     }
-    let mut out = [None, None];
-    for (i, fam) in [&cfg.ipv4, &cfg.ipv6].iter().enumerate() {
+    let mut out = PerFamily::default();
+    for (family, fam) in [(Family::V4, &cfg.ipv4), (Family::V6, &cfg.ipv6)] {
         let Some(fam) = fam else { continue };
-        let ipv6 = i == 1;
-        let cidr = parsed.iter().find(|n| n.is_ipv6() == ipv6).copied().ok_or(
-            LeaseError::NoPodCidrForFamily {
+        let cidr = parsed
+            .iter()
+            .find(|n| Family::of_net(n) == family)
+            .copied()
+            .ok_or(LeaseError::NoPodCidrForFamily {
                 node: name.clone(),
-                family: if ipv6 { 6 } else { 4 },
-            },
-        )?;
+                family: family.number(),
+            })?;
         if !(fam.network.contains(cidr.network()) && cidr.prefix() >= fam.network.prefix()) {
             return Err(LeaseError::OutsideNetwork {
                 node: name.clone(),
@@ -94,7 +99,7 @@ pub fn own_subnets(cfg: &NetConfig, node: &SlimNode) -> Result<[Option<IpNetwork
                 network: fam.network,
             });
         }
-        out[i] = Some(cidr);
+        *out.get_mut(family) = Some(cidr);
     }
     Ok(out)
 }
@@ -163,7 +168,10 @@ mod tests {
             NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
         assert_eq!(
             own_subnets(&cfg, &node(&["10.244.3.0/24"])).unwrap(),
-            [Some("10.244.3.0/24".parse().unwrap()), None]
+            PerFamily {
+                v4: Some("10.244.3.0/24".parse().unwrap()),
+                v6: None
+            }
         );
         assert_eq!(
             own_subnets(&cfg, &node(&["10.99.3.0/24"]))
@@ -193,10 +201,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             own_subnets(&cfg, &node(&["10.244.3.0/24", "fd00:10:244:3::/64"])).unwrap(),
-            [
-                Some("10.244.3.0/24".parse().unwrap()),
-                Some("fd00:10:244:3::/64".parse().unwrap())
-            ]
+            PerFamily {
+                v4: Some("10.244.3.0/24".parse().unwrap()),
+                v6: Some("fd00:10:244:3::/64".parse().unwrap())
+            }
         );
     }
 }

@@ -2,6 +2,10 @@
 //! other Node with flannel's annotations is a peer.
 
 pub mod acquire;
+pub mod judge;
 pub mod node;
 pub mod peers;
 pub mod watch;
+
+#[cfg(test)]
+mod tests;

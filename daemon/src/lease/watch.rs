@@ -14,8 +14,9 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
+use super::judge::{self, Context, Judged, Skip};
 use super::node::SlimNode;
-use super::peers::{self, Context, Judged, PeerIndex, PeerSet, Skip};
+use super::peers::{PeerIndex, PeerSet};
 use crate::metrics::Metrics;
 
 /// A peer set handed on. During the very first list the sets are partial
@@ -59,7 +60,7 @@ pub fn spawn(
                     // (after 410 Gone) replaces it whole at the end.
                     Ok(watcher::Event::Init) => listing = listed.then(Vec::new),
                     Ok(watcher::Event::InitApply(n)) => {
-                        let j = peers::judge(index.context(), &n);
+                        let j = judge::judge(index.context(), &n);
                         match listing.as_mut() {
                             Some(l) => l.extend(j),
                             None => {
@@ -76,7 +77,7 @@ pub fn spawn(
                         changed = true;
                     }
                     Ok(watcher::Event::Apply(n)) => {
-                        let j = peers::judge(index.context(), &n);
+                        let j = judge::judge(index.context(), &n);
                         index.upsert(n.name(), j);
                         changed = true;
                     }
@@ -116,7 +117,7 @@ fn report(set: &PeerSet, warned: &mut BTreeSet<Skip>, metrics: &Metrics) {
         tracing::warn!(
             node = %s.node,
             reason = s.reason.label(),
-            family = if s.ipv6 { "ipv6" } else { "ipv4" },
+            family = s.family.label(),
             "skipping node {} as a peer: {}",
             s.node,
             s.detail
@@ -128,6 +129,7 @@ fn report(set: &PeerSet, warned: &mut BTreeSet<Skip>, metrics: &Metrics) {
         *counts.entry(s.reason).or_insert(0u64) += 1;
     }
     metrics.set_skipped(&counts);
-    metrics.set_peers("ipv4", set.v4.len());
-    metrics.set_peers("ipv6", set.v6.len());
+    for (family, peers) in set.peers.iter() {
+        metrics.set_peers(family.label(), peers.len());
+    }
 }

@@ -47,7 +47,7 @@ pub struct RulesetInput {
     pub ip_masq: bool,
     /// The backend's UDP port and the peers allowed to send to it (None: no
     /// allow-list).
-    pub vxlan_allow: Option<(u16, Vec<IpAddr>)>,
+    pub allow_list: Option<(u16, Vec<IpAddr>)>,
 }
 
 /// Where a base chain hooks in.
@@ -169,7 +169,7 @@ pub fn build(input: &RulesetInput) -> Ruleset {
     use Dir::*;
     let mut sets = Vec::new();
     let mut chains = Vec::new();
-    if let Some((_, peers)) = &input.vxlan_allow {
+    if let Some((_, peers)) = &input.allow_list {
         for (v6, name) in [(false, PEERS_V4), (true, PEERS_V6)] {
             let mut elements: Vec<IpAddr> = peers
                 .iter()
@@ -233,7 +233,7 @@ pub fn build(input: &RulesetInput) -> Ruleset {
         priority: 0,
         rules: forward,
     });
-    if let Some((port, _)) = &input.vxlan_allow {
+    if let Some((port, _)) = &input.allow_list {
         let rules = [(false, PEERS_V4), (true, PEERS_V6)]
             .into_iter()
             .map(|(v6, set)| Rule {
@@ -374,7 +374,7 @@ mod tests {
         let input = RulesetInput {
             families: vec![v4()],
             ip_masq: true,
-            vxlan_allow: Some((
+            allow_list: Some((
                 8472,
                 vec![
                     "198.51.100.13".parse().unwrap(),
@@ -427,7 +427,7 @@ table inet weft {
         let input = RulesetInput {
             families: vec![v4(), v6()],
             ip_masq: false,
-            vxlan_allow: None,
+            allow_list: None,
         };
         let text = render(&input);
         assert!(!text.contains("postrouting") && !text.contains("vxlan_peers"));
@@ -442,7 +442,7 @@ table inet weft {
         let input = RulesetInput {
             families: vec![v4(), v6()],
             ip_masq: true,
-            vxlan_allow: Some((
+            allow_list: Some((
                 8472,
                 vec![
                     "198.51.100.12".parse().unwrap(),

@@ -894,7 +894,7 @@ mod tests {
                 subnet: "10.244.1.0/24".parse().unwrap(),
             }],
             ip_masq: true,
-            vxlan_allow: Some((8472, vec!["198.51.100.12".parse().unwrap()])),
+            allow_list: Some((8472, vec!["198.51.100.12".parse().unwrap()])),
         }
     }
 
@@ -997,7 +997,7 @@ mod tests {
             .map(|i| IpAddr::from((0xc612_0000u32 + i).to_be_bytes()))
             .collect();
         let mut inp = input();
-        inp.vxlan_allow = Some((8472, peers));
+        inp.allow_list = Some((8472, peers));
         let msgs = replace(&build(&inp));
         let elems: Vec<&Message> = msgs.iter().filter(|m| m.ty == msg::NEWSETELEM).collect();
         assert_eq!(elems.len(), 3);

@@ -16,6 +16,7 @@
 //! per direction. Each offload the kernel refuses is logged once and done
 //! without.
 
+mod backend;
 pub mod forward;
 pub mod offload;
 pub mod steer;
@@ -28,9 +29,10 @@ use std::time::Duration;
 
 use ipnetwork::Ipv4Network;
 
-use crate::vxlan::plan::PeerEntry;
 use forward::{Counters, Forwarder, Peer, PeerTable, Reason, SharedTable, Verdict};
 use offload::{VNET_HDR_LEN, VnetHdr};
+
+pub use backend::{Udp, codec, teardown};
 
 /// flannel's device name.
 pub const DEVICE: &str = "flannel0";
@@ -531,7 +533,7 @@ impl DataPlane {
 
     /// Publishes the complete peer set (IPv4 entries); the hot path sees it
     /// from its next packet on.
-    pub fn set_peers(&self, peers: &[PeerEntry]) {
+    pub fn set_peers(&self, peers: &[crate::backend::Peer]) {
         let peers: Vec<Peer> = peers
             .iter()
             .filter_map(|p| match (p.subnet, p.public_ip) {

@@ -20,16 +20,31 @@
 //! device, learning and GBP match; recreated otherwise), then every reconcile
 //! plans against what the kernel holds (see [`plan`]) and applies the
 //! difference; a second reconcile with nothing changed writes nothing.
+//!
+//! With `DirectRouting`, peers on the external interface's own subnets are
+//! routed without VXLAN (host routes, shared with host-gw: see
+//! [`routes`](crate::backend::routes)) and get no triple on the device.
 
-pub mod direct;
+pub mod device;
 pub mod plan;
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
 
+use futures::future::LocalBoxFuture;
 use ipnetwork::IpNetwork;
 
-use crate::annotations::Mac;
-use crate::netlink::{Change, LinkInfo, Netlink, NetlinkError, Op, VxlanSpec};
+use crate::annotations::{Mac, VxlanData};
+use crate::backend::routes::HostRoutes;
+use crate::backend::{
+    Backend, BackendError, Local, Pass, Peer, PeerCodec, PeerData, Refusal, pod_mtu, record,
+};
+use crate::config::{NetConfig, VxlanConfig};
+use crate::family::{Family, PerFamily};
+use crate::metrics::Metrics;
+use crate::netlink::kernel::Kernel;
+use crate::netlink::{Change, LinkInfo, Netlink, NetlinkError, VxlanSpec};
+pub use device::{Device, reconcile};
 use plan::PeerEntry;
 
 /// VXLAN's overhead on the underlay: outer IP header + UDP (8) + VXLAN (8) +
@@ -103,17 +118,6 @@ pub fn device_name(vni: u32, ipv6: bool) -> String {
 pub fn device_address(subnet: IpNetwork) -> IpNetwork {
     let host = if subnet.is_ipv4() { 32 } else { 128 };
     IpNetwork::new(subnet.network(), host).unwrap_or(subnet)
-}
-
-/// What one reconcile did.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Outcome {
-    /// Writes done, by operation kind.
-    pub done: BTreeMap<&'static str, u64>,
-    /// Operations the kernel refused, with why.
-    pub failed: Vec<(Op, String)>,
-    /// Whether the device had to be created (first run, or it was deleted).
-    pub created: bool,
 }
 
 /// Creates or adopts the device; returns it and whether it was created.
@@ -191,436 +195,275 @@ async fn ensure_address<N: Netlink>(
     Ok(())
 }
 
-/// Makes the device and its per-peer entries match `peers`: ensures the
-/// device, then plans against the kernel and applies the difference.
-pub async fn reconcile<N: Netlink>(
-    nl: &N,
-    cfg: &DeviceConfig,
-    peers: &[PeerEntry],
-) -> Result<Outcome, VxlanError> {
-    Device::new(cfg.clone()).reconcile(nl, peers, true).await
+/// The `backend-type` of VXLAN nodes.
+pub const TYPE: &str = "vxlan";
+
+/// The VXLAN backend on this node: a device per family and, with
+/// DirectRouting, host routes for the peers next to us.
+#[derive(Debug)]
+pub struct Vxlan {
+    port: u16,
+    devices: PerFamily<Option<Device>>,
+    direct: Option<HostRoutes>,
+    codec: Arc<Codec>,
 }
 
-/// A device and what weft knows its kernel tables hold.
-///
-/// A full reconcile ensures the device and reads the kernel's tables; a
-/// quick one (after a peer-set change) plans against the state the last
-/// successful reconcile left, which is exact as long as nobody else writes
-/// to our device; the periodic resync and device events run full ones, so
-/// anything changed behind weft's back is still repaired.
-#[derive(Debug, Clone)]
-pub struct Device {
-    pub cfg: DeviceConfig,
-    /// The link index and the (sorted) peers the kernel was last made to hold.
-    known: Option<(u32, Vec<PeerEntry>)>,
-    /// During the first list: the link index and the peers added so far.
-    partial: Option<(u32, Vec<PeerEntry>)>,
+/// Judges VXLAN peers: type vxlan, our VNI, a unicast VtepMAC.
+#[derive(Debug)]
+struct Codec {
+    vni: u32,
 }
 
-impl Device {
-    pub fn new(cfg: DeviceConfig) -> Device {
-        Device {
-            cfg,
-            known: None,
-            partial: None,
+impl PeerCodec for Codec {
+    fn decode(
+        &self,
+        _family: Family,
+        backend_type: &str,
+        data: Option<&str>,
+        _public_ip: std::net::IpAddr,
+    ) -> Result<PeerData, Refusal> {
+        if backend_type != TYPE {
+            return Err(Refusal::OtherBackend(format!(
+                "is {backend_type:?}, not {TYPE:?}"
+            )));
         }
-    }
-
-    /// Whether a kernel change on some link contradicts what this device
-    /// should hold: one of its wanted entries deleted, or an entry on it
-    /// that it does not want added or changed. (Its own writes never do:
-    /// they make the kernel match the wanted state.)
-    pub fn contradicted_by(&self, change: &Change) -> bool {
-        let Some((index, peers)) = &self.known else {
-            return false;
-        };
-        let want = |link: u32| link == *index;
-        let by_subnet = |dst: &ipnetwork::IpNetwork| {
-            peers
-                .binary_search_by(|p| p.subnet.cmp(dst))
-                .ok()
-                .map(|i| peers[i])
-        };
-        match change {
-            Change::LinkDeleted(name) => *name == self.cfg.spec.name,
-            Change::Route(r, deleted) if want(r.link) => {
-                let wanted = by_subnet(&r.dst).map(|p| plan::desired(*index, &[p]).routes[0]);
-                if *deleted {
-                    wanted == Some(*r)
-                } else {
-                    wanted != Some(*r)
-                }
-            }
-            Change::Neigh(n) if want(n.link) => !peers
-                .iter()
-                .any(|p| p.subnet.network() == n.ip && p.vtep_mac == n.mac),
-            Change::NeighDeleted { link, ip } if want(*link) => {
-                peers.iter().any(|p| p.subnet.network() == *ip)
-            }
-            Change::Fdb(f, deleted) if want(f.link) => {
-                let wanted = peers
-                    .iter()
-                    .any(|p| p.vtep_mac == f.mac && p.public_ip == f.dst);
-                wanted == *deleted
-            }
-            _ => false,
+        let text = data.unwrap_or("");
+        let data =
+            VxlanData::decode(text).map_err(|e| Refusal::BadData(format!("{text:?}: {e}")))?;
+        if data.vni != self.vni {
+            return Err(Refusal::BadData(format!(
+                "has VNI {}, this node uses {}",
+                data.vni, self.vni
+            )));
         }
+        if !data.vtep_mac.is_unicast() {
+            return Err(Refusal::BadData(format!(
+                "VtepMAC {} is not a unicast MAC",
+                data.vtep_mac
+            )));
+        }
+        Ok(PeerData::VtepMac(data.vtep_mac))
     }
+}
 
-    /// Adds (never deletes) the entries of a partial peer set, so that the
-    /// first list's pages are programmed while the next ones arrive. The
-    /// reconcile that follows the complete set is a full one.
-    pub async fn add_partial<N: Netlink>(
-        &mut self,
+/// The peer codec of a VXLAN network with this VNI.
+pub fn codec(vni: u32) -> Arc<dyn PeerCodec> {
+    Arc::new(Codec { vni })
+}
+
+impl Vxlan {
+    /// Creates or adopts the device of every enabled family, keeping the
+    /// VTEP MAC our lease published before (peers know us by it).
+    pub async fn start<N: Netlink>(
         nl: &N,
-        peers: &[PeerEntry],
-    ) -> Result<Outcome, VxlanError> {
-        self.known = None;
-        let (index, done, created) = match self.partial.take() {
-            Some((i, d)) => (i, d, false),
-            None => {
-                let (link, created) = ensure_device(nl, &self.cfg).await?;
-                (link.index, Vec::new(), created)
+        cfg: &VxlanConfig,
+        local: &Local,
+        metrics: &Metrics,
+    ) -> Result<Vxlan, BackendError> {
+        let ext = &local.ext;
+        let mut devices = PerFamily::default();
+        for (family, fam) in local.families.present() {
+            let mac = match fam
+                .stored_data
+                .as_deref()
+                .and_then(|d| VxlanData::decode(d).ok())
+            {
+                Some(d) if d.vtep_mac.is_unicast() => d.vtep_mac,
+                _ => Mac::random().map_err(BackendError::Mac)?,
+            };
+            let underlay = cfg.mtu.unwrap_or(ext.mtu);
+            let mtu = pod_mtu(
+                TYPE,
+                ext,
+                underlay,
+                overhead(fam.public_ip.is_ipv6()),
+                " or set Backend.MTU",
+            )?;
+            let dc = DeviceConfig {
+                spec: VxlanSpec {
+                    name: device_name(cfg.vni, family.is_v6()),
+                    vni: cfg.vni,
+                    port: cfg.port,
+                    local: fam.public_ip,
+                    underlay: ext.index,
+                    learning: cfg.learning,
+                    gbp: cfg.gbp,
+                    mac,
+                    mtu,
+                },
+                subnet: fam.subnet,
+                network: fam.network,
+            };
+            let (link, created) = ensure_device(nl, &dc).await?;
+            if created {
+                metrics.device_created();
             }
-        };
-        let mut sorted = peers.to_vec();
-        sorted.sort_unstable();
-        let (gone, new) = diff(&done, &sorted);
-        let ops: Vec<Op> = plan::plan(index, &new, &plan::desired(index, &gone))
-            .into_iter()
-            .filter(|op| {
-                matches!(
-                    op,
-                    Op::ReplaceNeigh(_) | Op::ReplaceFdb(_) | Op::ReplaceRoute(_)
-                )
-            })
-            .collect();
-        let out = carry_out(nl, ops, created).await;
-        if out.failed.is_empty() {
-            self.partial = Some((index, sorted));
+            tracing::info!(device = %dc.spec.name, index = link.index, created, subnet = %fam.subnet, local = %fam.public_ip, %mac, "device ready");
+            *devices.get_mut(family) = Some(Device::new(dc));
         }
-        Ok(out)
-    }
-
-    /// Forgets the known state: the next reconcile is a full one.
-    pub fn forget(&mut self) {
-        self.known = None;
-    }
-
-    pub async fn reconcile<N: Netlink>(
-        &mut self,
-        nl: &N,
-        peers: &[PeerEntry],
-        full: bool,
-    ) -> Result<Outcome, VxlanError> {
-        let mut created = false;
-        let mut sorted = peers.to_vec();
-        sorted.sort_unstable();
-        let (index, ops) = match self.known.take() {
-            // Quick: only the peers that changed since the kernel was last
-            // made to match (a Node event touches one or two).
-            Some((index, old)) if !full => {
-                let (gone, new) = diff(&old, &sorted);
-                (index, plan::plan(index, &new, &plan::desired(index, &gone)))
-            }
-            _ => {
-                let (link, c) = ensure_device(nl, &self.cfg).await?;
-                created = c;
-                let observed = nl
-                    .observe(link.index, self.cfg.subnet.is_ipv6())
-                    .await
-                    .map_err(|source| VxlanError::Observe {
-                        name: self.cfg.spec.name.clone(),
-                        source,
-                    })?;
-                (link.index, plan::plan(link.index, &sorted, &observed))
-            }
+        let direct = if cfg.direct_routing {
+            let onlink = HostRoutes::connected(nl, ext.index).await?;
+            tracing::info!(iface = %ext.name, ?onlink, "DirectRouting: peers on these prefixes are routed without VXLAN");
+            Some(HostRoutes::new(ext.index, onlink))
+        } else {
+            None
         };
-        self.partial = None;
-        let out = carry_out(nl, ops, created).await;
-        if out.failed.is_empty() {
-            self.known = Some((index, sorted));
-        }
-        Ok(out)
+        Ok(Vxlan {
+            port: cfg.port,
+            devices,
+            direct,
+            codec: Arc::new(Codec { vni: cfg.vni }),
+        })
     }
 }
 
-/// Applies `ops` and tells what happened.
-async fn carry_out<N: Netlink>(nl: &N, ops: Vec<Op>, created: bool) -> Outcome {
-    let results = nl.apply(&ops).await;
-    let mut out = Outcome {
-        created,
-        ..Default::default()
-    };
-    for (op, r) in ops.into_iter().zip(results) {
-        match r {
-            Ok(()) => *out.done.entry(op.kind()).or_default() += 1,
-            Err(e) => out.failed.push((op, e.to_string())),
+impl<N: Netlink> Backend<N> for Vxlan {
+    fn type_name(&self) -> &'static str {
+        TYPE
+    }
+
+    /// The first family's device MTU (flannel writes one FLANNEL_MTU).
+    fn mtu(&self) -> u32 {
+        self.devices
+            .present()
+            .map(|(_, d)| d.cfg.spec.mtu)
+            .next()
+            .unwrap_or_default()
+    }
+
+    fn data(&self, family: Family) -> String {
+        match self.devices.get(family) {
+            Some(d) => VxlanData {
+                vni: d.cfg.spec.vni,
+                vtep_mac: d.cfg.spec.mac,
+            }
+            .encode(),
+            None => "null".into(),
         }
     }
-    out
+
+    fn codec(&self) -> Arc<dyn PeerCodec> {
+        self.codec.clone()
+    }
+
+    fn guarded_port(&self) -> Option<u16> {
+        Some(self.port)
+    }
+
+    fn devices(&self) -> Vec<String> {
+        self.devices
+            .present()
+            .map(|(_, d)| d.cfg.spec.name.clone())
+            .collect()
+    }
+
+    fn contradicted_by(&self, change: &Change) -> bool {
+        self.direct
+            .as_ref()
+            .is_some_and(|d| d.contradicted_by(change))
+            || self
+                .devices
+                .present()
+                .any(|(_, d)| d.contradicted_by(change))
+    }
+
+    fn reconcile<'a>(
+        &'a mut self,
+        nl: &'a N,
+        peers: &'a PerFamily<Vec<Peer>>,
+        pass: Pass,
+        metrics: &'a Metrics,
+    ) -> LocalBoxFuture<'a, bool> {
+        Box::pin(async move {
+            let mut ok = true;
+            for family in Family::ALL {
+                let Some(dev) = self.devices.get_mut(family).as_mut() else {
+                    continue;
+                };
+                let all = peers.get(family);
+                // With DirectRouting, the directly reachable peers leave the device.
+                let far = match self.direct.as_mut() {
+                    Some(direct) => {
+                        let (near, far) = direct.split(all);
+                        ok &= direct
+                            .reconcile(nl, dev.cfg.network, &near, pass, metrics)
+                            .await;
+                        far
+                    }
+                    None => all.clone(),
+                };
+                let entries: Vec<PeerEntry> = far.iter().filter_map(PeerEntry::of).collect();
+                let t0 = Instant::now();
+                let result = match pass {
+                    Pass::Partial => dev.add_partial(nl, &entries).await,
+                    Pass::Quick => dev.reconcile(nl, &entries, false).await,
+                    Pass::Full => dev.reconcile(nl, &entries, true).await,
+                };
+                let name = dev.cfg.spec.name.clone();
+                ok &= record(metrics, &name, entries.len(), pass, t0, result);
+            }
+            ok
+        })
+    }
 }
 
-/// Entries only in `old` and entries only in `new` (both sorted).
-fn diff(old: &[PeerEntry], new: &[PeerEntry]) -> (Vec<PeerEntry>, Vec<PeerEntry>) {
-    let (mut gone, mut added) = (Vec::new(), Vec::new());
-    let (mut i, mut j) = (0, 0);
-    while i < old.len() || j < new.len() {
-        match (old.get(i), new.get(j)) {
-            (Some(a), Some(b)) if a == b => {
-                i += 1;
-                j += 1;
-            }
-            (Some(a), Some(b)) if a < b => {
-                gone.push(*a);
-                i += 1;
-            }
-            (Some(_), Some(b)) => {
-                added.push(*b);
-                j += 1;
-            }
-            (Some(a), None) => {
-                gone.push(*a);
-                i += 1;
-            }
-            (None, Some(b)) => {
-                added.push(*b);
-                j += 1;
-            }
-            (None, None) => break,
+/// `weftd cleanup`: the devices of the configured VNI (their neighbour, FDB
+/// and route entries go with them) and, with DirectRouting, the host routes.
+pub async fn teardown(
+    nl: &Kernel,
+    cfg: &VxlanConfig,
+    net: &NetConfig,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let (mut removed, mut failed) = delete_devices(nl, cfg.vni).await;
+    if cfg.direct_routing {
+        let (r, f) = crate::backend::routes::teardown(nl, net).await;
+        removed.extend(r);
+        failed.extend(f);
+    }
+    (removed, failed)
+}
+
+/// Deletes `flannel.<vni>` and `flannel-v6.<vni>` where present.
+pub async fn delete_devices(nl: &Kernel, vni: u32) -> (Vec<String>, Vec<(String, String)>) {
+    let (mut removed, mut failed) = (Vec::new(), Vec::new());
+    for name in [device_name(vni, false), device_name(vni, true)] {
+        match nl.delete_link(&name).await {
+            Ok(true) => removed.push(format!("device {name}")),
+            Ok(false) => {}
+            Err(e) => failed.push((format!("deleting device {name}"), e.to_string())),
         }
     }
-    (gone, added)
+    (removed, failed)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netlink::Neigh;
-    use crate::netlink::fake::Fake;
 
-    fn cfg(underlay: u32) -> DeviceConfig {
-        DeviceConfig {
-            spec: VxlanSpec {
-                name: "flannel.1".into(),
-                vni: 1,
-                port: 8472,
-                local: "198.51.100.11".parse().unwrap(),
-                underlay,
-                learning: false,
-                gbp: false,
-                mac: Mac([0x0a, 0, 0, 0, 0, 1]),
-                mtu: 1450,
-            },
-            subnet: "10.244.0.0/24".parse().unwrap(),
-            network: "10.244.0.0/16".parse().unwrap(),
+    #[test]
+    fn the_codec_takes_our_vni_and_a_unicast_mac_only() {
+        let c = Codec { vni: 1 };
+        let ip = "198.51.100.12".parse().unwrap();
+        let decode = |ty: &str, data: Option<&str>| c.decode(Family::V4, ty, data, ip);
+        assert_eq!(
+            decode("vxlan", Some(r#"{"VNI":1,"VtepMAC":"0a:00:00:00:00:02"}"#)),
+            Ok(PeerData::VtepMac(Mac([0x0a, 0, 0, 0, 0, 2])))
+        );
+        assert!(matches!(
+            decode("udp", Some("null")),
+            Err(Refusal::OtherBackend(_))
+        ));
+        for bad in [
+            None,
+            Some("null"),
+            Some("garbage"),
+            Some(r#"{"VNI":2,"VtepMAC":"0a:00:00:00:00:02"}"#),
+            Some(r#"{"VNI":1,"VtepMAC":"ff:ff:ff:ff:ff:ff"}"#),
+        ] {
+            assert!(
+                matches!(decode("vxlan", bad), Err(Refusal::BadData(_))),
+                "{bad:?}"
+            );
         }
-    }
-
-    fn peer(n: u8) -> PeerEntry {
-        PeerEntry {
-            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
-            public_ip: format!("198.51.100.{}", 10 + n).parse().unwrap(),
-            vtep_mac: Mac([0x0a, 0, 0, 0, 0, n]),
-        }
-    }
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
-
-    #[test]
-    fn reconcile_converges_then_does_nothing_then_prunes() {
-        block_on(async {
-            let nl = Fake::new();
-            let eth0 = nl.add_link("eth0", 1500);
-            let c = cfg(eth0);
-            let peers = [peer(2), peer(3)];
-
-            let first = reconcile(&nl, &c, &peers).await.unwrap();
-            assert!(first.created);
-            assert!(first.failed.is_empty());
-            let link = nl.link_by_name("flannel.1").await.unwrap().unwrap();
-            assert_eq!(nl.dump(link.index), plan::desired(link.index, &peers));
-            assert_eq!(
-                nl.addresses(link.index).await.unwrap(),
-                vec!["10.244.0.0/32".parse::<IpNetwork>().unwrap()]
-            );
-
-            let writes = nl.writes();
-            let second = reconcile(&nl, &c, &peers).await.unwrap();
-            assert_eq!(second, Outcome::default(), "nothing to do");
-            assert_eq!(nl.writes(), writes, "a second pass writes nothing");
-
-            reconcile(&nl, &c, &peers[..1]).await.unwrap();
-            assert_eq!(nl.dump(link.index), plan::desired(link.index, &peers[..1]));
-        });
-    }
-
-    #[test]
-    fn quick_reconciles_touch_only_what_changed_and_full_ones_repair() {
-        block_on(async {
-            let nl = Fake::new();
-            let mut dev = Device::new(cfg(nl.add_link("eth0", 1500)));
-            dev.reconcile(&nl, &[peer(2)], true).await.unwrap();
-            let writes = nl.writes();
-            let out = dev
-                .reconcile(&nl, &[peer(2), peer(3)], false)
-                .await
-                .unwrap();
-            assert_eq!(out.done.values().sum::<u64>(), 3, "only peer 3's triple");
-            assert_eq!(nl.writes(), writes + 3, "no device or address writes");
-            // Someone removes an entry behind weft's back: a quick pass
-            // cannot know, the next full one repairs it.
-            let link = nl.link_by_name("flannel.1").await.unwrap().unwrap();
-            let route = plan::desired(link.index, &[peer(3)]).routes[0];
-            nl.apply(&[Op::DelRoute(route)]).await;
-            let quick = dev
-                .reconcile(&nl, &[peer(2), peer(3)], false)
-                .await
-                .unwrap();
-            assert_eq!(quick, Outcome::default());
-            let full = dev.reconcile(&nl, &[peer(2), peer(3)], true).await.unwrap();
-            assert_eq!(full.done.get("replace_route"), Some(&1));
-            // Quick passes over changes and removals leave exactly what a
-            // full pass would.
-            let mut moved = peer(3);
-            moved.vtep_mac = Mac([0x0a, 0, 0, 0, 0, 0x33]);
-            moved.public_ip = "198.51.100.99".parse().unwrap();
-            let next = [moved, peer(4)];
-            dev.reconcile(&nl, &next, false).await.unwrap();
-            let mut want = plan::desired(link.index, &next);
-            want.fdb.sort();
-            assert_eq!(nl.dump(link.index), want);
-            assert_eq!(
-                dev.reconcile(&nl, &next, true).await.unwrap(),
-                Outcome::default()
-            );
-        });
-    }
-
-    #[test]
-    fn only_changes_that_contradict_the_wanted_state_call_for_repair() {
-        block_on(async {
-            let nl = Fake::new();
-            let mut dev = Device::new(cfg(nl.add_link("eth0", 1500)));
-            dev.reconcile(&nl, &[peer(2)], true).await.unwrap();
-            let link = nl.link_by_name("flannel.1").await.unwrap().unwrap().index;
-            let want = plan::desired(link, &[peer(2)]);
-            let (r, n, f) = (want.routes[0], want.neighs[0], want.fdb[0]);
-            let mut other_gw = r;
-            other_gw.gateway = Some("10.244.99.1".parse().unwrap());
-            let mut elsewhere = r;
-            elsewhere.link = link + 1;
-            let cases = [
-                (Change::Route(r, true), true),
-                (Change::Route(r, false), false),
-                (Change::Route(other_gw, false), true),
-                (Change::Route(elsewhere, true), false),
-                (Change::NeighDeleted { link, ip: n.ip }, true),
-                (
-                    Change::NeighDeleted {
-                        link,
-                        ip: "10.244.7.0".parse().unwrap(),
-                    },
-                    false,
-                ),
-                (Change::Neigh(n), false),
-                (
-                    Change::Neigh(Neigh {
-                        mac: Mac([0x0a, 9, 9, 9, 9, 9]),
-                        ..n
-                    }),
-                    true,
-                ),
-                (Change::Fdb(f, true), true),
-                (Change::Fdb(f, false), false),
-                (Change::LinkDeleted("flannel.1".into()), true),
-                (Change::LinkDeleted("eth0".into()), false),
-            ];
-            for (change, want) in cases {
-                assert_eq!(dev.contradicted_by(&change), want, "{change:?}");
-            }
-        });
-    }
-
-    #[test]
-    fn partial_sets_only_add_and_the_complete_set_prunes() {
-        block_on(async {
-            let nl = Fake::new();
-            let c = cfg(nl.add_link("eth0", 1500));
-            // A stale triple from an earlier run.
-            reconcile(&nl, &c, &[peer(9)]).await.unwrap();
-            let mut dev = Device::new(c);
-            dev.add_partial(&nl, &[peer(2)]).await.unwrap();
-            dev.add_partial(&nl, &[peer(2), peer(3)]).await.unwrap();
-            let link = nl.link_by_name("flannel.1").await.unwrap().unwrap().index;
-            assert_eq!(
-                nl.dump(link).routes.len(),
-                3,
-                "nothing deleted while partial"
-            );
-            dev.reconcile(&nl, &[peer(2), peer(3)], false)
-                .await
-                .unwrap();
-            let mut want = plan::desired(link, &[peer(2), peer(3)]);
-            want.fdb.sort();
-            assert_eq!(
-                nl.dump(link),
-                want,
-                "the complete set prunes the stale peer"
-            );
-        });
-    }
-
-    #[test]
-    fn a_deleted_device_is_recreated_and_every_peer_replayed() {
-        block_on(async {
-            let nl = Fake::new();
-            let c = cfg(nl.add_link("eth0", 1500));
-            let peers = [peer(2), peer(3), peer(4)];
-            reconcile(&nl, &c, &peers).await.unwrap();
-            nl.delete_link("flannel.1");
-            let again = reconcile(&nl, &c, &peers).await.unwrap();
-            assert!(again.created);
-            let link = nl.link_by_name("flannel.1").await.unwrap().unwrap();
-            assert_eq!(nl.dump(link.index), plan::desired(link.index, &peers));
-        });
-    }
-
-    #[test]
-    fn an_incompatible_device_is_recreated_and_a_compatible_one_adopted() {
-        block_on(async {
-            let nl = Fake::new();
-            let c = cfg(nl.add_link("eth0", 1500));
-            let mut wrong = c.spec.clone();
-            wrong.port = 4789;
-            nl.create_vxlan(&wrong).await.unwrap();
-            let (_, created) = ensure_device(&nl, &c).await.unwrap();
-            assert!(created, "a device on another port is replaced");
-            let before = nl.writes();
-            let (_, created) = ensure_device(&nl, &c).await.unwrap();
-            assert!(!created, "a matching device is adopted");
-            assert_eq!(nl.writes(), before);
-        });
-    }
-
-    #[test]
-    fn a_failing_kind_of_write_does_not_stop_the_others() {
-        block_on(async {
-            let nl = Fake::new();
-            let c = cfg(nl.add_link("eth0", 1500));
-            nl.fail_ops(&["replace_fdb"]);
-            let out = reconcile(&nl, &c, &[peer(2), peer(3)]).await.unwrap();
-            assert_eq!(out.failed.len(), 2);
-            assert_eq!(out.done.get("replace_route"), Some(&2));
-            nl.fail_ops(&[]);
-            let retry = reconcile(&nl, &c, &[peer(2), peer(3)]).await.unwrap();
-            assert_eq!(retry.done.get("replace_fdb"), Some(&2));
-            assert!(retry.failed.is_empty());
-        });
     }
 }

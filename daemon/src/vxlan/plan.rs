@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::annotations::Mac;
+use crate::backend::{Peer, PeerData};
 use crate::netlink::{Fdb, Neigh, Observed, Op, Route};
 
 /// What a peer contributes to one address family's device.
@@ -22,6 +23,20 @@ pub struct PeerEntry {
     pub public_ip: IpAddr,
     /// The MAC of its VXLAN device of this family.
     pub vtep_mac: Mac,
+}
+
+impl PeerEntry {
+    /// A peer's entry, when its backend data carries a VtepMAC.
+    pub fn of(p: &Peer) -> Option<PeerEntry> {
+        match p.data {
+            PeerData::VtepMac(vtep_mac) => Some(PeerEntry {
+                subnet: p.subnet,
+                public_ip: p.public_ip,
+                vtep_mac,
+            }),
+            PeerData::None => None,
+        }
+    }
 }
 
 /// The desired per-peer triple on device `link`: neighbour, FDB, onlink route.

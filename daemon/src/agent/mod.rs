@@ -1,0 +1,288 @@
+//! The agent: set up once (config, lease, interface, backend, annotations,
+//! subnet.env), then keep the kernel in line with the complete peer set,
+//! level-triggered: every peer-set change, every contradicting kernel change
+//! and every resync tick runs a reconcile against the whole desired state;
+//! failures are retried with backoff and never stop the loop. The loop's
+//! decisions are [`machine`]'s, its I/O [`driver`]'s.
+
+pub mod driver;
+pub mod machine;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+
+use crate::annotations::{AnnotationError, Names};
+use crate::backend::{self, BackendError, Local, LocalFamily};
+use crate::config::{ConfigError, NetConfig};
+use crate::family::{Family, PerFamily};
+use crate::files::{FileError, SubnetEnv};
+use crate::firewall::Firewall;
+use crate::health::{self, HealthError};
+use crate::iface::{self, IfaceError};
+use crate::lease::acquire::{self, LeaseError};
+use crate::lease::judge::{Context, Subnets};
+use crate::lease::node::SlimNode;
+use crate::lease::watch;
+use crate::metrics::Metrics;
+use crate::netlink::NetlinkError;
+use crate::netlink::kernel::{self, Kernel};
+use crate::nft::{self, kernel::NftError};
+use machine::Backoff;
+
+/// Everything the flags say.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub node_name: String,
+    pub kubeconfig: Option<PathBuf>,
+    pub net_config_path: PathBuf,
+    pub subnet_file: PathBuf,
+    pub iface: iface::Selection,
+    pub public_ip: Option<IpAddr>,
+    pub public_ipv6: Option<IpAddr>,
+    pub ip_masq: bool,
+    pub healthz_addr: Option<SocketAddr>,
+    pub annotation_prefix: String,
+    pub resync: Duration,
+    /// Drop traffic to the backend's UDP port from anything but a peer.
+    pub allow_list: bool,
+    /// Seconds between reads of weft's nftables table (repairs edits).
+    pub rules_resync: Duration,
+    /// The udp backend asks the kernel for TUN offload, UDP GSO and GRO.
+    pub udp_offload: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("--kube-annotation-prefix")]
+    Prefix(#[source] AnnotationError),
+    #[error("connecting to the Kubernetes API ({how})")]
+    Client {
+        how: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(transparent)]
+    Health(#[from] HealthError),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error(transparent)]
+    Iface(#[from] IfaceError),
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Files(#[from] FileError),
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    #[error("--public-ip{v6} {ip} is not an IPv{n} address", v6 = if family.is_v6() { "v6" } else { "" }, n = family.number())]
+    PublicIpFamily { ip: IpAddr, family: Family },
+}
+
+async fn client(opts: &Options) -> Result<Client, AgentError> {
+    match &opts.kubeconfig {
+        Some(path) => {
+            let how = format!("kubeconfig {}", path.display());
+            let err = |e: Box<dyn std::error::Error + Send + Sync>| AgentError::Client {
+                how: how.clone(),
+                source: e,
+            };
+            let kc = Kubeconfig::read_from(path).map_err(|e| err(Box::new(e)))?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(Box::new(e)))?;
+            Client::try_from(cfg).map_err(|e| err(Box::new(e)))
+        }
+        None => Client::try_default().await.map_err(|e| AgentError::Client {
+            how: "in-cluster configuration or $KUBECONFIG".into(),
+            source: Box::new(e),
+        }),
+    }
+}
+
+/// Runs until `shutdown` resolves; leaves the data plane in place.
+pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let cfg = NetConfig::load(&opts.net_config_path)?;
+    let names = Names::new(&opts.annotation_prefix).map_err(AgentError::Prefix)?;
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = opts.healthz_addr {
+        health::serve(addr, metrics.clone()).await?;
+    }
+    let api: Api<SlimNode> = Api::all(client(&opts).await?);
+
+    let node = tokio::select! {
+        n = acquire::wait_for_pod_cidr(&api, &opts.node_name) => n,
+        () = &mut shutdown => return Ok(()),
+    };
+    let subnets = acquire::own_subnets(&cfg, &node)?;
+    let nl = Kernel::connect()?;
+    let internal: Vec<IpAddr> = node.internal_ips().filter_map(|s| s.parse().ok()).collect();
+    let ext = iface::select(&nl, &opts.iface, &internal, cfg.ipv4.is_none()).await?;
+    tracing::info!(iface = %ext.name, mtu = ext.mtu, "external interface chosen");
+
+    // Per family: where we are, and what our lease held before.
+    let networks = PerFamily {
+        v4: cfg.ipv4.as_ref().map(|f| f.network),
+        v6: cfg.ipv6.as_ref().map(|f| f.network),
+    };
+    let mut families = PerFamily::default();
+    for (family, subnet) in subnets.present() {
+        let Some(network) = *networks.get(family) else {
+            continue;
+        };
+        let (flag, node_key, over_key, data_key) = match family {
+            Family::V4 => (
+                opts.public_ip,
+                &names.node_public_ip,
+                &names.public_ip_overwrite,
+                &names.backend_data,
+            ),
+            Family::V6 => (
+                opts.public_ipv6,
+                &names.node_public_ipv6,
+                &names.public_ipv6_overwrite,
+                &names.backend_v6_data,
+            ),
+        };
+        let public_ip =
+            match flag.or_else(|| node.annotation(node_key).and_then(|s| s.parse().ok())) {
+                Some(ip) if !family.holds(&ip) => {
+                    return Err(AgentError::PublicIpFamily { ip, family });
+                }
+                Some(ip) => ip,
+                None => ext.ip(family.is_v6())?,
+            };
+        let advertised = node
+            .annotation(over_key)
+            .and_then(|s| s.parse::<IpAddr>().ok())
+            .filter(|ip| family.holds(ip))
+            .unwrap_or(public_ip);
+        *families.get_mut(family) = Some(LocalFamily {
+            network,
+            subnet: *subnet,
+            public_ip,
+            advertised,
+            stored_data: node.annotation(data_key).map(str::to_string),
+        });
+    }
+    let local = Local {
+        ext,
+        families,
+        udp_offload: opts.udp_offload,
+    };
+    let mut backend = backend::start(&nl, &cfg.backend, &local, &metrics).await?;
+
+    let mut wanted = BTreeMap::from([
+        (names.backend_type.clone(), backend.type_name().to_string()),
+        (names.subnet_manager.clone(), "true".to_string()),
+    ]);
+    for (family, fam) in local.families.present() {
+        let (ip_key, data_key) = match family {
+            Family::V4 => (&names.public_ip, &names.backend_data),
+            Family::V6 => (&names.public_ipv6, &names.backend_v6_data),
+        };
+        wanted.insert(ip_key.clone(), fam.advertised.to_string());
+        wanted.insert(data_key.clone(), backend.data(family));
+    }
+    let mut backoff = Backoff::new();
+    loop {
+        match acquire::publish(&api, &node, &wanted).await {
+            Ok(patched) => {
+                tracing::info!(patched, "annotations published");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "publishing annotations; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_wait()) => {}
+                    () = &mut shutdown => return Ok(()),
+                }
+            }
+        }
+    }
+    let pair = |f: Family| {
+        local
+            .families
+            .get(f)
+            .as_ref()
+            .map(|l| (l.network, l.subnet))
+    };
+    let env = SubnetEnv {
+        ipv4: pair(Family::V4),
+        ipv6: pair(Family::V6),
+        mtu: backend.mtu(),
+        ip_masq: opts.ip_masq,
+    };
+    env.write(&opts.subnet_file)?;
+    tracing::info!(path = %opts.subnet_file.display(), "subnet.env written");
+    {
+        let api = api.clone();
+        let name = opts.node_name.clone();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new();
+            while let Err(e) = acquire::set_network_available(&api, &name).await {
+                tracing::warn!(error = %chain(&e), "setting NetworkUnavailable=False; retrying");
+                tokio::time::sleep(backoff.next_wait()).await;
+            }
+        });
+    }
+
+    let ctx = Context {
+        names,
+        own_name: opts.node_name.clone(),
+        families: local.families.map(|_, l| {
+            l.as_ref().map(|l| Subnets {
+                network: l.network,
+                local_subnet: l.subnet,
+            })
+        }),
+        codec: backend.codec(),
+    };
+    let mut fw = Firewall::new(nft::RulesetInput {
+        families: local
+            .families
+            .present()
+            .map(|(_, l)| nft::Family {
+                network: l.network,
+                subnet: l.subnet,
+            })
+            .collect(),
+        ip_masq: opts.ip_masq,
+        allow_list: backend
+            .guarded_port()
+            .filter(|_| opts.allow_list)
+            .map(|port| (port, Vec::new())),
+    })?;
+    let inputs = driver::Inputs {
+        peers: watch::spawn(api, ctx, metrics.clone()),
+        changes: kernel::watch_changes(backend.devices())?,
+        resync: opts.resync,
+        rules_resync: opts.rules_resync,
+    };
+    driver::drive(&nl, backend.as_mut(), &mut fw, &metrics, inputs, shutdown).await;
+    Ok(())
+}
+
+/// The error and its causes, joined.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

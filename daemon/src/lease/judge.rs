@@ -1,0 +1,203 @@
+//! Judging one Node on its own, purely: is it a peer, and for each address
+//! family, its entry or why it has none.
+//!
+//! A peer is a node annotated `kube-subnet-manager: "true"` (weft's or
+//! flannel's) with a podCIDR inside Network, a public IP of the family, and
+//! a backend type and data that this node's backend accepts (the backend's
+//! [`PeerCodec`] decides; its result is kept without looking inside). A node
+//! with garbage is skipped with its reason; it never disturbs the others.
+//! Overlaps between nodes are arbitrated later, over all of them
+//! ([`peers`](super::peers)).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnetwork::IpNetwork;
+
+use super::node::SlimNode;
+use crate::annotations::Names;
+use crate::backend::{Peer, PeerCodec, Refusal};
+use crate::family::{Family, PerFamily};
+
+/// Why a node is not a peer (the metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SkipReason {
+    NoPodCidr,
+    BadPodCidr,
+    OutsideNetwork,
+    OverlapsLocal,
+    OverlapsPeer,
+    OtherBackend,
+    BadPublicIp,
+    BadBackendData,
+    Unreachable,
+}
+
+impl SkipReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            SkipReason::NoPodCidr => "no_pod_cidr",
+            SkipReason::BadPodCidr => "bad_pod_cidr",
+            SkipReason::OutsideNetwork => "pod_cidr_outside_network",
+            SkipReason::OverlapsLocal => "overlaps_local_subnet",
+            SkipReason::OverlapsPeer => "overlaps_peer_subnet",
+            SkipReason::OtherBackend => "other_backend_type",
+            SkipReason::BadPublicIp => "bad_public_ip",
+            SkipReason::BadBackendData => "bad_backend_data",
+            SkipReason::Unreachable => "unreachable_by_backend",
+        }
+    }
+
+    pub const ALL: [SkipReason; 9] = [
+        SkipReason::NoPodCidr,
+        SkipReason::BadPodCidr,
+        SkipReason::OutsideNetwork,
+        SkipReason::OverlapsLocal,
+        SkipReason::OverlapsPeer,
+        SkipReason::OtherBackend,
+        SkipReason::BadPublicIp,
+        SkipReason::BadBackendData,
+        SkipReason::Unreachable,
+    ];
+}
+
+/// One node skipped for one family.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Skip {
+    pub node: String,
+    pub family: Family,
+    pub reason: SkipReason,
+    pub detail: String,
+}
+
+/// One enabled address family, as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Subnets {
+    pub network: IpNetwork,
+    pub local_subnet: IpNetwork,
+}
+
+/// What peer derivation needs to know about this node.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub names: Names,
+    pub own_name: String,
+    pub families: PerFamily<Option<Subnets>>,
+    /// How this node's backend judges peers' backend data.
+    pub codec: Arc<dyn PeerCodec>,
+}
+
+/// One family's entry of a node, or why it has none.
+pub type Verdict = Result<Peer, (SkipReason, String)>;
+
+/// One node judged on its own: its entry or skip reason per family.
+/// Computed once per Node event, so a change to one node costs one parse.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Judged {
+    pub name: String,
+    /// RFC 3339 creation time: the older of two overlapping nodes wins.
+    pub created: String,
+    /// `None` for a disabled family.
+    pub families: PerFamily<Option<Verdict>>,
+}
+
+/// Judges one Node; `None` for our own node and for nodes that are not
+/// flannel/weft nodes at all (no `kube-subnet-manager: "true"`).
+pub fn judge(ctx: &Context, node: &SlimNode) -> Option<Judged> {
+    let name = node.name();
+    if name == ctx.own_name || node.annotation(&ctx.names.subnet_manager) != Some("true") {
+        return None;
+    }
+    Some(Judged {
+        name: name.to_string(),
+        created: node.created(),
+        families: ctx
+            .families
+            .map(|f, subnets| subnets.as_ref().map(|s| entry(ctx, s, f, node))),
+    })
+}
+
+pub(super) fn masked(n: IpNetwork) -> IpNetwork {
+    IpNetwork::new(n.network(), n.prefix()).unwrap_or(n)
+}
+
+/// The annotation names of one family: public IP, backend data.
+fn keys(names: &Names, family: Family) -> (&str, &str) {
+    match family {
+        Family::V4 => (&names.public_ip, &names.backend_data),
+        Family::V6 => (&names.public_ipv6, &names.backend_v6_data),
+    }
+}
+
+/// One node's entry for one family, or why it has none.
+fn entry(ctx: &Context, subnets: &Subnets, family: Family, node: &SlimNode) -> Verdict {
+    let cidrs = node.pod_cidrs();
+    if cidrs.is_empty() {
+        return Err((SkipReason::NoPodCidr, "spec.podCIDR is not set".into()));
+    }
+    let mut subnet = None;
+    for c in cidrs {
+        let n: IpNetwork = c.parse().map_err(|_| {
+            (
+                SkipReason::BadPodCidr,
+                format!("podCIDR {c:?} is not a CIDR"),
+            )
+        })?;
+        if Family::of_net(&n) == family {
+            subnet = Some(masked(n));
+        }
+    }
+    let subnet = subnet.ok_or_else(|| {
+        (
+            SkipReason::NoPodCidr,
+            format!("no IPv{} podCIDR", family.number()),
+        )
+    })?;
+    let network = subnets.network;
+    if !(network.contains(subnet.network()) && subnet.prefix() >= network.prefix()) {
+        return Err((
+            SkipReason::OutsideNetwork,
+            format!("podCIDR {subnet} is outside Network {network}"),
+        ));
+    }
+    let names = &ctx.names;
+    let (ip_key, data_key) = keys(names, family);
+    let ty = node.annotation(&names.backend_type).unwrap_or("");
+    let ip_text = node.annotation(ip_key).unwrap_or("");
+    let public_ip: Option<IpAddr> = ip_text.parse().ok().filter(|ip: &IpAddr| family.holds(ip));
+    // The type first: a node of another backend is that, whatever its IP.
+    let data = node.annotation(data_key);
+    let probe = public_ip.unwrap_or(match family {
+        Family::V4 => IpAddr::from([0u8; 4]),
+        Family::V6 => IpAddr::from([0u16; 8]),
+    });
+    let decoded = ctx
+        .codec
+        .decode(family, ty, data, probe)
+        .map_err(|r| refusal(names, data_key, r));
+    let public_ip = match (&decoded, public_ip) {
+        (Err(e @ (SkipReason::OtherBackend, _)), _) => return Err(e.clone()),
+        (_, None) => {
+            return Err((SkipReason::BadPublicIp, format!("{ip_key} is {ip_text:?}")));
+        }
+        (_, Some(ip)) => ip,
+    };
+    let data = decoded?;
+    Ok(Peer {
+        subnet,
+        public_ip,
+        data,
+    })
+}
+
+/// A backend's refusal as a skip reason and a text naming the annotation.
+fn refusal(names: &Names, data_key: &str, r: Refusal) -> (SkipReason, String) {
+    match r {
+        Refusal::OtherBackend(why) => (
+            SkipReason::OtherBackend,
+            format!("{} {why}", names.backend_type),
+        ),
+        Refusal::BadData(why) => (SkipReason::BadBackendData, format!("{data_key} {why}")),
+        Refusal::Unreachable(why) => (SkipReason::Unreachable, why),
+    }
+}
