@@ -35,6 +35,8 @@ pub struct DataplaneReport {
     pub samples: Vec<Sample>,
     pub medians: Vec<(String, u32, f64, f64, f64)>,
     pub udp_over_vxlan: Vec<(u32, f64)>,
+    /// host-gw's throughput over the underlay's (same kernel routing path).
+    pub host_gw_over_underlay: Vec<(u32, f64)>,
 }
 
 fn err(msg: String) -> LabError {
@@ -168,7 +170,7 @@ pub fn run(
 ) -> Result<DataplaneReport, LabError> {
     let mut labs = Vec::new();
     for b in backends {
-        let lab_name = format!("{name}-{}", if *b == Backend::Udp { "udp" } else { "vx" });
+        let lab_name = format!("{name}-{}", b.short());
         eprintln!("==> bringing up lab {lab_name} (2 nodes, {b:?}, one pod each)");
         labs.push((*b, two_node_lab(&lab_name, *b)?));
     }
@@ -183,7 +185,7 @@ pub fn run(
                 .unwrap_or_default()
         };
         paths.push(Path {
-            name: if *b == Backend::Udp { "udp" } else { "vxlan" },
+            name: b.type_name(),
             lab,
             client: ("node-1", Some("bench-a".into())),
             server: ("node-2", Some("bench-b".into())),
@@ -240,12 +242,17 @@ pub fn run(
         .iter()
         .filter_map(|s| Some((*s, get("udp", *s)? / get("vxlan", *s)?)))
         .collect();
+    let host_gw_over_underlay = streams
+        .iter()
+        .filter_map(|s| Some((*s, get("host-gw", *s)? / get("underlay", *s)?)))
+        .collect();
     Ok(DataplaneReport {
         seconds: secs,
         reps,
         samples,
         medians,
         udp_over_vxlan,
+        host_gw_over_underlay,
     })
 }
 
@@ -266,6 +273,12 @@ impl DataplaneReport {
         }
         for (s, r) in &self.udp_over_vxlan {
             writeln!(out, "udp / vxlan, {s} stream(s): {r:.2} (target >= 0.8)")?;
+        }
+        for (s, r) in &self.host_gw_over_underlay {
+            writeln!(
+                out,
+                "host-gw / underlay, {s} stream(s): {r:.2} (target >= 0.97)"
+            )?;
         }
         Ok(())
     }

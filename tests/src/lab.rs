@@ -55,6 +55,29 @@ const FIRST_NODE_HOST: u32 = 10;
 pub enum Backend {
     Vxlan,
     Udp,
+    #[serde(rename = "host-gw")]
+    #[value(name = "host-gw")]
+    HostGw,
+}
+
+impl Backend {
+    /// net-conf.json's `Backend.Type`.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Backend::Vxlan => "vxlan",
+            Backend::Udp => "udp",
+            Backend::HostGw => "host-gw",
+        }
+    }
+
+    /// A short name for lab names ("vx", "udp", "hgw").
+    pub fn short(self) -> &'static str {
+        match self {
+            Backend::Vxlan => "vx",
+            Backend::Udp => "udp",
+            Backend::HostGw => "hgw",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

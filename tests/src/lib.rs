@@ -21,6 +21,7 @@ pub mod node;
 pub mod packets;
 pub mod pki;
 pub mod pods;
+pub mod probe;
 pub mod procs;
 pub mod runtime;
 pub mod weftd;

@@ -93,7 +93,7 @@ enum BenchCmd {
     /// Pod-to-pod TCP throughput per backend against the underlay alone.
     Dataplane {
         /// Backends to compare (comma-separated).
-        #[arg(long, value_delimiter = ',', default_value = "vxlan,udp")]
+        #[arg(long, value_delimiter = ',', default_value = "vxlan,udp,host-gw")]
         backends: Vec<weft_lab::Backend>,
         /// Seconds per transfer.
         #[arg(long, default_value_t = 10)]
@@ -276,12 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let result = weft_lab::bench_dataplane::run(&name, &backends, seconds, reps, &streams);
             for b in &backends {
-                let suffix = if *b == weft_lab::Backend::Udp {
-                    "udp"
-                } else {
-                    "vx"
-                };
-                lab::teardown(&format!("{name}-{suffix}"));
+                lab::teardown(&format!("{name}-{}", b.short()));
             }
             let report = result?;
             report.print_table(&mut std::io::stdout())?;

@@ -64,10 +64,7 @@ fn find_plugin(weftd: &Path) -> Result<PathBuf, LabError> {
 
 /// flannel's net-conf.json for the lab's cluster CIDR and backend.
 pub fn net_conf(backend: Backend, dual_stack: bool, direct_routing: bool) -> String {
-    let mut b = serde_json::json!({"Type": match backend {
-        Backend::Vxlan => "vxlan",
-        Backend::Udp => "udp",
-    }});
+    let mut b = serde_json::json!({"Type": backend.type_name()});
     if direct_routing && backend == Backend::Vxlan {
         b["DirectRouting"] = true.into();
     }

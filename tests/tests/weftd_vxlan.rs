@@ -13,6 +13,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use nix::sys::signal::Signal;
 use weft_lab::pods::Pod;
+use weft_lab::probe::{metric, ping_run, within};
 use weft_lab::{Lab, LabConfig, cluster, unique_name};
 
 const PREFIX: &str = "flannel.alpha.coreos.com";
@@ -104,18 +105,6 @@ fn expected_view(all: &BTreeMap<String, (String, String, String)>, node: &str) -
     v
 }
 
-/// Polls `f` every 10 ms up to `limit`; how long it took, or panics with `what`.
-fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        if f() {
-            return t0.elapsed();
-        }
-        assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn pods(lab: &Lab) -> Vec<Pod> {
     lab.state
         .nodes
@@ -141,13 +130,6 @@ fn all_ping(lab: &Lab, pods: &[Pod]) {
             }
         }
     }
-}
-
-fn metric(lab: &Lab, node: &str, line_prefix: &str) -> Option<f64> {
-    lab.weftd_metrics(node)
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse().ok())
 }
 
 #[test]
@@ -338,43 +320,6 @@ fn entries_changed_by_hand_and_a_deleted_device_are_repaired_at_once() {
         metric(&lab, "node-1", "weft_device_creations_total"),
         Some(2.0)
     );
-}
-
-/// `ping -i 0.01` in the background for `secs`; (transmitted, received).
-fn ping_run(
-    lab: &Lab,
-    from: &Pod,
-    to: &Pod,
-    secs: u32,
-    log: &str,
-) -> std::thread::JoinHandle<(u64, u64)> {
-    let mut cmd = lab.node_command(&from.node, "ip").unwrap();
-    cmd.args([
-        "netns",
-        "exec",
-        &from.name,
-        "ping",
-        "-q",
-        "-i",
-        "0.01",
-        "-w",
-        &secs.to_string(),
-        &to.ip.to_string(),
-    ]);
-    let log = log.to_string();
-    std::thread::spawn(move || {
-        let out = cmd.output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let line = text
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .unwrap_or_else(|| panic!("{log}: {text}"));
-        let nums: Vec<u64> = line
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|s| s.parse().ok())
-            .collect();
-        (nums[0], nums[1])
-    })
 }
 
 #[test]
