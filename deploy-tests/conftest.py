@@ -95,6 +95,11 @@ def udp() -> Rendered:
 
 
 @pytest.fixture
+def host_gw() -> Rendered:
+    return rendered("host-gw-values")
+
+
+@pytest.fixture
 def cleanup() -> Rendered:
     return rendered("cleanup-values")
 

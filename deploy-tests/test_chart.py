@@ -51,7 +51,7 @@ def test_values_schema_rejects_typos_and_unknown_backends():
     with pytest.raises(helm.HelmValuesError, match="podCIDR"):
         weftchart.render({"podCIDR": "10.0.0.0/8"})
     with pytest.raises(helm.HelmValuesError, match="backend/type"):
-        weftchart.render({"backend": {"type": "host-gw"}})
+        weftchart.render({"backend": {"type": "wireguard"}})
     with pytest.raises(helm.HelmValuesError, match="cniVersion"):
         weftchart.render({"cni": {"cniVersion": "latest"}})
 
@@ -122,7 +122,7 @@ def test_default_net_conf_is_flannels(default):
     assert net_conf(default) == {"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan", "VNI": 1}}
 
 
-def test_every_backend_option_reaches_net_conf(all_options, udp):
+def test_every_backend_option_reaches_net_conf(all_options, udp, host_gw):
     assert net_conf(all_options) == {
         "Network": "10.42.0.0/16",
         "EnableIPv6": True,
@@ -134,6 +134,12 @@ def test_every_backend_option_reaches_net_conf(all_options, udp):
         "EnableIPv6": True,
         "IPv6Network": "fd00:10::/56",
         "Backend": {"Type": "udp", "Port": 8285},
+    }
+    assert net_conf(host_gw) == {
+        "Network": "10.244.0.0/16",
+        "EnableIPv6": True,
+        "IPv6Network": "fd00:10::/56",
+        "Backend": {"Type": "host-gw"},
     }
 
 
@@ -339,7 +345,8 @@ def test_each_container_mounts_only_what_it_writes(default):
         assert mounts(default, c)["weft-config"]["readOnly"] is True
 
 
-def test_tun_device_only_for_the_udp_backend(default, udp):
+def test_tun_device_only_for_the_udp_backend(default, udp, host_gw):
+    assert "dev-net-tun" not in host_paths(host_gw)
     assert "dev-net-tun" not in host_paths(default)
     assert host_paths(udp)["dev-net-tun"] == {"path": "/dev/net/tun", "type": "CharDevice"}
     assert mounts(udp, "weftd")["dev-net-tun"]["mountPath"] == "/dev/net/tun"

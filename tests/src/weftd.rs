@@ -19,10 +19,25 @@ pub const HEALTHZ_PORT: u16 = 8081;
 /// The weftd binary: `$WEFT_LAB_WEFTD`, else next to the running program
 /// (or one directory up, for test binaries under `target/*/deps`).
 pub fn find_weftd() -> Result<PathBuf, LabError> {
-    if let Some(p) = std::env::var_os("WEFT_LAB_WEFTD") {
-        return Ok(PathBuf::from(p));
+    if let Some(p) = given("WEFT_LAB_WEFTD")? {
+        return Ok(p);
     }
     beside_me("weftd", "cargo build --workspace --bins")
+}
+
+/// A path the user hands over in `$var`, made absolute against the
+/// caller's working directory: it is used inside a node's namespaces,
+/// where a relative path would be read elsewhere.
+fn given(var: &str) -> Result<Option<PathBuf>, LabError> {
+    let Some(p) = std::env::var_os(var) else {
+        return Ok(None);
+    };
+    std::path::absolute(&p)
+        .map(Some)
+        .map_err(|source| LabError::State {
+            path: PathBuf::from(p),
+            source,
+        })
 }
 
 /// `name` next to the running program, or one directory up.
@@ -52,8 +67,8 @@ fn beside_me(name: &str, how: &str) -> Result<PathBuf, LabError> {
 /// to `weftd` (what `weftd install-cni` takes by default), else the one next
 /// to the running program.
 fn find_plugin(weftd: &Path) -> Result<PathBuf, LabError> {
-    if let Some(p) = std::env::var_os("WEFT_LAB_PLUGIN") {
-        return Ok(PathBuf::from(p));
+    if let Some(p) = given("WEFT_LAB_PLUGIN")? {
+        return Ok(p);
     }
     let beside_weftd = weftd.with_file_name("weft");
     if beside_weftd.is_file() {

@@ -106,7 +106,20 @@ fn up_status_exec_kubectl_down_leave_the_host_as_it_was() {
     let _guard = Teardown(name.clone());
     let links = host_links();
 
-    let table = ok(&["up", "--nodes", "3", "--name", &name]);
+    // Binaries handed over by relative paths, as the README does it: they
+    // are taken from the caller's directory, not the node's namespaces.
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_weft-lab"))
+        .parent()
+        .unwrap();
+    let up = weft_lab()
+        .args(["up", "--nodes", "3", "--name", &name])
+        .current_dir(bin_dir)
+        .env("WEFT_LAB_WEFTD", "weftd")
+        .env("WEFT_LAB_PLUGIN", "./weft")
+        .output()
+        .unwrap();
+    assert!(up.status.success(), "up failed: {}", stderr(&up));
+    let table = stdout(&up);
     for (node, ip, cidr) in [
         ("node-1", "198.51.100.11", "10.244.0.0/24"),
         ("node-2", "198.51.100.12", "10.244.1.0/24"),

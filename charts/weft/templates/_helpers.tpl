@@ -30,8 +30,8 @@ flannel's net-conf.json, from the values, keys in flannel's documented order
 */}}
 {{- define "weft.netConf" -}}
 {{- $v := .Values -}}
-{{- if not (has $v.backend.type (list "vxlan" "udp")) -}}
-{{- fail (printf "backend.type: %q is not a weft backend (vxlan, udp)" $v.backend.type) -}}
+{{- if not (has $v.backend.type (list "vxlan" "udp" "host-gw")) -}}
+{{- fail (printf "backend.type: %q is not a weft backend (vxlan, udp, host-gw)" $v.backend.type) -}}
 {{- end -}}
 {{- if and (not $v.podCidr) (not $v.podCidrV6) -}}
 {{- fail "podCidr and podCidrV6 are both empty: set at least one" -}}
@@ -50,7 +50,7 @@ flannel's net-conf.json, from the values, keys in flannel's documented order
 {{- if eq $v.backend.type "vxlan" -}}
 {{- $b = append $b (printf "\"VNI\": %d" (int $v.backend.vni)) -}}
 {{- end -}}
-{{- if $v.backend.port -}}
+{{- if and $v.backend.port (ne $v.backend.type "host-gw") -}}
 {{- $b = append $b (printf "\"Port\": %d" (int $v.backend.port)) -}}
 {{- end -}}
 {{- if eq $v.backend.type "vxlan" -}}
