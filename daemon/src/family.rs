@@ -88,7 +88,7 @@ impl<T> PerFamily<T> {
         [(Family::V4, &self.v4), (Family::V6, &self.v6)].into_iter()
     }
 
-    pub fn map<U>(&self, mut f: impl FnMut(Family, &T) -> U) -> PerFamily<U> {
+    pub fn map<'a, U>(&'a self, mut f: impl FnMut(Family, &'a T) -> U) -> PerFamily<U> {
         PerFamily {
             v4: f(Family::V4, &self.v4),
             v6: f(Family::V6, &self.v6),

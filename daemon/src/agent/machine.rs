@@ -17,8 +17,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::backend::Pass;
+use crate::lease::Update;
 use crate::lease::peers::PeerSet;
-use crate::lease::watch::Update;
 
 /// Something that happened.
 #[derive(Debug, Clone)]

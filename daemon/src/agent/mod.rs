@@ -10,7 +10,6 @@ pub mod machine;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -28,13 +27,13 @@ use crate::files::{FileError, SubnetEnv};
 use crate::firewall::Firewall;
 use crate::health::{self, HealthError};
 use crate::iface::{self, IfaceError};
-use crate::lease::acquire::{self, LeaseError};
 use crate::lease::judge::{Context, Subnets};
-use crate::lease::node::SlimNode;
-use crate::lease::watch;
+use crate::lease::kube::KubeSource;
+use crate::lease::kube::node::SlimNode;
+use crate::lease::{self, LeaseError, LeaseSource, Publish};
 use crate::metrics::Metrics;
-use crate::netlink::NetlinkError;
-use crate::netlink::kernel::{self, Kernel};
+use crate::netlink::kernel::Kernel;
+use crate::netlink::{Netlink, NetlinkError};
 use crate::nft::{self, kernel::NftError};
 use machine::Backoff;
 
@@ -113,7 +112,6 @@ async fn client(opts: &Options) -> Result<Client, AgentError> {
 
 /// Runs until `shutdown` resolves; leaves the data plane in place.
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let mut shutdown = std::pin::pin!(shutdown);
     let cfg = NetConfig::load(&opts.net_config_path)?;
     let names = Names::new(&opts.annotation_prefix).map_err(AgentError::Prefix)?;
     let metrics = Arc::new(Metrics::default());
@@ -121,15 +119,36 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         health::serve(addr, metrics.clone()).await?;
     }
     let api: Api<SlimNode> = Api::all(client(&opts).await?);
+    let source = KubeSource::new(api, names, opts.node_name.clone());
+    let nl = Kernel::connect()?;
+    serve(&nl, &source, &cfg, &opts, &metrics, Firewall::new, shutdown).await
+}
 
-    let node = tokio::select! {
-        n = acquire::wait_for_pod_cidr(&api, &opts.node_name) => n,
+/// Everything after the connections, over the netlink port `nl` and the
+/// lease source: our lease, the external interface, the backend, what we
+/// publish, subnet.env, then the reconcile loop until `shutdown`.
+pub async fn serve<N, L, R, E>(
+    nl: &N,
+    source: &L,
+    cfg: &NetConfig,
+    opts: &Options,
+    metrics: &Arc<Metrics>,
+    rules: impl FnOnce(nft::RulesetInput) -> Result<R, E>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), AgentError>
+where
+    N: Netlink + 'static,
+    L: LeaseSource,
+    R: driver::Rules,
+    AgentError: From<E>,
+{
+    let mut shutdown = std::pin::pin!(shutdown);
+    let own = tokio::select! {
+        l = source.acquire() => l,
         () = &mut shutdown => return Ok(()),
     };
-    let subnets = acquire::own_subnets(&cfg, &node)?;
-    let nl = Kernel::connect()?;
-    let internal: Vec<IpAddr> = node.internal_ips().filter_map(|s| s.parse().ok()).collect();
-    let ext = iface::select(&nl, &opts.iface, &internal, cfg.ipv4.is_none()).await?;
+    let subnets = lease::own_subnets(cfg, &own)?;
+    let ext = iface::select(nl, &opts.iface, &own.internal_ips, cfg.ipv4.is_none()).await?;
     tracing::info!(iface = %ext.name, mtu = ext.mtu, "external interface chosen");
 
     // Per family: where we are, and what our lease held before.
@@ -137,36 +156,25 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         v4: cfg.ipv4.as_ref().map(|f| f.network),
         v6: cfg.ipv6.as_ref().map(|f| f.network),
     };
+    let flags = PerFamily {
+        v4: opts.public_ip,
+        v6: opts.public_ipv6,
+    };
     let mut families = PerFamily::default();
     for (family, subnet) in subnets.present() {
         let Some(network) = *networks.get(family) else {
             continue;
         };
-        let (flag, node_key, over_key, data_key) = match family {
-            Family::V4 => (
-                opts.public_ip,
-                &names.node_public_ip,
-                &names.public_ip_overwrite,
-                &names.backend_data,
-            ),
-            Family::V6 => (
-                opts.public_ipv6,
-                &names.node_public_ipv6,
-                &names.public_ipv6_overwrite,
-                &names.backend_v6_data,
-            ),
+        let stored = own.stored.get(family);
+        let public_ip = match flags.get(family).or(stored.public_ip) {
+            Some(ip) if !family.holds(&ip) => {
+                return Err(AgentError::PublicIpFamily { ip, family });
+            }
+            Some(ip) => ip,
+            None => ext.ip(family.is_v6())?,
         };
-        let public_ip =
-            match flag.or_else(|| node.annotation(node_key).and_then(|s| s.parse().ok())) {
-                Some(ip) if !family.holds(&ip) => {
-                    return Err(AgentError::PublicIpFamily { ip, family });
-                }
-                Some(ip) => ip,
-                None => ext.ip(family.is_v6())?,
-            };
-        let advertised = node
-            .annotation(over_key)
-            .and_then(|s| s.parse::<IpAddr>().ok())
+        let advertised = stored
+            .overwrite
             .filter(|ip| family.holds(ip))
             .unwrap_or(public_ip);
         *families.get_mut(family) = Some(LocalFamily {
@@ -174,7 +182,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             subnet: *subnet,
             public_ip,
             advertised,
-            stored_data: node.annotation(data_key).map(str::to_string),
+            stored_data: stored.data.clone(),
         });
     }
     let local = Local {
@@ -182,29 +190,23 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         families,
         udp_offload: opts.udp_offload,
     };
-    let mut backend = backend::start(&nl, &cfg.backend, &local, &metrics).await?;
+    let mut backend = backend::start(nl, &cfg.backend, &local, metrics).await?;
 
-    let mut wanted = BTreeMap::from([
-        (names.backend_type.clone(), backend.type_name().to_string()),
-        (names.subnet_manager.clone(), "true".to_string()),
-    ]);
-    for (family, fam) in local.families.present() {
-        let (ip_key, data_key) = match family {
-            Family::V4 => (&names.public_ip, &names.backend_data),
-            Family::V6 => (&names.public_ipv6, &names.backend_v6_data),
-        };
-        wanted.insert(ip_key.clone(), fam.advertised.to_string());
-        wanted.insert(data_key.clone(), backend.data(family));
-    }
+    let ours = Publish {
+        backend_type: backend.type_name().to_string(),
+        families: local
+            .families
+            .map(|f, l| l.as_ref().map(|l| (l.advertised, backend.data(f)))),
+    };
     let mut backoff = Backoff::new();
     loop {
-        match acquire::publish(&api, &node, &wanted).await {
+        match source.publish(&ours).await {
             Ok(patched) => {
-                tracing::info!(patched, "annotations published");
+                tracing::info!(patched, "lease published");
                 break;
             }
             Err(e) => {
-                tracing::warn!(error = %chain(&e), "publishing annotations; retrying");
+                tracing::warn!(error = %chain(&e), "publishing our lease; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(backoff.next_wait()) => {}
                     () = &mut shutdown => return Ok(()),
@@ -227,21 +229,11 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     };
     env.write(&opts.subnet_file)?;
     tracing::info!(path = %opts.subnet_file.display(), "subnet.env written");
-    {
-        let api = api.clone();
-        let name = opts.node_name.clone();
-        tokio::spawn(async move {
-            let mut backoff = Backoff::new();
-            while let Err(e) = acquire::set_network_available(&api, &name).await {
-                tracing::warn!(error = %chain(&e), "setting NetworkUnavailable=False; retrying");
-                tokio::time::sleep(backoff.next_wait()).await;
-            }
-        });
-    }
+    source.mark_ready();
 
     let ctx = Context {
-        names,
-        own_name: opts.node_name.clone(),
+        fields: source.fields(),
+        own_name: own.name.clone(),
         families: local.families.map(|_, l| {
             l.as_ref().map(|l| Subnets {
                 network: l.network,
@@ -250,7 +242,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         }),
         codec: backend.codec(),
     };
-    let mut fw = Firewall::new(nft::RulesetInput {
+    let mut rules = rules(nft::RulesetInput {
         families: local
             .families
             .present()
@@ -266,12 +258,12 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             .map(|port| (port, Vec::new())),
     })?;
     let inputs = driver::Inputs {
-        peers: watch::spawn(api, ctx, metrics.clone()),
-        changes: kernel::watch_changes(backend.devices())?,
+        peers: source.watch(ctx, metrics.clone()),
+        changes: nl.watch_changes(backend.devices())?,
         resync: opts.resync,
         rules_resync: opts.rules_resync,
     };
-    driver::drive(&nl, backend.as_mut(), &mut fw, &metrics, inputs, shutdown).await;
+    driver::drive(nl, backend.as_mut(), &mut rules, metrics, inputs, shutdown).await;
     Ok(())
 }
 

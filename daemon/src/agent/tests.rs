@@ -8,19 +8,23 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 use super::driver::{self, Inputs, Rules};
+use super::{AgentError, Options};
 use crate::annotations::Mac;
 use crate::backend::{Backend, Local, LocalFamily, Peer, PeerData};
-use crate::config::VxlanConfig;
+use crate::config::{NetConfig, VxlanConfig};
 use crate::family::PerFamily;
-use crate::iface::ExtIface;
+use crate::iface::{ExtIface, Selection};
+use crate::lease::OwnLease;
+use crate::lease::Update;
+use crate::lease::memory::{Lease, MemorySource};
 use crate::lease::peers::PeerSet;
-use crate::lease::watch::Update;
 use crate::metrics::Metrics;
 use crate::netlink::fake::Fake;
-use crate::netlink::{Change, Netlink, Observed, Op};
+use crate::netlink::{Netlink, Observed, Op, Route};
+use crate::nft;
 use crate::vxlan::{Vxlan, plan};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,32 +95,37 @@ async fn holds(nl: &Fake, peers: &[Peer]) -> bool {
 }
 
 /// Everything the loop runs on, plus the handles a test pokes it with.
+/// Kernel changes come from the fake itself, as the kernel reports them
+/// (weft's own writes included).
 struct Rig {
     nl: Fake,
     metrics: Metrics,
     rules: FakeRules,
     peers: watch::Sender<Option<Update>>,
-    changes: mpsc::UnboundedSender<Change>,
 }
 
 impl Rig {
-    fn new() -> (Rig, Inputs) {
+    fn new() -> (Rig, watch::Receiver<Option<Update>>) {
         let (peers, peers_rx) = watch::channel(None);
-        let (changes, changes_rx) = mpsc::unbounded_channel();
         let rig = Rig {
             nl: Fake::new(),
             metrics: Metrics::default(),
             rules: FakeRules::default(),
             peers,
-            changes,
         };
-        let inputs = Inputs {
-            peers: peers_rx,
-            changes: changes_rx,
+        (rig, peers_rx)
+    }
+
+    fn inputs(&self, peers: watch::Receiver<Option<Update>>, backend: &Vxlan) -> Inputs {
+        Inputs {
+            peers,
+            changes: self
+                .nl
+                .watch_changes(Backend::<Fake>::devices(backend))
+                .unwrap(),
             resync: Duration::from_secs(300),
             rules_resync: Duration::from_secs(10),
-        };
-        (rig, inputs)
+        }
     }
 
     async fn backend(&self) -> Vxlan {
@@ -168,8 +177,9 @@ async fn settle() {
 /// Runs the loop beside `script`, then stops it; returns the rig.
 macro_rules! with_loop {
     (|$rig:ident| $script:block) => {{
-        let (rig, inputs) = Rig::new();
+        let (rig, peers) = Rig::new();
         let mut backend = rig.backend().await;
+        let inputs = rig.inputs(peers, &backend);
         let mut rules = rig.rules.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let drive = driver::drive(
@@ -232,20 +242,24 @@ async fn a_deleted_device_is_recreated_and_every_peer_replayed() {
         rig.send(update(&peers, true));
         settle().await;
         assert!(holds(&rig.nl, &peers).await);
-        rig.nl.delete_link("flannel.1");
         // A change that is not ours is no reason for work.
         let writes = rig.nl.writes();
-        rig.changes
-            .send(Change::LinkDeleted("eth7".into()))
-            .unwrap();
+        let eth0 = rig.nl.link_by_name("eth0").await.unwrap().unwrap().index;
+        let other = Route {
+            link: eth0,
+            dst: "192.168.7.0/24".parse().unwrap(),
+            gateway: Some("198.51.100.1".parse().unwrap()),
+            onlink: false,
+        };
+        rig.nl.apply(&[Op::ReplaceRoute(other)]).await;
         settle().await;
-        assert_eq!(rig.nl.writes(), writes);
-        assert!(!holds(&rig.nl, &peers).await);
-        rig.changes
-            .send(Change::LinkDeleted("flannel.1".into()))
-            .unwrap();
+        assert_eq!(rig.nl.writes(), writes + 1, "only the foreign write");
+        rig.nl.delete_link("flannel.1");
         settle().await;
         assert!(holds(&rig.nl, &peers).await, "device back with every peer");
+        let writes = rig.nl.writes();
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(rig.nl.writes(), writes, "our own writes call for no repair");
     });
 }
 
@@ -310,11 +324,14 @@ async fn an_entry_changed_behind_our_back_is_repaired_and_the_resync_catches_the
         let link = rig.nl.link_by_name("flannel.1").await.unwrap().unwrap();
         let route = plan::desired(link.index, &[plan::PeerEntry::of(&peer(3)).unwrap()]).routes[0];
         rig.nl.apply(&[Op::DelRoute(route)]).await;
-        rig.changes.send(Change::Route(route, true)).unwrap();
         settle().await;
         assert!(holds(&rig.nl, &peers).await, "repaired from the event");
-        // Deleted with no event seen: the periodic full resync repairs it.
-        rig.nl.apply(&[Op::DelRoute(route)]).await;
+        // Deleted with no event seen (a netlink message can be lost):
+        // the periodic full resync repairs it.
+        rig.nl.remove_silently(&Observed {
+            routes: vec![route],
+            ..Default::default()
+        });
         tokio::time::sleep(Duration::from_secs(299)).await;
         assert!(!holds(&rig.nl, &peers).await);
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -334,4 +351,120 @@ async fn shutdown_leaves_the_data_plane_in_place() {
     );
     let link = rig.nl.link_by_name("flannel.1").await.unwrap().unwrap();
     assert_ne!(rig.nl.dump(link.index), Observed::default());
+}
+
+/// A peer's lease as the in-memory source holds it (the same peer as
+/// `peer(n)`).
+fn lease(n: u8) -> Lease {
+    Lease {
+        name: format!("peer-{n}"),
+        created: format!("2026-01-01T00:00:{n:02}Z"),
+        pod_cidrs: vec![format!("10.244.{n}.0/24")],
+        backend_type: "vxlan".into(),
+        public_ip: PerFamily {
+            v4: Some(format!("198.51.100.{}", 10 + n)),
+            v6: None,
+        },
+        data: PerFamily {
+            v4: Some(format!(r#"{{"VNI":1,"VtepMAC":"0a:00:00:00:00:{n:02x}"}}"#)),
+            v6: None,
+        },
+    }
+}
+
+fn options(dir: &std::path::Path) -> Options {
+    Options {
+        node_name: "me".into(),
+        kubeconfig: None,
+        net_config_path: dir.join("net-conf.json"),
+        subnet_file: dir.join("subnet.env"),
+        iface: Selection::default(),
+        public_ip: None,
+        public_ipv6: None,
+        ip_masq: true,
+        healthz_addr: None,
+        annotation_prefix: crate::annotations::DEFAULT_PREFIX.into(),
+        resync: Duration::from_secs(300),
+        allow_list: true,
+        rules_resync: Duration::from_secs(10),
+        udp_offload: true,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn serve_takes_the_lease_publishes_writes_subnet_env_and_follows_the_source() {
+    let nl = Fake::new();
+    let eth0 = nl.add_link("eth0", 1500);
+    nl.set_address(eth0, "198.51.100.11/24".parse().unwrap(), true)
+        .await
+        .unwrap();
+    nl.seed(&Observed {
+        routes: vec![Route {
+            link: eth0,
+            dst: "0.0.0.0/0".parse().unwrap(),
+            gateway: Some("198.51.100.1".parse().unwrap()),
+            onlink: false,
+        }],
+        ..Default::default()
+    });
+    let source = MemorySource::new(OwnLease {
+        name: "me".into(),
+        pod_cidrs: vec!["10.244.1.0/24".into()],
+        internal_ips: vec!["198.51.100.11".parse().unwrap()],
+        stored: PerFamily::default(),
+    });
+    source.set(lease(2));
+    let dir = std::env::temp_dir().join(format!("weftd-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = options(&dir);
+    let cfg =
+        NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let rules = FakeRules::default();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = super::serve(
+        &nl,
+        &source,
+        &cfg,
+        &opts,
+        &metrics,
+        |input: nft::RulesetInput| {
+            assert_eq!(input.allow_list, Some((8472, vec![])));
+            Ok::<_, AgentError>(rules.clone())
+        },
+        async {
+            let _ = stopped.await;
+        },
+    );
+    let script = async {
+        settle().await;
+        let published = source.published();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].backend_type, "vxlan");
+        let (ip, data) = published[0].families.v4.clone().unwrap();
+        assert_eq!(ip, "198.51.100.11".parse::<IpAddr>().unwrap());
+        assert!(data.starts_with(r#"{"VNI":1,"VtepMAC":""#), "{data}");
+        assert_eq!(
+            std::fs::read_to_string(&opts.subnet_file).unwrap(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        assert!(source.ready(), "NetworkUnavailable=False asked for");
+        assert!(holds(&nl, &[peer(2)]).await, "the peer the source held");
+        assert!(metrics.ready());
+
+        source.set(lease(3));
+        let mut bad = lease(4);
+        bad.data.v4 = Some("{not json".into());
+        source.set(bad);
+        settle().await;
+        assert!(holds(&nl, &[peer(2), peer(3)]).await, "garbage skipped");
+        source.remove("peer-2");
+        settle().await;
+        assert!(holds(&nl, &[peer(3)]).await, "a departed peer pruned");
+        assert_eq!(rules.0.borrow().allowed, Some(vec![peer(3).public_ip]));
+        let _ = stop.send(());
+    };
+    let (served, ()) = tokio::join!(serving, script);
+    served.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }

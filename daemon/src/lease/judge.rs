@@ -1,9 +1,9 @@
-//! Judging one Node on its own, purely: is it a peer, and for each address
-//! family, its entry or why it has none.
+//! Judging one node's lease on its own, purely: is it a peer, and for each
+//! address family, its entry or why it has none.
 //!
-//! A peer is a node annotated `kube-subnet-manager: "true"` (weft's or
-//! flannel's) with a podCIDR inside Network, a public IP of the family, and
-//! a backend type and data that this node's backend accepts (the backend's
+//! A peer is a flannel/weft node (Kubernetes: `kube-subnet-manager: "true"`)
+//! with a pod CIDR inside Network, a public IP of the family, and a backend
+//! type and data that this node's backend accepts (the backend's
 //! [`PeerCodec`] decides; its result is kept without looking inside). A node
 //! with garbage is skipped with its reason; it never disturbs the others.
 //! Overlaps between nodes are arbitrated later, over all of them
@@ -14,8 +14,7 @@ use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
-use super::node::SlimNode;
-use crate::annotations::Names;
+use super::{FieldNames, Record};
 use crate::backend::{Peer, PeerCodec, Refusal};
 use crate::family::{Family, PerFamily};
 
@@ -80,7 +79,8 @@ pub struct Subnets {
 /// What peer derivation needs to know about this node.
 #[derive(Debug, Clone)]
 pub struct Context {
-    pub names: Names,
+    /// How the source names the fields (for the reasons given).
+    pub fields: FieldNames,
     pub own_name: String,
     pub families: PerFamily<Option<Subnets>>,
     /// How this node's backend judges peers' backend data.
@@ -101,16 +101,15 @@ pub struct Judged {
     pub families: PerFamily<Option<Verdict>>,
 }
 
-/// Judges one Node; `None` for our own node and for nodes that are not
-/// flannel/weft nodes at all (no `kube-subnet-manager: "true"`).
-pub fn judge(ctx: &Context, node: &SlimNode) -> Option<Judged> {
-    let name = node.name();
-    if name == ctx.own_name || node.annotation(&ctx.names.subnet_manager) != Some("true") {
+/// Judges one node's lease; `None` for our own node and for nodes that are
+/// not flannel/weft nodes at all.
+pub fn judge(ctx: &Context, node: &Record<'_>) -> Option<Judged> {
+    if node.name == ctx.own_name || !node.managed {
         return None;
     }
     Some(Judged {
-        name: name.to_string(),
-        created: node.created(),
+        name: node.name.to_string(),
+        created: node.created.clone(),
         families: ctx
             .families
             .map(|f, subnets| subnets.as_ref().map(|s| entry(ctx, s, f, node))),
@@ -121,17 +120,9 @@ pub(super) fn masked(n: IpNetwork) -> IpNetwork {
     IpNetwork::new(n.network(), n.prefix()).unwrap_or(n)
 }
 
-/// The annotation names of one family: public IP, backend data.
-fn keys(names: &Names, family: Family) -> (&str, &str) {
-    match family {
-        Family::V4 => (&names.public_ip, &names.backend_data),
-        Family::V6 => (&names.public_ipv6, &names.backend_v6_data),
-    }
-}
-
 /// One node's entry for one family, or why it has none.
-fn entry(ctx: &Context, subnets: &Subnets, family: Family, node: &SlimNode) -> Verdict {
-    let cidrs = node.pod_cidrs();
+fn entry(ctx: &Context, subnets: &Subnets, family: Family, node: &Record<'_>) -> Verdict {
+    let cidrs = &node.pod_cidrs;
     if cidrs.is_empty() {
         return Err((SkipReason::NoPodCidr, "spec.podCIDR is not set".into()));
     }
@@ -160,13 +151,13 @@ fn entry(ctx: &Context, subnets: &Subnets, family: Family, node: &SlimNode) -> V
             format!("podCIDR {subnet} is outside Network {network}"),
         ));
     }
-    let names = &ctx.names;
-    let (ip_key, data_key) = keys(names, family);
-    let ty = node.annotation(&names.backend_type).unwrap_or("");
-    let ip_text = node.annotation(ip_key).unwrap_or("");
+    let names = &ctx.fields;
+    let (ip_key, data_key) = (names.public_ip.get(family), names.data.get(family));
+    let ty = node.backend_type;
+    let ip_text = node.public_ip.get(family).unwrap_or("");
     let public_ip: Option<IpAddr> = ip_text.parse().ok().filter(|ip: &IpAddr| family.holds(ip));
     // The type first: a node of another backend is that, whatever its IP.
-    let data = node.annotation(data_key);
+    let data = *node.data.get(family);
     let probe = public_ip.unwrap_or(match family {
         Family::V4 => IpAddr::from([0u8; 4]),
         Family::V6 => IpAddr::from([0u16; 8]),
@@ -191,7 +182,7 @@ fn entry(ctx: &Context, subnets: &Subnets, family: Family, node: &SlimNode) -> V
 }
 
 /// A backend's refusal as a skip reason and a text naming the annotation.
-fn refusal(names: &Names, data_key: &str, r: Refusal) -> (SkipReason, String) {
+fn refusal(names: &FieldNames, data_key: &str, r: Refusal) -> (SkipReason, String) {
     match r {
         Refusal::OtherBackend(why) => (
             SkipReason::OtherBackend,

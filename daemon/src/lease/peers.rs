@@ -9,8 +9,8 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
+use super::Record;
 use super::judge::{Context, Judged, Skip, SkipReason, Subnets, judge};
-use super::node::SlimNode;
 use crate::backend::Peer;
 use crate::family::{Family, PerFamily};
 
@@ -268,8 +268,8 @@ pub fn assemble<'a>(ctx: &Context, judged: impl IntoIterator<Item = &'a Judged>)
     idx.peer_set()
 }
 
-/// Derives the complete peer set from every Node.
-pub fn derive<'a>(ctx: &Context, nodes: impl IntoIterator<Item = &'a SlimNode>) -> PeerSet {
-    let judged: Vec<Judged> = nodes.into_iter().filter_map(|n| judge(ctx, n)).collect();
+/// Derives the complete peer set from every lease.
+pub fn derive(ctx: &Context, records: &[Record<'_>]) -> PeerSet {
+    let judged: Vec<Judged> = records.iter().filter_map(|n| judge(ctx, n)).collect();
     assemble(ctx, &judged)
 }

@@ -4,16 +4,33 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use super::judge::{Context, Subnets, judge};
-use super::node::SlimNode;
-use super::peers::{PeerIndex, PeerSet, derive};
+use super::judge::{Context, Judged, Subnets};
+use super::kube::node::SlimNode;
+use super::peers::{PeerIndex, PeerSet};
+use super::{OwnLease, Record, own_subnets};
 use crate::annotations::{DEFAULT_PREFIX, Mac, Names};
 use crate::backend::{Peer, PeerData};
+use crate::config::NetConfig;
 use crate::family::PerFamily;
+
+fn names() -> Names {
+    Names::new(DEFAULT_PREFIX).unwrap()
+}
+
+/// Judges Nodes as the Kubernetes source reads them.
+fn derive<'a>(ctx: &Context, nodes: impl IntoIterator<Item = &'a SlimNode>) -> PeerSet {
+    let names = names();
+    let records: Vec<Record<'_>> = nodes.into_iter().map(|n| n.record(&names)).collect();
+    super::peers::derive(ctx, &records)
+}
+
+fn judge(ctx: &Context, node: &SlimNode) -> Option<Judged> {
+    super::judge::judge(ctx, &node.record(&names()))
+}
 
 fn ctx() -> Context {
     Context {
-        names: Names::new(DEFAULT_PREFIX).unwrap(),
+        fields: super::kube::fields(&names()),
         own_name: "me".into(),
         families: PerFamily {
             v4: Some(Subnets {
@@ -293,4 +310,59 @@ fn dual_stack_families_are_judged_separately() {
         "2001:db8::2".parse::<IpAddr>().unwrap()
     );
     assert_eq!(reasons(&set), vec![("v4only".to_string(), "no_pod_cidr")]);
+}
+
+fn own(cidrs: &[&str]) -> OwnLease {
+    OwnLease {
+        name: "n1".into(),
+        pod_cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn our_pod_cidr_must_lie_inside_network() {
+    let cfg =
+        NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    assert_eq!(
+        own_subnets(&cfg, &own(&["10.244.3.0/24"])).unwrap(),
+        PerFamily {
+            v4: Some("10.244.3.0/24".parse().unwrap()),
+            v6: None
+        }
+    );
+    for (cidrs, err) in [
+        (
+            "10.99.3.0/24",
+            "node n1's podCIDR 10.99.3.0/24 is outside Network 10.244.0.0/16 of net-conf.json",
+        ),
+        (
+            "fd00::/64",
+            "node n1 has no IPv4 podCIDR, but net-conf.json enables IPv4",
+        ),
+        (
+            "nonsense",
+            "node n1 has podCIDR \"nonsense\", which is not a CIDR",
+        ),
+    ] {
+        assert_eq!(
+            own_subnets(&cfg, &own(&[cidrs])).unwrap_err().to_string(),
+            err
+        );
+    }
+}
+
+#[test]
+fn dual_stack_takes_one_cidr_per_family() {
+    let cfg = NetConfig::parse(
+        r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/48","Backend":{"Type":"vxlan"}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        own_subnets(&cfg, &own(&["10.244.3.0/24", "fd00:10:244:3::/64"])).unwrap(),
+        PerFamily {
+            v4: Some("10.244.3.0/24".parse().unwrap()),
+            v6: Some("fd00:10:244:3::/64".parse().unwrap())
+        }
+    );
 }

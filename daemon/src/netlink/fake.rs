@@ -7,8 +7,10 @@ use std::sync::Mutex;
 
 use ipnetwork::IpNetwork;
 
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
 use super::{
-    Fdb, LinkInfo, Neigh, Netlink, NetlinkError, Observed, Op, Route, VxlanAttrs, VxlanSpec,
+    Change, Fdb, LinkInfo, Neigh, Netlink, NetlinkError, Observed, Op, Route, VxlanAttrs, VxlanSpec,
 };
 
 #[derive(Debug, Default)]
@@ -22,6 +24,18 @@ struct Tables {
     next_index: u32,
     /// Ops of these kinds fail (to test retries and isolation).
     failing: Vec<&'static str>,
+    /// Where changes are reported, with the device names watched.
+    watchers: Vec<(Vec<String>, UnboundedSender<Change>)>,
+}
+
+impl Tables {
+    /// Reports a change to every watcher, as the kernel multicasts it.
+    fn tell(&mut self, change: Change) {
+        self.watchers.retain(|(devices, tx)| match &change {
+            Change::LinkDeleted(name) if !devices.contains(name) => true,
+            _ => tx.send(change.clone()).is_ok(),
+        });
+    }
 }
 
 /// An in-memory [`Netlink`].
@@ -74,7 +88,8 @@ impl Fake {
         })
     }
 
-    /// Deletes a link and everything on it, as `ip link del` would.
+    /// Deletes a link and everything on it, as `ip link del` would (and
+    /// tells the watchers, as the kernel does: the link only).
     pub fn delete_link(&self, name: &str) {
         self.with(|t| {
             if let Some(pos) = t.links.iter().position(|l| l.name == name) {
@@ -83,6 +98,7 @@ impl Fake {
                 t.fdb.retain(|f| f.link != index);
                 t.routes.retain(|r| r.link != index);
                 t.addrs.retain(|(l, _)| *l != index);
+                t.tell(Change::LinkDeleted(name.to_string()));
             }
         })
     }
@@ -98,6 +114,15 @@ impl Fake {
             t.neighs.extend(state.neighs.iter().copied());
             t.fdb.extend(state.fdb.iter().copied());
             t.routes.extend(state.routes.iter().copied());
+        })
+    }
+
+    /// Removes entries without telling the watchers (a lost message).
+    pub fn remove_silently(&self, state: &Observed) {
+        self.with(|t| {
+            t.neighs.retain(|n| !state.neighs.contains(n));
+            t.fdb.retain(|f| !state.fdb.contains(f));
+            t.routes.retain(|r| !state.routes.contains(r));
         })
     }
 
@@ -224,6 +249,17 @@ impl Netlink for Fake {
                         return Err(fail(op.kind()));
                     }
                     t.writes += 1;
+                    let change = match *op {
+                        Op::ReplaceNeigh(n) => Change::Neigh(n),
+                        Op::DelNeigh(n) => Change::NeighDeleted {
+                            link: n.link,
+                            ip: n.ip,
+                        },
+                        Op::ReplaceFdb(f) => Change::Fdb(f, false),
+                        Op::DelFdb(f) => Change::Fdb(f, true),
+                        Op::ReplaceRoute(r) => Change::Route(r, false),
+                        Op::DelRoute(r) => Change::Route(r, true),
+                    };
                     match *op {
                         Op::ReplaceNeigh(n) => {
                             t.neighs.retain(|x| !(x.link == n.link && x.ip == n.ip));
@@ -255,9 +291,19 @@ impl Netlink for Fake {
                             t.routes.remove(&r);
                         }
                     }
+                    t.tell(change);
                     Ok(())
                 })
                 .collect()
         })
+    }
+
+    fn watch_changes(
+        &self,
+        devices: Vec<String>,
+    ) -> Result<UnboundedReceiver<Change>, NetlinkError> {
+        let (tx, rx) = unbounded_channel();
+        self.with(|t| t.watchers.push((devices, tx)));
+        Ok(rx)
     }
 }

@@ -639,13 +639,20 @@ impl Netlink for Kernel {
             .collect()
             .await
     }
+
+    fn watch_changes(
+        &self,
+        devices: Vec<String>,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<Change>, NetlinkError> {
+        watch_changes(devices)
+    }
 }
 
 /// Watches the kernel's tables for changes that may concern weft: links
 /// deleted (by name), and neighbour, FDB and route entries added, changed or
 /// deleted on any link (the reconcile loop decides whether one is its own).
 /// weft thus repairs what someone else changed at once, without polling.
-pub fn watch_changes(
+fn watch_changes(
     names: Vec<String>,
 ) -> Result<tokio::sync::mpsc::UnboundedReceiver<Change>, NetlinkError> {
     use rtnetlink::constants::{RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE, RTMGRP_LINK, RTMGRP_NEIGH};

@@ -187,4 +187,12 @@ pub trait Netlink {
     async fn observe(&self, index: u32, ipv6: bool) -> Result<Observed, NetlinkError>;
     /// Carries out `ops`, many in flight at once; one result per op, in order.
     async fn apply(&self, ops: &[Op]) -> Vec<Result<(), NetlinkError>>;
+    /// From now on, every change to the kernel's tables that may concern
+    /// weft: links named in `devices` deleted, neighbour, FDB and route
+    /// entries added, changed or deleted on any link (weft's own writes
+    /// included: the backend decides what contradicts it).
+    fn watch_changes(
+        &self,
+        devices: Vec<String>,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<Change>, NetlinkError>;
 }

@@ -14,24 +14,17 @@ use kube::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
-use super::judge::{self, Context, Judged, Skip};
 use super::node::SlimNode;
-use super::peers::{PeerIndex, PeerSet};
+use crate::annotations::Names;
+use crate::lease::Update;
+use crate::lease::judge::{self, Context, Judged, Skip};
+use crate::lease::peers::{PeerIndex, PeerSet};
 use crate::metrics::Metrics;
-
-/// A peer set handed on. During the very first list the sets are partial
-/// (the pages so far): the reconcile loop may add what they hold at once,
-/// so programming thousands of peers overlaps the list, but deletes nothing
-/// until the complete set arrives.
-#[derive(Debug, Clone)]
-pub struct Update {
-    pub set: Arc<PeerSet>,
-    pub complete: bool,
-}
 
 /// Starts the watch; the receiver sees `None` until the first page.
 pub fn spawn(
     api: Api<SlimNode>,
+    names: Names,
     ctx: Context,
     metrics: Arc<Metrics>,
 ) -> watch::Receiver<Option<Update>> {
@@ -60,7 +53,7 @@ pub fn spawn(
                     // (after 410 Gone) replaces it whole at the end.
                     Ok(watcher::Event::Init) => listing = listed.then(Vec::new),
                     Ok(watcher::Event::InitApply(n)) => {
-                        let j = judge::judge(index.context(), &n);
+                        let j = judge::judge(index.context(), &n.record(&names));
                         match listing.as_mut() {
                             Some(l) => l.extend(j),
                             None => {
@@ -77,7 +70,7 @@ pub fn spawn(
                         changed = true;
                     }
                     Ok(watcher::Event::Apply(n)) => {
-                        let j = judge::judge(index.context(), &n);
+                        let j = judge::judge(index.context(), &n.record(&names));
                         index.upsert(n.name(), j);
                         changed = true;
                     }

@@ -9,6 +9,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde::{Deserialize, Deserializer};
 
+use crate::annotations::Names;
+use crate::family::PerFamily;
+use crate::lease::Record;
+
 /// A Node, as weft watches it.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct SlimNode {
@@ -119,6 +123,25 @@ impl SlimNode {
             .iter()
             .filter(|a| a.type_ == "InternalIP")
             .map(|a| a.address.as_str())
+    }
+
+    /// This Node's lease as flannel's annotations (`names`) say it.
+    pub fn record(&self, names: &Names) -> Record<'_> {
+        Record {
+            name: self.name(),
+            created: self.created(),
+            managed: self.annotation(&names.subnet_manager) == Some("true"),
+            pod_cidrs: self.pod_cidrs(),
+            backend_type: self.annotation(&names.backend_type).unwrap_or(""),
+            public_ip: PerFamily {
+                v4: self.annotation(&names.public_ip),
+                v6: self.annotation(&names.public_ipv6),
+            },
+            data: PerFamily {
+                v4: self.annotation(&names.backend_data),
+                v6: self.annotation(&names.backend_v6_data),
+            },
+        }
     }
 
     /// Creation time as RFC 3339 text (sorts in time order).

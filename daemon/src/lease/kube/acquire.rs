@@ -1,0 +1,77 @@
+//! Getting our lease from our Node: wait (logging) for its podCIDR, publish
+//! flannel's annotations with one strategic merge PATCH on `nodes/status`
+//! (all flannel's RBAC allows), and later mark the node's network
+//! available.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+
+use super::node::SlimNode;
+
+/// How often to say we are still waiting.
+const WAIT_LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// Waits until Node `name` exists and has a podCIDR, logging every few
+/// seconds (flanneld exits instead, and crash-loops until IPAM gets to it).
+pub async fn wait_for_pod_cidr(api: &Api<SlimNode>, name: &str) -> SlimNode {
+    let start = Instant::now();
+    let mut last_log: Option<Instant> = None;
+    loop {
+        let why = match api.get_opt(name).await {
+            Ok(Some(node)) if !node.pod_cidrs().is_empty() => return node,
+            Ok(Some(_)) => "its spec.podCIDR is not assigned yet (is kube-controller-manager running with --allocate-node-cidrs?)".to_string(),
+            Ok(None) => "it does not exist yet".to_string(),
+            Err(e) => format!("the API server answered: {e}"),
+        };
+        if last_log.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
+            tracing::info!(
+                node = name,
+                waited_s = start.elapsed().as_secs(),
+                "waiting for node {name}: {why}"
+            );
+            last_log = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Publishes `wanted` annotations on our Node unless they are all there
+/// already. Returns whether it patched.
+pub async fn publish(
+    api: &Api<SlimNode>,
+    node: &SlimNode,
+    wanted: &BTreeMap<String, String>,
+) -> Result<bool, kube::Error> {
+    let current = node.metadata.annotations.clone().unwrap_or_default();
+    if wanted.iter().all(|(k, v)| current.get(k) == Some(v)) {
+        return Ok(false);
+    }
+    let body = serde_json::json!({"metadata": {"annotations": wanted}});
+    api.patch_status(
+        node.name(),
+        &PatchParams::default(),
+        &Patch::Strategic(&body),
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Sets condition NetworkUnavailable=False (strategic merge: the other
+/// conditions, Ready among them, are kept).
+pub async fn set_network_available(api: &Api<SlimNode>, name: &str) -> Result<(), kube::Error> {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let body = serde_json::json!({"status": {"conditions": [{
+        "type": "NetworkUnavailable",
+        "status": "False",
+        "reason": "WeftIsUp",
+        "message": "weft is running on this node",
+        "lastHeartbeatTime": now,
+        "lastTransitionTime": now,
+    }]}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Strategic(&body))
+        .await
+        .map(drop)
+}
