@@ -14,6 +14,7 @@ pub mod check;
 pub mod cluster;
 pub mod cmd;
 pub mod control_plane;
+pub mod faults;
 pub mod http;
 pub mod lab;
 pub mod netns;

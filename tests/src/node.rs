@@ -94,6 +94,23 @@ pub struct NodeState {
     /// Extra arguments for the node's weftd (`Lab::set_weftd_args`).
     #[serde(default)]
     pub weftd_args: Vec<String>,
+    /// This node's own settings over the lab's (`Lab::set_node`).
+    #[serde(default)]
+    pub settings: NodeSettings,
+}
+
+/// What one node runs where it differs from the rest of the lab, so that a
+/// mixed cluster (a node switching backend, or running another agent) is
+/// one call. Taken at the agent's next start.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct NodeSettings {
+    /// Its backend, over the lab's.
+    pub backend: Option<crate::Backend>,
+    /// Another agent binary in weftd's place (started with weftd's command
+    /// line), e.g. an earlier weftd to compare with.
+    pub agent: Option<PathBuf>,
+    /// Its net-conf.json as given, over the one derived from the backend.
+    pub net_conf: Option<String>,
 }
 
 impl NodeState {
@@ -154,6 +171,7 @@ pub fn create(spec: &NodeSpec<'_>) -> Result<NodeState, NodeError> {
         dir: spec.dir.to_path_buf(),
         weftd_pid: None,
         weftd_args: Vec::new(),
+        settings: NodeSettings::default(),
     })
 }
 

@@ -104,22 +104,22 @@ fn http_get(netns_name: &str, port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 impl Lab {
-    /// Starts weftd on `node` (writing its net-conf.json first).
+    /// Starts weftd on `node` (writing its net-conf.json first, from the
+    /// node's settings over the lab's).
     pub fn start_weftd(&mut self, node: &str) -> Result<u32, LabError> {
         let weftd = find_weftd()?;
         let n = self.node(node)?.clone();
         let conf = n.host_path("/etc/kube-flannel/net-conf.json");
-        if !conf.exists() {
-            std::fs::write(
-                &conf,
-                net_conf(
-                    self.state.backend,
-                    self.state.dual_stack,
-                    self.state.direct_routing,
-                ),
-            )
-            .map_err(|source| LabError::State { path: conf, source })?;
-        }
+        let text = match &n.settings.net_conf {
+            Some(text) => text.clone(),
+            None => net_conf(
+                n.settings.backend.unwrap_or(self.state.backend),
+                self.state.dual_stack,
+                self.state.direct_routing,
+            ),
+        };
+        std::fs::write(&conf, text).map_err(|source| LabError::State { path: conf, source })?;
+        let agent = n.settings.agent.clone().unwrap_or_else(|| weftd.clone());
         // The DaemonSet's init container: plugin binary and conflist.
         // `$WEFT_LAB_PLUGIN` picks another plugin binary (say, the release one).
         let plugin = find_plugin(&weftd)?;
@@ -143,7 +143,7 @@ impl Lab {
             "--ambient-caps=-all,+net_admin",
             "--no-new-privs",
             "--",
-            weftd.to_str().unwrap_or("weftd"),
+            agent.to_str().unwrap_or("weftd"),
             "--kubeconfig",
             kubeconfig.to_str().unwrap_or(""),
             "--ip-masq",
@@ -162,6 +162,26 @@ impl Lab {
         self.update_node(node, |s| {
             s.weftd_args = args.iter().map(|a| a.to_string()).collect();
         })
+    }
+
+    /// Changes `node`'s own settings (backend, agent, net-conf.json); they
+    /// are taken at its agent's next start.
+    pub fn set_node(
+        &mut self,
+        node: &str,
+        change: impl FnOnce(&mut crate::node::NodeSettings),
+    ) -> Result<(), LabError> {
+        self.node(node)?;
+        self.update_node(node, |s| change(&mut s.settings))
+    }
+
+    /// Stops `node`'s agent cleanly (SIGTERM: the data plane stays), starts
+    /// it again with the node's current settings, and waits until it is
+    /// ready.
+    pub fn restart_weftd(&mut self, node: &str, timeout: Duration) -> Result<(), LabError> {
+        self.stop_weftd(node, Signal::SIGTERM)?;
+        self.start_weftd(node)?;
+        self.wait_weftd_ready(&[node], timeout)
     }
 
     /// Changes `node`'s saved state and saves the lab's.

@@ -255,7 +255,7 @@ fn a_flushed_ruleset_is_restored_within_the_resync_interval_and_cleanup_leaves_n
         .run("node-1", &["nft", "list", "table", "inet", "weft"])
         .unwrap();
 
-    lab.run("node-1", &["nft", "flush", "ruleset"]).unwrap();
+    lab.flush_rules("node-1").unwrap();
     let took = wait_for("the table restored", Duration::from_secs(12), || {
         lab.exec("node-1", &["nft", "list", "table", "inet", "weft"])
             .is_ok_and(|o| o.status.success())

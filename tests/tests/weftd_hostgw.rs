@@ -145,7 +145,7 @@ fn a_route_changed_by_hand_is_repaired_at_once_and_node_churn_is_followed() {
         // A foreign route inside the pod network is not left standing.
         "ip route add 10.244.77.0/24 via 198.51.100.99 dev eth0".to_string(),
     ] {
-        lab.run("node-1", &["bash", "-c", &script]).unwrap();
+        lab.by_hand("node-1", &script).unwrap();
         let took = within(
             Duration::from_secs(2),
             &format!("repaired after `{script}`"),
@@ -188,7 +188,7 @@ fn weftd_killed_and_restarted_during_a_10ms_ping_loses_nothing() {
         .collect();
     let during = ping_run(&lab, &pods[0], &pods[1], 4, "ping during restart");
     std::thread::sleep(Duration::from_millis(1000));
-    lab.stop_weftd("node-1", Signal::SIGKILL).unwrap();
+    lab.kill_agent("node-1").unwrap();
     let t0 = Instant::now();
     lab.start_weftd("node-1").unwrap();
     lab.wait_weftd_ready(&["node-1"], Duration::from_secs(30))
@@ -289,4 +289,59 @@ fn cleanup_removes_exactly_the_host_routes() {
         .exec("node-1", &[weftd.to_str().unwrap(), "cleanup"])
         .unwrap();
     assert!(again.status.success(), "a second cleanup still succeeds");
+}
+
+#[test]
+fn a_cluster_switches_from_vxlan_to_host_gw_node_by_node() {
+    let mut lab = Lab::up(&LabConfig::with_weftd(&unique_name("hgwswitch"), 3)).unwrap();
+    let pods: Vec<Pod> = ["node-1", "node-2", "node-3"]
+        .iter()
+        .map(|n| lab.add_plain_pod(n, &format!("pod-{n}"), 2).unwrap())
+        .collect();
+    let ready = Duration::from_secs(30);
+    // node-3 first: the VXLAN nodes skip it (another backend) and go on
+    // reaching each other.
+    lab.set_node("node-3", |s| s.backend = Some(Backend::HostGw))
+        .unwrap();
+    lab.restart_weftd("node-3", ready).unwrap();
+    for node in ["node-1", "node-2"] {
+        within(
+            Duration::from_secs(5),
+            "node-3 skipped as another backend",
+            || {
+                metric(
+                    &lab,
+                    node,
+                    "weft_skipped_peers{reason=\"other_backend_type\"}",
+                ) == Some(1.0)
+            },
+        );
+    }
+    assert!(lab.pod_pings(&pods[0], &pods[1], 2).unwrap());
+    // Then the rest: every node on host-gw, every pod reaching every other.
+    for node in ["node-1", "node-2"] {
+        lab.set_node(node, |s| s.backend = Some(Backend::HostGw))
+            .unwrap();
+        lab.restart_weftd(node, ready).unwrap();
+    }
+    for node in ["node-1", "node-2", "node-3"] {
+        within(Duration::from_secs(5), "host-gw routes everywhere", || {
+            held(&lab, node, false) == expected(&lab, node)
+        });
+        assert_eq!(
+            metric(
+                &lab,
+                node,
+                "weft_skipped_peers{reason=\"other_backend_type\"}"
+            ),
+            Some(0.0)
+        );
+    }
+    for a in &pods {
+        for b in &pods {
+            if a != b {
+                assert!(lab.pod_pings(a, b, 2).unwrap(), "{} -> {}", a.name, b.name);
+            }
+        }
+    }
 }

@@ -168,7 +168,7 @@ fn udp_backend_through_node_churn_and_a_weftd_restart() {
     lab.add_pod(&joined.name, "joined-pod").unwrap();
     matrix_ok(&lab);
 
-    lab.stop_weftd("node-1", Signal::SIGKILL).unwrap();
+    lab.kill_agent("node-1").unwrap();
     lab.start_weftd("node-1").unwrap();
     lab.wait_weftd_ready(&["node-1"], Duration::from_secs(30))
         .unwrap();
@@ -176,8 +176,7 @@ fn udp_backend_through_node_churn_and_a_weftd_restart() {
 
     // flannel0 deleted behind weftd's back: a new device, socket, address
     // and route, at once.
-    lab.run("node-2", &["ip", "link", "del", "flannel0"])
-        .unwrap();
+    lab.delete_link("node-2", "flannel0").unwrap();
     let t0 = std::time::Instant::now();
     loop {
         let routes = lab.run("node-2", &["ip", "route", "show", "dev", "flannel0"]);

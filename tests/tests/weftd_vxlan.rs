@@ -299,7 +299,7 @@ fn entries_changed_by_hand_and_a_deleted_device_are_repaired_at_once() {
         format!("bridge fdb del {mac} dev flannel.1 dst {ip} self"),
         format!("ip route replace {cidr} via 10.244.99.1 dev flannel.1 onlink"),
     ] {
-        lab.run("node-1", &["bash", "-c", &script]).unwrap();
+        lab.by_hand("node-1", &script).unwrap();
         let took = within(
             Duration::from_secs(2),
             &format!("repaired after `{script}`"),
@@ -307,8 +307,7 @@ fn entries_changed_by_hand_and_a_deleted_device_are_repaired_at_once() {
         );
         eprintln!("`{script}` repaired after {took:?}");
     }
-    lab.run("node-1", &["ip", "link", "del", "flannel.1"])
-        .unwrap();
+    lab.delete_link("node-1", "flannel.1").unwrap();
     let took = within(
         Duration::from_secs(2),
         "flannel.1 recreated and replayed",
@@ -329,7 +328,7 @@ fn weftd_killed_and_restarted_during_a_10ms_ping_loses_nothing_after_the_restart
     let mac_before = published(&lab)["node-1"].1.clone();
     let during = ping_run(&lab, &pods[0], &pods[1], 4, "ping during restart");
     std::thread::sleep(Duration::from_millis(1000));
-    lab.stop_weftd("node-1", Signal::SIGKILL).unwrap();
+    lab.kill_agent("node-1").unwrap();
     let t0 = Instant::now();
     lab.start_weftd("node-1").unwrap();
     lab.wait_weftd_ready(&["node-1"], Duration::from_secs(30))

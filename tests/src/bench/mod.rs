@@ -147,16 +147,10 @@ impl ControlPlaneBench {
 
         // node-2 must not be a peer (no annotations: it runs no weftd), and
         // node-1's podCIDR 10.244.0.0/24 lies inside the bench's Network.
-        let conf = lab
-            .node("node-1")?
-            .host_path("/etc/kube-flannel/net-conf.json");
-        std::fs::write(
-            &conf,
-            format!(r#"{{"Network":"{NETWORK}","Backend":{{"Type":"vxlan"}}}}"#),
-        )
-        .map_err(|source| LabError::State {
-            path: conf.clone(),
-            source,
+        lab.set_node("node-1", |s| {
+            s.net_conf = Some(format!(
+                r#"{{"Network":"{NETWORK}","Backend":{{"Type":"vxlan"}}}}"#
+            ))
         })?;
         say("starting weftd on node-1");
         let t0 = Instant::now();
