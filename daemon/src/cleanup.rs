@@ -48,7 +48,7 @@ pub async fn run(
     match Kernel::connect() {
         Ok(nl) => {
             let (gone, failed) = match &cfg {
-                Ok(cfg) => crate::backend::teardown(&nl, cfg).await,
+                Ok(cfg) => crate::backends::teardown(&nl, cfg).await,
                 Err(_) => crate::vxlan::delete_devices(&nl, DEFAULT_VNI).await,
             };
             removed.extend(gone);

@@ -8,6 +8,8 @@
 pub mod agent;
 pub mod annotations;
 pub mod backend;
+pub mod backends;
+pub mod backoff;
 pub mod cleanup;
 pub mod config;
 pub mod family;
@@ -26,3 +28,15 @@ pub mod vxlan;
 
 /// The version every weft binary reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The error and its causes, joined.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

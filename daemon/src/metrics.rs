@@ -6,7 +6,6 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::lease::judge::SkipReason;
 use crate::udp::forward::{Counters, Reason};
 
 /// One metric family: name, help, type, and its samples (suffix or labels, value).
@@ -64,12 +63,12 @@ impl Metrics {
         self.with(|v| v.peers.insert(family, n as u64));
     }
 
-    /// Current skipped nodes by reason (every reason present, zero or not).
-    pub fn set_skipped(&self, counts: &BTreeMap<SkipReason, u64>) {
+    /// Current skipped nodes by reason (the caller gives every reason, zero
+    /// or not, so that a cleared problem reads 0).
+    pub fn set_skipped(&self, counts: impl IntoIterator<Item = (&'static str, u64)>) {
         self.with(|v| {
-            for r in SkipReason::ALL {
-                v.skipped
-                    .insert(r.label(), counts.get(&r).copied().unwrap_or(0));
+            for (reason, n) in counts {
+                v.skipped.insert(reason, n);
             }
         });
     }
@@ -295,9 +294,7 @@ mod tests {
     fn renders_prometheus_text_with_labels() {
         let m = Metrics::default();
         m.set_peers("ipv4", 4);
-        let mut skipped = BTreeMap::new();
-        skipped.insert(SkipReason::BadBackendData, 2);
-        m.set_skipped(&skipped);
+        m.set_skipped([("bad_backend_data", 2), ("bad_public_ip", 0)]);
         let mut done = BTreeMap::new();
         done.insert("replace_route", 4);
         m.reconciled(0.25, &done, &["replace_fdb"], false, true);

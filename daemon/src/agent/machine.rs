@@ -12,11 +12,11 @@
 //!   clears it, and the first one makes the node ready.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::backend::Pass;
+use crate::backoff::Backoff;
 use crate::lease::Update;
 use crate::lease::peers::PeerSet;
 
@@ -137,30 +137,10 @@ impl Machine {
     }
 }
 
-/// 200 ms doubling to 10 s.
-#[derive(Debug)]
-pub struct Backoff(Duration);
-
-impl Backoff {
-    pub fn new() -> Backoff {
-        Backoff(Duration::from_millis(200))
-    }
-
-    pub fn next_wait(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(10));
-        d
-    }
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff::new()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn update(complete: bool) -> Update {

@@ -20,7 +20,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
 use crate::annotations::{AnnotationError, Names};
-use crate::backend::{self, BackendError, Local, LocalFamily};
+use crate::backend::{BackendError, Local, LocalFamily};
+use crate::backoff::Backoff;
+pub use crate::chain;
 use crate::config::{ConfigError, NetConfig};
 use crate::family::{Family, PerFamily};
 use crate::files::{FileError, SubnetEnv};
@@ -35,7 +37,6 @@ use crate::metrics::Metrics;
 use crate::netlink::kernel::Kernel;
 use crate::netlink::{Netlink, NetlinkError};
 use crate::nft::{self, kernel::NftError};
-use machine::Backoff;
 
 /// Everything the flags say.
 #[derive(Debug, Clone)]
@@ -190,7 +191,7 @@ where
         families,
         udp_offload: opts.udp_offload,
     };
-    let mut backend = backend::start(nl, &cfg.backend, &local, metrics).await?;
+    let mut backend = crate::backends::start(nl, &cfg.backend, &local, metrics).await?;
 
     let ours = Publish {
         backend_type: backend.type_name().to_string(),
@@ -265,16 +266,4 @@ where
     };
     driver::drive(nl, backend.as_mut(), &mut rules, metrics, inputs, shutdown).await;
     Ok(())
-}
-
-/// The error and its causes, joined.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -10,7 +10,8 @@
 //! code stores the result without looking inside ([`PeerData`]).
 //!
 //! Adding a backend: a module with a type implementing [`Backend`] and a
-//! [`PeerCodec`], and its line in [`start`] and [`teardown`].
+//! [`PeerCodec`], and its line where backends are chosen
+//! ([`backends`](crate::backends)).
 
 pub mod routes;
 
@@ -24,11 +25,9 @@ use futures::future::LocalBoxFuture;
 use ipnetwork::IpNetwork;
 
 use crate::annotations::Mac;
-use crate::config::{BackendConfig, NetConfig};
 use crate::family::{Family, PerFamily};
 use crate::iface::ExtIface;
 use crate::metrics::Metrics;
-use crate::netlink::kernel::Kernel;
 use crate::netlink::{Change, Netlink, NetlinkError, Op};
 
 /// The smallest pod MTU weft accepts (IPv4's minimum datagram size).
@@ -169,39 +168,11 @@ pub enum BackendError {
         own: IpAddr,
         iface: String,
     },
+    /// A backend's own failure (creating its device, binding its socket).
     #[error(transparent)]
-    Vxlan(#[from] crate::vxlan::VxlanError),
-    #[error(transparent)]
-    Udp(#[from] crate::udp::UdpError),
+    Setup(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
-}
-
-/// Starts the configured backend: creates or adopts what it needs on the
-/// node. The one place backends are chosen.
-pub async fn start<N: Netlink + 'static>(
-    nl: &N,
-    cfg: &BackendConfig,
-    local: &Local,
-    metrics: &Arc<Metrics>,
-) -> Result<Box<dyn Backend<N>>, BackendError> {
-    Ok(match cfg {
-        BackendConfig::Vxlan(c) => {
-            Box::new(crate::vxlan::Vxlan::start(nl, c, local, metrics).await?)
-        }
-        BackendConfig::Udp(c) => Box::new(crate::udp::Udp::start(nl, c, local, metrics).await?),
-        BackendConfig::HostGw => Box::new(crate::hostgw::HostGw::start(nl, local).await?),
-    })
-}
-
-/// Removes what the configured backend put on this node (`weftd cleanup`);
-/// what was removed, one line each, and the failures.
-pub async fn teardown(nl: &Kernel, cfg: &NetConfig) -> (Vec<String>, Vec<(String, String)>) {
-    match &cfg.backend {
-        BackendConfig::Vxlan(c) => crate::vxlan::teardown(nl, c, cfg).await,
-        BackendConfig::Udp(_) => crate::udp::teardown(nl).await,
-        BackendConfig::HostGw => routes::teardown(nl, cfg).await,
-    }
 }
 
 /// The MTU left for pods on an underlay of `underlay` bytes after
@@ -290,7 +261,7 @@ pub fn record<E: std::error::Error>(
         }
         Err(e) => {
             metrics.reconciled(secs, &BTreeMap::new(), &[], true, false);
-            tracing::warn!(part = what, error = %crate::agent::chain(&e), "reconcile failed; will retry");
+            tracing::warn!(part = what, error = %crate::chain(&e), "reconcile failed; will retry");
             false
         }
     }

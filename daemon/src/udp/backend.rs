@@ -24,6 +24,12 @@ use crate::netlink::{Change, Netlink, Op, Route};
 /// (`""`); both are taken as udp peers.
 pub const TYPE: &str = "udp";
 
+impl From<super::UdpError> for BackendError {
+    fn from(e: super::UdpError) -> Self {
+        BackendError::Setup(Box::new(e))
+    }
+}
+
 /// The udp backend on this node: the running data path (`None` while it
 /// could not be restarted).
 #[derive(Debug)]
@@ -197,7 +203,7 @@ impl<N: Netlink> Backend<N> for Udp {
             if pass != Pass::Partial
                 && let Err(e) = self.ensure(nl, pass == Pass::Full).await
             {
-                tracing::warn!(error = %crate::agent::chain(&e), "udp backend: repairing the data path failed; will retry");
+                tracing::warn!(error = %crate::chain(&e), "udp backend: repairing the data path failed; will retry");
                 ok = false;
             }
             if let Some(dp) = &self.dp {

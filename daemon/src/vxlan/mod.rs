@@ -95,6 +95,12 @@ pub enum VxlanError {
     },
 }
 
+impl From<VxlanError> for BackendError {
+    fn from(e: VxlanError) -> Self {
+        BackendError::Setup(Box::new(e))
+    }
+}
+
 /// One family's device, as weft wants it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceConfig {

@@ -15,9 +15,9 @@ use tokio::sync::watch as channel;
 
 use super::judge::Context;
 use super::{FieldNames, LeaseError, LeaseSource, OwnLease, Publish, Stored, Update};
-use crate::agent::chain;
-use crate::agent::machine::Backoff;
 use crate::annotations::Names;
+use crate::backoff::Backoff;
+use crate::chain;
 use crate::family::{Family, PerFamily};
 use crate::metrics::Metrics;
 use node::SlimNode;

@@ -6,7 +6,7 @@
 //! events that arrive together are applied together and the peer set is
 //! derived once for the batch.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use futures::{FutureExt, StreamExt};
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::node::SlimNode;
 use crate::annotations::Names;
 use crate::lease::Update;
-use crate::lease::judge::{self, Context, Judged, Skip};
+use crate::lease::judge::{self, Context, Judged, Skip, SkipReason};
 use crate::lease::peers::{PeerIndex, PeerSet};
 use crate::metrics::Metrics;
 
@@ -117,11 +117,11 @@ fn report(set: &PeerSet, warned: &mut BTreeSet<Skip>, metrics: &Metrics) {
         );
     }
     *warned = now;
-    let mut counts = BTreeMap::new();
-    for s in &set.skipped {
-        *counts.entry(s.reason).or_insert(0u64) += 1;
-    }
-    metrics.set_skipped(&counts);
+    // Every reason, zero or not, so a cleared problem reads 0.
+    metrics.set_skipped(SkipReason::ALL.map(|r| {
+        let n = set.skipped.iter().filter(|s| s.reason == r).count();
+        (r.label(), n as u64)
+    }));
     for (family, peers) in set.peers.iter() {
         metrics.set_peers(family.label(), peers.len());
     }
