@@ -158,46 +158,14 @@ impl<N: Netlink> Backend<N> for HostGw {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::LocalFamily;
-    use crate::iface::ExtIface;
     use crate::netlink::fake::Fake;
     use crate::netlink::{Op, Route};
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
-
-    fn local(eth0: u32, advertised: &str) -> Local {
-        Local {
-            ext: ExtIface {
-                index: eth0,
-                name: "eth0".into(),
-                mtu: 1500,
-                ipv4: Some("198.51.100.11".parse().unwrap()),
-                ipv6: None,
-            },
-            families: PerFamily {
-                v4: Some(LocalFamily {
-                    network: "10.244.0.0/16".parse().unwrap(),
-                    subnet: "10.244.1.0/24".parse().unwrap(),
-                    public_ip: "198.51.100.11".parse().unwrap(),
-                    advertised: advertised.parse().unwrap(),
-                    stored_data: None,
-                }),
-                v6: None,
-            },
-            udp_offload: true,
-        }
-    }
+    use crate::testing::{add_eth0, block_on, local};
 
     /// eth0 with 198.51.100.11/24.
     fn host() -> (Fake, u32) {
         let nl = Fake::new();
-        let eth0 = nl.add_link("eth0", 1500);
-        block_on(nl.set_address(eth0, "198.51.100.11/24".parse().unwrap(), true)).unwrap();
+        let eth0 = block_on(add_eth0(&nl));
         (nl, eth0)
     }
 
@@ -225,7 +193,15 @@ mod tests {
             };
             let m = Metrics::default();
             assert!(hg.reconcile(&nl, &peers, Pass::Full, &m).await);
-            let routes = nl.dump(eth0).routes;
+            // Routes to the pod network (the default route stays as it was).
+            let pod_routes = || -> Vec<Route> {
+                let net: IpNetwork = "10.244.0.0/16".parse().unwrap();
+                let all = nl.dump(eth0).routes;
+                all.into_iter()
+                    .filter(|r| net.contains(r.dst.ip()))
+                    .collect()
+            };
+            let routes = pod_routes();
             assert_eq!(
                 routes,
                 vec![
@@ -250,7 +226,7 @@ mod tests {
                 &Change::Route(routes[0], true)
             ));
             assert!(hg.reconcile(&nl, &peers, Pass::Full, &m).await);
-            assert_eq!(nl.dump(eth0).routes, routes);
+            assert_eq!(pod_routes(), routes);
         });
     }
 

@@ -162,13 +162,7 @@ mod tests {
     use super::*;
     use crate::netlink::fake::Fake;
     use crate::netlink::{Observed, Route};
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::testing::block_on;
 
     /// lo, eth0 (198.51.100.11, default route), eth1 (203.0.113.11).
     fn host() -> (Fake, u32, u32) {

@@ -23,6 +23,8 @@ pub mod lease;
 pub mod metrics;
 pub mod netlink;
 pub mod nft;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod udp;
 pub mod vxlan;
 

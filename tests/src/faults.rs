@@ -3,8 +3,12 @@
 //! server is [`Lab::stop_apiserver`]). Each acts inside the lab's own
 //! namespaces only.
 
+use std::time::{Duration, Instant};
+
 use nix::sys::signal::Signal;
 
+use crate::pods::Pod;
+use crate::probe::ping_run;
 use crate::{Lab, LabError};
 
 impl Lab {
@@ -27,5 +31,32 @@ impl Lab {
     /// route del ...`, `bridge fdb del ...`).
     pub fn by_hand(&self, node: &str, script: &str) -> Result<(), LabError> {
         self.run(node, &["bash", "-c", script]).map(drop)
+    }
+
+    /// A crash under load: `from` pings `to` every 10 ms for 4 s while
+    /// `node`'s agent is killed (after 1 s), started again and waited for;
+    /// the ping's (transmitted, received).
+    pub fn crash_and_restart_under_ping(
+        &mut self,
+        node: &str,
+        from: &Pod,
+        to: &Pod,
+    ) -> Result<(u64, u64), LabError> {
+        let during = ping_run(self, from, to, 4, "ping during restart");
+        std::thread::sleep(Duration::from_millis(1000));
+        self.kill_agent(node)?;
+        let t0 = Instant::now();
+        self.start_weftd(node)?;
+        self.wait_weftd_ready(&[node], Duration::from_secs(30))?;
+        eprintln!("weftd on {node} restarted and ready in {:?}", t0.elapsed());
+        let (sent, got) = during.join().map_err(|_| LabError::State {
+            path: "ping".into(),
+            source: std::io::Error::other("the ping thread panicked"),
+        })?;
+        eprintln!(
+            "ping every 10 ms across a SIGKILL + restart: {sent} sent, {} lost",
+            sent.saturating_sub(got)
+        );
+        Ok((sent, got))
     }
 }

@@ -8,14 +8,14 @@
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use nix::sys::signal::Signal;
 use weft_lab::pods::Pod;
-use weft_lab::probe::{metric, ping_run, routes, within};
+use weft_lab::probe::{metric, routes, within};
 use weft_lab::{Backend, Lab, LabConfig, cluster, unique_name};
 
 const PREFIX: &str = "flannel.alpha.coreos.com";
@@ -186,19 +186,9 @@ fn weftd_killed_and_restarted_during_a_10ms_ping_loses_nothing() {
         .iter()
         .map(|n| lab.add_plain_pod(n, &format!("pod-{n}"), 2).unwrap())
         .collect();
-    let during = ping_run(&lab, &pods[0], &pods[1], 4, "ping during restart");
-    std::thread::sleep(Duration::from_millis(1000));
-    lab.kill_agent("node-1").unwrap();
-    let t0 = Instant::now();
-    lab.start_weftd("node-1").unwrap();
-    lab.wait_weftd_ready(&["node-1"], Duration::from_secs(30))
+    let (sent, got) = lab
+        .crash_and_restart_under_ping("node-1", &pods[0], &pods[1])
         .unwrap();
-    eprintln!("weftd restarted and ready in {:?}", t0.elapsed());
-    let (sent, got) = during.join().unwrap();
-    eprintln!(
-        "ping every 10 ms across a SIGKILL + restart: {sent} sent, {} lost",
-        sent - got
-    );
     assert!(sent > 200, "{sent} pings sent in 4 s");
     assert_eq!(
         sent, got,

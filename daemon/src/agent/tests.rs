@@ -13,10 +13,10 @@ use tokio::sync::{oneshot, watch};
 use super::driver::{self, Inputs, Rules};
 use super::{AgentError, Options};
 use crate::annotations::Mac;
-use crate::backend::{Backend, Local, LocalFamily, Peer, PeerData};
+use crate::backend::{Backend, Peer, PeerData};
 use crate::config::{NetConfig, VxlanConfig};
 use crate::family::PerFamily;
-use crate::iface::{ExtIface, Selection};
+use crate::iface::Selection;
 use crate::lease::OwnLease;
 use crate::lease::Update;
 use crate::lease::memory::{Lease, MemorySource};
@@ -25,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::netlink::fake::Fake;
 use crate::netlink::{Netlink, Observed, Op, Route};
 use crate::nft;
+use crate::testing::{add_eth0, local};
 use crate::vxlan::{Vxlan, plan};
 
 #[derive(Debug, thiserror::Error)]
@@ -129,27 +130,8 @@ impl Rig {
     }
 
     async fn backend(&self) -> Vxlan {
-        let eth0 = self.nl.add_link("eth0", 1500);
-        let local = Local {
-            ext: ExtIface {
-                index: eth0,
-                name: "eth0".into(),
-                mtu: 1500,
-                ipv4: Some("198.51.100.11".parse().unwrap()),
-                ipv6: None,
-            },
-            families: PerFamily {
-                v4: Some(LocalFamily {
-                    network: "10.244.0.0/16".parse().unwrap(),
-                    subnet: "10.244.1.0/24".parse().unwrap(),
-                    public_ip: "198.51.100.11".parse().unwrap(),
-                    advertised: "198.51.100.11".parse().unwrap(),
-                    stored_data: None,
-                }),
-                v6: None,
-            },
-            udp_offload: true,
-        };
+        let eth0 = add_eth0(&self.nl).await;
+        let local = local(eth0, "198.51.100.11");
         let cfg = VxlanConfig {
             vni: 1,
             port: 8472,
@@ -394,19 +376,7 @@ fn options(dir: &std::path::Path) -> Options {
 #[tokio::test(start_paused = true)]
 async fn serve_takes_the_lease_publishes_writes_subnet_env_and_follows_the_source() {
     let nl = Fake::new();
-    let eth0 = nl.add_link("eth0", 1500);
-    nl.set_address(eth0, "198.51.100.11/24".parse().unwrap(), true)
-        .await
-        .unwrap();
-    nl.seed(&Observed {
-        routes: vec![Route {
-            link: eth0,
-            dst: "0.0.0.0/0".parse().unwrap(),
-            gateway: Some("198.51.100.1".parse().unwrap()),
-            onlink: false,
-        }],
-        ..Default::default()
-    });
+    add_eth0(&nl).await;
     let source = MemorySource::new(OwnLease {
         name: "me".into(),
         pod_cidrs: vec!["10.244.1.0/24".into()],

@@ -231,6 +231,7 @@ mod tests {
     use super::*;
     use crate::backend::PeerData;
     use crate::netlink::fake::Fake;
+    use crate::testing::block_on;
 
     fn peer(n: u8, ip: &str) -> Peer {
         Peer {
@@ -284,13 +285,6 @@ mod tests {
             route("10.244.3.0/24", "198.51.100.13"),
         ];
         assert!(plan(2, net(), &peers, &settled).is_empty());
-    }
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
     }
 
     #[test]

@@ -168,6 +168,7 @@ mod tests {
     use crate::annotations::Mac;
     use crate::netlink::fake::Fake;
     use crate::netlink::{Neigh, VxlanSpec};
+    use crate::testing::block_on;
 
     fn cfg(underlay: u32) -> DeviceConfig {
         DeviceConfig {
@@ -193,13 +194,6 @@ mod tests {
             public_ip: format!("198.51.100.{}", 10 + n).parse().unwrap(),
             vtep_mac: Mac([0x0a, 0, 0, 0, 0, n]),
         }
-    }
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(f)
     }
 
     #[test]
