@@ -161,8 +161,7 @@ impl ExtIface {
 mod tests {
     use super::*;
     use crate::netlink::fake::Fake;
-    use crate::netlink::{Observed, Route};
-    use crate::testing::block_on;
+    use crate::testing::{add_eth0, block_on};
 
     /// lo, eth0 (198.51.100.11, default route), eth1 (203.0.113.11).
     fn host() -> (Fake, u32, u32) {
@@ -172,10 +171,7 @@ mod tests {
             nl.set_address(lo, "127.0.0.1/8".parse().unwrap(), true)
                 .await
                 .unwrap();
-            let eth0 = nl.add_link("eth0", 1500);
-            nl.set_address(eth0, "198.51.100.11/24".parse().unwrap(), true)
-                .await
-                .unwrap();
+            let eth0 = add_eth0(&nl).await;
             nl.set_address(eth0, "fe80::1/64".parse().unwrap(), true)
                 .await
                 .unwrap();
@@ -183,15 +179,6 @@ mod tests {
             nl.set_address(eth1, "203.0.113.11/24".parse().unwrap(), true)
                 .await
                 .unwrap();
-            nl.seed(&Observed {
-                routes: vec![Route {
-                    link: eth0,
-                    dst: "0.0.0.0/0".parse().unwrap(),
-                    gateway: Some("198.51.100.1".parse().unwrap()),
-                    onlink: false,
-                }],
-                ..Default::default()
-            });
             (nl, eth0, eth1)
         })
     }

@@ -42,6 +42,12 @@ pub enum ClusterError {
         #[source]
         source: kube::Error,
     },
+    #[error("annotating Node {name}")]
+    AnnotateNode {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("deleting Node {name}")]
     DeleteNode {
         name: String,

@@ -33,6 +33,30 @@ impl Lab {
         self.run(node, &["bash", "-c", script]).map(drop)
     }
 
+    /// Sets annotations on Node `node` as an admin would (a garbage value,
+    /// a changed public IP), behind every agent's back.
+    pub fn annotate_node(&self, node: &str, annotations: &[(&str, &str)]) -> Result<(), LabError> {
+        use kube::api::{Patch, PatchParams};
+        let admin = self.admin_kubeconfig();
+        let map: serde_json::Map<String, serde_json::Value> = annotations
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        let body = serde_json::json!({"metadata": {"annotations": map}});
+        self.block_on(|| async move {
+            let client = crate::cluster::client(&admin).await?;
+            let api: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
+            api.patch(node, &PatchParams::default(), &Patch::Merge(&body))
+                .await
+                .map(drop)
+                .map_err(|source| crate::cluster::ClusterError::AnnotateNode {
+                    name: node.to_string(),
+                    source,
+                })
+        })?
+        .map_err(LabError::from)
+    }
+
     /// A crash under load: `from` pings `to` every 10 ms for 4 s while
     /// `node`'s agent is killed (after 1 s), started again and waited for;
     /// the ping's (transmitted, received).

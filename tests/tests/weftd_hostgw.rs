@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
 use nix::sys::signal::Signal;
 use weft_lab::pods::Pod;
 use weft_lab::probe::{metric, routes, within};
@@ -205,15 +203,10 @@ fn a_peer_off_the_external_subnet_is_skipped_named_and_counted() {
         .map(|n| lab.add_plain_pod(n, &format!("pod-{n}"), 2).unwrap())
         .collect();
     // node-3 now claims an address behind the hub: no on-link next hop.
-    let admin = lab.admin_kubeconfig();
-    lab.block_on(|| async {
-        let api: Api<Node> = Api::all(cluster::client(&admin).await.unwrap());
-        let body = serde_json::json!({"metadata": {"annotations": {
-            format!("{PREFIX}/public-ip"): "203.0.113.77"}}});
-        api.patch("node-3", &PatchParams::default(), &Patch::Merge(&body))
-            .await
-            .unwrap();
-    })
+    lab.annotate_node(
+        "node-3",
+        &[(&format!("{PREFIX}/public-ip"), "203.0.113.77")],
+    )
     .unwrap();
     for node in ["node-1", "node-2"] {
         within(Duration::from_secs(2), "node-3 skipped", || {

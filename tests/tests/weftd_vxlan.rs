@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
-use kube::api::{Patch, PatchParams};
 use nix::sys::signal::Signal;
 use weft_lab::pods::Pod;
 use weft_lab::probe::{metric, ping_run, within};
@@ -242,15 +241,10 @@ fn a_deleted_node_is_gone_from_the_others_and_a_joining_node_reachable_within_2s
 fn a_peer_with_garbage_annotations_is_skipped_and_the_rest_still_ping() {
     let lab = lab("garbage", 3);
     let pods = pods(&lab);
-    let admin = lab.admin_kubeconfig();
-    lab.block_on(|| async {
-        let api: Api<Node> = Api::all(cluster::client(&admin).await.unwrap());
-        let body = serde_json::json!({"metadata": {"annotations": {
-            format!("{PREFIX}/backend-data"): "{this is not json"}}});
-        api.patch("node-3", &PatchParams::default(), &Patch::Merge(&body))
-            .await
-            .unwrap();
-    })
+    lab.annotate_node(
+        "node-3",
+        &[(&format!("{PREFIX}/backend-data"), "{this is not json")],
+    )
     .unwrap();
     for node in ["node-1", "node-2"] {
         within(Duration::from_secs(2), "node-3 skipped", || {
