@@ -160,10 +160,7 @@ fn a_route_changed_by_hand_is_repaired_at_once_and_node_churn_is_followed() {
     eprintln!("node-3 pruned after {took:?}");
     assert_eq!(held(&lab, "node-1", false), expected(&lab, "node-1"));
 
-    let joined = lab.add_node(true).unwrap();
-    lab.start_weftd(&joined.name).unwrap();
-    lab.wait_weftd_ready(&[&joined.name], Duration::from_secs(30))
-        .unwrap();
+    let joined = lab.join_node().unwrap();
     let new_pod = lab.add_plain_pod(&joined.name, "pod-new", 2).unwrap();
     let took = within(
         Duration::from_secs(2),

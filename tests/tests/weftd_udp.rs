@@ -161,10 +161,7 @@ fn udp_backend_through_node_churn_and_a_weftd_restart() {
     let mut lab = udp_lab("udpchurn");
     lab.remove_node("node-3").unwrap();
     lab.state.pods.retain(|p| p.node != "node-3");
-    let joined = lab.add_node(true).unwrap();
-    lab.start_weftd(&joined.name).unwrap();
-    lab.wait_weftd_ready(&[&joined.name], Duration::from_secs(30))
-        .unwrap();
+    let joined = lab.join_node().unwrap();
     lab.add_pod(&joined.name, "joined-pod").unwrap();
     matrix_ok(&lab);
 

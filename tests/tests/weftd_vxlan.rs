@@ -220,10 +220,7 @@ fn a_deleted_node_is_gone_from_the_others_and_a_joining_node_reachable_within_2s
     }
     assert!(lab.pod_pings(&pods[0], &pods[1], 1).unwrap());
 
-    let joined = lab.add_node(true).unwrap();
-    lab.start_weftd(&joined.name).unwrap();
-    lab.wait_weftd_ready(&[&joined.name], Duration::from_secs(30))
-        .unwrap();
+    let joined = lab.join_node().unwrap();
     let new_pod = lab.add_plain_pod(&joined.name, "pod-new", 2).unwrap();
     let took = within(
         Duration::from_secs(2),

@@ -81,4 +81,13 @@ impl Lab {
         self.state.pods.retain(|p| p.node != name);
         self.save()
     }
+
+    /// A node joins as in a cluster: its Node with the next podCIDR, then
+    /// its agent, waited for until ready.
+    pub fn join_node(&mut self) -> Result<NodeState, LabError> {
+        let joined = self.add_node(true)?;
+        self.start_weftd(&joined.name)?;
+        self.wait_weftd_ready(&[&joined.name], Duration::from_secs(30))?;
+        Ok(joined)
+    }
 }
