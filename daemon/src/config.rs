@@ -336,6 +336,15 @@ mod tests {
                 },
             ),
             (
+                r#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}"#,
+                NetConfig {
+                    ipv4: v4("10.244.0.0/16"),
+                    ipv6: None,
+                    enable_nftables: false,
+                    backend: BackendConfig::HostGw,
+                },
+            ),
+            (
                 // Go's encoding/json: keys are case-insensitive, unknown keys ignored.
                 r#"{"network":"10.244.0.0/16","backend":{"type":"VXLAN","vni":4096,"port":4789},"Extra":1}"#,
                 NetConfig {
