@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::Lab;
 use crate::pods::Pod;
+use crate::runtime::PodRecord;
+use crate::{Lab, LabError};
 
 /// Polls `f` every 10 ms up to `limit`; how long it took, or panics with `what`.
 pub fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
@@ -88,4 +89,22 @@ pub fn routes(lab: &Lab, node: &str, family: u8, dev: &str, root: &str) -> Vec<S
     let mut r: Vec<String> = out.lines().map(|l| l.trim().to_string()).collect();
     r.sort();
     r
+}
+
+impl Lab {
+    /// A pod the lab created through the CNI runtime, by name.
+    pub fn pod(&self, name: &str) -> Result<&PodRecord, LabError> {
+        let pods = &self.state.pods;
+        pods.iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| LabError::NoSuchPod {
+                lab: self.state.name.clone(),
+                pod: name.to_string(),
+                known: pods
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
 }

@@ -85,10 +85,6 @@ fn python_in_pod(lab: &Lab, pod: &PodRecord) -> Command {
     c
 }
 
-fn pod<'a>(lab: &'a Lab, name: &str) -> &'a PodRecord {
-    lab.state.pods.iter().find(|p| p.name == name).unwrap()
-}
-
 /// Sends `text` from `pod` to `ip`; whether the reply came back.
 fn send_from(lab: &Lab, pod: &PodRecord, ip: &str, text: &str) -> bool {
     let out = lab
@@ -154,8 +150,8 @@ fn masquerade_to_the_outside_pod_addresses_between_pods_and_forged_vxlan_dropped
         let line = status.lines().find(|l| l.starts_with(field)).unwrap();
         assert!(line.ends_with("0000000000001000"), "{line}");
     }
-    let p1 = pod(&lab, "node-1-pod").clone();
-    let p2 = pod(&lab, "node-2-pod").clone();
+    let p1 = lab.pod("node-1-pod").unwrap().clone();
+    let p2 = lab.pod("node-2-pod").unwrap().clone();
 
     // To the outside: the node's underlay address, and the answer comes back.
     let (seen, answered) = from_pod_to_outside(&lab, &p1, "to-outside");
@@ -250,7 +246,7 @@ fn masquerade_to_the_outside_pod_addresses_between_pods_and_forged_vxlan_dropped
 #[test]
 fn a_flushed_ruleset_is_restored_within_the_resync_interval_and_cleanup_leaves_nothing() {
     let mut lab = lab_with_pods("nftflush");
-    let p1 = pod(&lab, "node-1-pod").clone();
+    let p1 = lab.pod("node-1-pod").unwrap().clone();
     let expected = lab
         .run("node-1", &["nft", "list", "table", "inet", "weft"])
         .unwrap();

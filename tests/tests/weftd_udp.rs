@@ -55,10 +55,6 @@ fn metric(lab: &Lab, node: &str, line_start: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {line_start} in:\n{m}"))
 }
 
-fn pod<'a>(lab: &'a Lab, name: &str) -> &'a PodRecord {
-    lab.state.pods.iter().find(|p| p.name == name).unwrap()
-}
-
 #[test]
 fn udp_backend_layout_matrix_and_what_it_refuses() {
     let lab = udp_lab("udp");
@@ -84,7 +80,7 @@ fn udp_backend_layout_matrix_and_what_it_refuses() {
 
     // A listener in node-1's pod; datagrams from the outside host (not a
     // peer) and from node-2 with an inner source outside node-2's subnet.
-    let p1 = pod(&lab, "node-1-pod").clone();
+    let p1 = lab.pod("node-1-pod").unwrap().clone();
     let mut listen = lab.node_command("node-1", "ip").unwrap();
     let mut child = listen
         .args([
@@ -204,7 +200,7 @@ fn udp_backend_pods_from_the_conflist_and_del() {
     }
     assert_eq!(lab.connectivity().unwrap().len(), 30);
     matrix_ok(&lab);
-    let gone = pod(&lab, "node-2-pod-1").clone();
+    let gone = lab.pod("node-2-pod-1").unwrap().clone();
     let node = lab.node("node-2").unwrap().clone();
     lab.del_pod("node-2", "node-2-pod-1").unwrap();
     assert!(
@@ -326,8 +322,8 @@ fn udp_backend_with_and_without_offload_interoperate() {
     }
     matrix_ok(&lab);
     let (p1, p2) = (
-        pod(&lab, "node-1-pod").clone(),
-        pod(&lab, "node-2-pod").clone(),
+        lab.pod("node-1-pod").unwrap().clone(),
+        lab.pod("node-2-pod").unwrap().clone(),
     );
     bulk_transfer_intact(&lab, &p1, &p2, 64);
     bulk_transfer_intact(&lab, &p2, &p1, 64);

@@ -115,6 +115,12 @@ pub enum LabError {
         node: String,
         known: String,
     },
+    #[error("no pod {pod:?} in lab {lab:?} (pods: {known})")]
+    NoSuchPod {
+        lab: String,
+        pod: String,
+        known: String,
+    },
     #[error("the lab can hold at most {max} nodes on its underlay")]
     TooManyNodes { max: usize },
     #[error("weftd on {node} is not ready ({why}); its log {log} ends with:\n{tail}")]
