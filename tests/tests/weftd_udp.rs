@@ -2,8 +2,9 @@
 //! flannel's layout on `flannel0`, the full matrix (ICMP and TCP), a
 //! datagram from a non-peer dropped by the allow-list and an inner source
 //! spoofed by a peer dropped by the data path (counted; the pod never sees
-//! either), a node leaving and one joining, weftd killed and restarted, and
-//! `flannel0` deleted behind weftd's back.
+//! either), a node leaving and one joining, weftd killed and restarted,
+//! `flannel0` deleted behind weftd's back, and a node annotated exactly as
+//! flannel's udp backend annotates (no backend type) taken as a peer.
 
 #![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
@@ -338,4 +339,58 @@ fn udp_backend_with_and_without_offload_interoperate() {
             "{n}"
         );
     }
+}
+
+/// flannel's udp nodes publish no backend type (`""`) and `null` data
+/// (`../shared/reference/flannel.md`, the annotations table): a node whose
+/// annotations are byte for byte those is a udp peer, and pods reach it.
+#[test]
+fn a_node_with_flannels_exact_udp_annotations_is_a_udp_peer() {
+    use weft_lab::probe::{metric, within};
+    let lab = udp_lab("udpflannel");
+    let ip3 = lab.node("node-3").unwrap().underlay_ip.to_string();
+    let events = |node: &str| metric(&lab, node, "weft_node_events_total").unwrap();
+    let before: Vec<f64> = ["node-1", "node-2"].iter().map(|n| events(n)).collect();
+    const P: &str = "flannel.alpha.coreos.com";
+    lab.annotate_node(
+        "node-3",
+        &[
+            (&format!("{P}/backend-type"), ""),
+            (&format!("{P}/backend-data"), "null"),
+            (&format!("{P}/kube-subnet-manager"), "true"),
+            (&format!("{P}/public-ip"), &ip3),
+        ],
+    )
+    .unwrap();
+    let node3 = lab
+        .kubectl()
+        .args([
+            "get",
+            "node",
+            "node-3",
+            "-o",
+            "jsonpath={.metadata.annotations}",
+        ])
+        .output()
+        .unwrap();
+    let ann: serde_json::Value = serde_json::from_slice(&node3.stdout).unwrap();
+    assert_eq!(ann[format!("{P}/backend-type")], "", "{ann}");
+    assert_eq!(ann[format!("{P}/backend-data")], "null", "{ann}");
+    for (node, before) in ["node-1", "node-2"].iter().zip(before) {
+        within(Duration::from_secs(2), "the change seen", || {
+            events(node) > before
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(
+            metric(
+                &lab,
+                node,
+                "weft_skipped_peers{reason=\"other_backend_type\"}"
+            ),
+            Some(0.0),
+            "{node} takes flannel's udp node as a peer"
+        );
+        assert_eq!(metric(&lab, node, "weft_peers{family=\"ipv4\"}"), Some(2.0));
+    }
+    matrix_ok(&lab);
 }
