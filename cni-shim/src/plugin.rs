@@ -70,6 +70,7 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<String>, CniError> {
             ));
         }
     };
+    network_name(&conf)?;
     let version = match conf.get("cniVersion") {
         None => "0.1.0".to_string(),
         Some(Value::String(v)) => v.clone(),
@@ -113,6 +114,30 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<String>, CniError> {
         )),
     }
     .map_err(with_version)
+}
+
+/// The network's `name`, which the CNI spec (and libcni, before any plugin
+/// runs) requires: an alphanumeric first, then alphanumerics, `_`, `.`, `-`.
+fn network_name(conf: &Map<String, Value>) -> Result<&str, CniError> {
+    let name = match conf.get("name") {
+        Some(Value::String(n)) if !n.is_empty() => n.as_str(),
+        None | Some(Value::Null) => return Err(invalid("the network config has no \"name\"")),
+        Some(Value::String(_)) => return Err(invalid("the network config's \"name\" is empty")),
+        Some(other) => {
+            return Err(invalid(format!(
+                "\"name\" must be a string, not {}",
+                crate::json_kind(other)
+            )));
+        }
+    };
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
+        return Err(invalid(format!(
+            "invalid characters found in network name {name:?}: it must start with a letter or digit, followed by letters, digits, '_', '.' or '-'"
+        )));
+    }
+    Ok(name)
 }
 
 /// `{"cniVersion":…,"supportedVersions":[…]}`
@@ -394,4 +419,31 @@ fn gc(conf: &Map<String, Value>, opts: &Options) -> Result<(), CniError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn network_names_follow_the_spec() {
+        let named = |n: Value| {
+            network_name(
+                &json!({ "name": n })
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            )
+            .map(String::from)
+        };
+        for good in ["cbr0", "a.b-c_d", "1net", "Net", "x"] {
+            assert_eq!(named(json!(good)).as_deref(), Ok(good), "{good}");
+        }
+        for bad in ["", "-a", "_a", ".a", "a b", "a/b", "café", "a\n"] {
+            let e = named(json!(bad)).unwrap_err();
+            assert_eq!(e.code, code::INVALID_CONFIG, "{bad:?}");
+        }
+        assert_eq!(named(json!(3)).unwrap_err().code, code::INVALID_CONFIG);
+        assert!(network_name(&Map::new()).is_err());
+    }
 }

@@ -239,6 +239,7 @@ where
             l.as_ref().map(|l| Subnets {
                 network: l.network,
                 local_subnet: l.subnet,
+                local_ip: l.advertised,
             })
         }),
         codec: backend.codec(),

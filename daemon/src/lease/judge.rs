@@ -30,6 +30,7 @@ pub enum SkipReason {
     BadPublicIp,
     BadBackendData,
     Unreachable,
+    UnusablePublicIp,
 }
 
 impl SkipReason {
@@ -44,10 +45,11 @@ impl SkipReason {
             SkipReason::BadPublicIp => "bad_public_ip",
             SkipReason::BadBackendData => "bad_backend_data",
             SkipReason::Unreachable => "unreachable_by_backend",
+            SkipReason::UnusablePublicIp => "unusable_public_ip",
         }
     }
 
-    pub const ALL: [SkipReason; 9] = [
+    pub const ALL: [SkipReason; 10] = [
         SkipReason::NoPodCidr,
         SkipReason::BadPodCidr,
         SkipReason::OutsideNetwork,
@@ -57,6 +59,7 @@ impl SkipReason {
         SkipReason::BadPublicIp,
         SkipReason::BadBackendData,
         SkipReason::Unreachable,
+        SkipReason::UnusablePublicIp,
     ];
 }
 
@@ -74,6 +77,8 @@ pub struct Skip {
 pub struct Subnets {
     pub network: IpNetwork,
     pub local_subnet: IpNetwork,
+    /// The public IP this node publishes (a peer claiming it is refused).
+    pub local_ip: IpAddr,
 }
 
 /// What peer derivation needs to know about this node.
@@ -173,12 +178,43 @@ fn entry(ctx: &Context, subnets: &Subnets, family: Family, node: &Record<'_>) ->
         }
         (_, Some(ip)) => ip,
     };
+    if let Some(why) = unusable(&public_ip, subnets.local_ip) {
+        return Err((
+            SkipReason::UnusablePublicIp,
+            format!("{ip_key} {public_ip} {why}"),
+        ));
+    }
     let data = decoded?;
     Ok(Peer {
         subnet,
         public_ip,
         data,
     })
+}
+
+/// Why `ip` cannot be another host's address to tunnel or route to, if it
+/// cannot: routes, neighbours and FDB entries toward it would send pod
+/// traffic to this host itself, to nowhere, or to a group.
+fn unusable(ip: &IpAddr, own: IpAddr) -> Option<&'static str> {
+    if *ip == own {
+        return Some("is this node's own public IP");
+    }
+    match ip {
+        IpAddr::V4(a) if a.is_unspecified() => Some("is unspecified"),
+        IpAddr::V4(a) if a.is_loopback() => Some("is a loopback address"),
+        IpAddr::V4(a) if a.is_multicast() => Some("is a multicast address"),
+        IpAddr::V4(a) if a.is_broadcast() => Some("is the broadcast address"),
+        IpAddr::V6(a) if a.is_unspecified() => Some("is unspecified"),
+        IpAddr::V6(a) if a.is_loopback() => Some("is a loopback address"),
+        IpAddr::V6(a) if a.is_multicast() => Some("is a multicast address"),
+        IpAddr::V6(a) if a.is_unicast_link_local() => {
+            Some("is link-local (it means nothing without an interface)")
+        }
+        IpAddr::V6(a) if a.to_ipv4_mapped().is_some() => {
+            Some("is an IPv4-mapped address, not an IPv6 one")
+        }
+        _ => None,
+    }
 }
 
 /// A backend's refusal as a skip reason and a text naming the annotation.

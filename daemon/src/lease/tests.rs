@@ -36,6 +36,7 @@ fn ctx() -> Context {
             v4: Some(Subnets {
                 network: "10.244.0.0/16".parse().unwrap(),
                 local_subnet: "10.244.1.0/24".parse().unwrap(),
+                local_ip: "198.51.100.1".parse().unwrap(),
             }),
             v6: None,
         },
@@ -289,6 +290,7 @@ fn dual_stack_families_are_judged_separately() {
     c.families.v6 = Some(Subnets {
         network: "fd00:10:244::/48".parse().unwrap(),
         local_subnet: "fd00:10:244:1::/64".parse().unwrap(),
+        local_ip: "2001:db8::1".parse().unwrap(),
     });
     let mut n = good("dual", 2);
     n.spec.pod_cidrs = Some(vec!["10.244.2.0/24".into(), "fd00:10:244:2::/64".into()]);
@@ -364,5 +366,93 @@ fn dual_stack_takes_one_cidr_per_family() {
             v4: Some("10.244.3.0/24".parse().unwrap()),
             v6: Some("fd00:10:244:3::/64".parse().unwrap())
         }
+    );
+}
+
+#[test]
+fn a_public_ip_that_is_no_other_hosts_is_skipped_with_its_reason() {
+    let d = |n: u8| format!(r#"{{"VNI":1,"VtepMAC":"0a:00:00:00:00:{n:02x}"}}"#);
+    let t = "2026-01-01T00:00:00Z";
+    let v4 = [
+        ("loopback", "127.0.0.5"),
+        ("unspecified", "0.0.0.0"),
+        ("multicast", "224.0.0.1"),
+        ("broadcast", "255.255.255.255"),
+        ("ours", "198.51.100.1"),
+    ];
+    let mut nodes: Vec<SlimNode> = v4
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ip))| {
+            let n = 20 + i as u8;
+            node(name, t, &format!("10.244.{n}.0/24"), ip, &d(n))
+        })
+        .collect();
+    nodes.push(good("fine", 2));
+    let set = derive(&ctx(), &nodes);
+    assert_eq!(
+        set.peers.v4,
+        vec![entry_of(2)],
+        "the good peer is unaffected"
+    );
+    let mut got = reasons(&set);
+    got.sort();
+    let mut want: Vec<(String, &str)> = v4
+        .iter()
+        .map(|(name, _)| (name.to_string(), "unusable_public_ip"))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    let ours = set.skipped.iter().find(|s| s.node == "ours").unwrap();
+    assert!(ours.detail.contains("own public IP"), "{}", ours.detail);
+
+    // The IPv6 equivalents, on an IPv6-only context.
+    let mut c = ctx();
+    c.families.v4 = None;
+    c.families.v6 = Some(Subnets {
+        network: "fd00:10:244::/48".parse().unwrap(),
+        local_subnet: "fd00:10:244:1::/64".parse().unwrap(),
+        local_ip: "2001:db8::1".parse().unwrap(),
+    });
+    let v6 = [
+        ("loopback", "::1"),
+        ("unspecified", "::"),
+        ("multicast", "ff02::1"),
+        ("linklocal", "fe80::2"),
+        ("mapped", "::ffff:198.51.100.7"),
+        ("ours", "2001:db8::1"),
+        ("fine", "2001:db8::2"),
+    ];
+    let nodes: Vec<SlimNode> = v6
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ip))| {
+            let mut n = good(name, 2 + i as u8);
+            n.spec.pod_cidr = None;
+            n.spec.pod_cidrs = Some(vec![format!("fd00:10:244:{}::/64", 2 + i)]);
+            let a = n.metadata.annotations.as_mut().unwrap();
+            a.insert(
+                "flannel.alpha.coreos.com/public-ipv6".into(),
+                ip.to_string(),
+            );
+            a.insert(
+                "flannel.alpha.coreos.com/backend-v6-data".into(),
+                d(2 + i as u8),
+            );
+            n
+        })
+        .collect();
+    let set = derive(&c, &nodes);
+    assert_eq!(set.peers.v6.len(), 1, "{:?}", set.skipped);
+    assert_eq!(
+        set.peers.v6[0].public_ip,
+        "2001:db8::2".parse::<IpAddr>().unwrap()
+    );
+    assert_eq!(
+        reasons(&set)
+            .iter()
+            .filter(|r| r.1 == "unusable_public_ip")
+            .count(),
+        6
     );
 }
