@@ -222,6 +222,7 @@ def weft_containers(r) -> list[dict]:
 
 
 def test_no_container_is_privileged_or_can_escalate(every_render):
+    assert every_render.containers(), "no containers rendered"
     for c in every_render.containers():
         sc = c["securityContext"]
         assert sc["privileged"] is False, c["name"]
@@ -242,6 +243,7 @@ def test_install_cni_holds_no_capability(agent_render):
 def test_root_is_explicit_not_implicit(every_render):
     # The image runs as 65532; the pod says uid 0 on purpose (see the comment
     # in the template), never by accident of an image default.
+    assert weft_containers(every_render), "no weft containers rendered"
     for c in weft_containers(every_render):
         assert c["securityContext"]["runAsUser"] == 0
         assert c["securityContext"]["runAsNonRoot"] is False
@@ -318,6 +320,7 @@ def test_probes_follow_a_loopback_healthz_address(all_options):
 
 
 def test_every_container_requests_resources(every_render):
+    assert every_render.containers(), "no containers rendered"
     for c in every_render.containers():
         assert {"cpu", "memory"} <= set(c["resources"]["requests"]), c["name"]
 

@@ -123,12 +123,11 @@ fn input_drops(lab: &Lab, node: &str) -> u64 {
         .sum()
 }
 
+/// A weftd metric without labels; panics when it is missing (a missing
+/// metric must never read as a number a comparison can pass with).
 fn metric(lab: &Lab, node: &str, name: &str) -> f64 {
-    let m = lab.weftd_metrics(node).unwrap();
-    m.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(-1.0)
+    weft_lab::probe::metric(lab, node, &format!("{name} "))
+        .unwrap_or_else(|| panic!("{node} exports no {name}"))
 }
 
 fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) -> Duration {
@@ -252,7 +251,10 @@ fn a_flushed_ruleset_is_restored_within_the_resync_interval_and_cleanup_leaves_n
         .unwrap();
 
     lab.flush_rules("node-1").unwrap();
-    let took = wait_for("the table restored", Duration::from_secs(12), || {
+    // weftd reads its table back every 10 s (--rules-resync-seconds): the
+    // flush is undone at the next reading, within one interval (plus our
+    // own looks, every 100 ms, and the reading itself).
+    let took = wait_for("the table restored", Duration::from_millis(10_500), || {
         lab.exec("node-1", &["nft", "list", "table", "inet", "weft"])
             .is_ok_and(|o| o.status.success())
     });
