@@ -171,7 +171,10 @@ pub fn run(
     let mut labs = Vec::new();
     for b in backends {
         let lab_name = format!("{name}-{}", b.short());
-        eprintln!("==> bringing up lab {lab_name} (2 nodes, {b:?}, one pod each)");
+        eprintln!(
+            "==> bringing up lab {lab_name} (2 nodes, {}, one pod each)",
+            b.type_name()
+        );
         labs.push((*b, two_node_lab(&lab_name, *b)?));
     }
     let mut paths = Vec::new();

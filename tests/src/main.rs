@@ -446,8 +446,10 @@ fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "lab {}  backend {:?}  apiserver {}",
-        view.name, view.backend, view.apiserver
+        "lab {}  backend {}  apiserver {}",
+        view.name,
+        view.backend.type_name(),
+        view.apiserver
     );
     println!("admin kubeconfig: {}", view.admin_kubeconfig);
     println!();
