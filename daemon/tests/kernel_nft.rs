@@ -62,12 +62,25 @@ fn the_loaded_table_reads_back_as_the_rendered_text() {
     });
 }
 
+/// A UDP datagram from `from` to 127.0.0.1:8472 (VXLAN's port).
+fn send_vxlan_from(from: &str) {
+    sh(&format!(
+        "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+         s.bind(('{from}', 0)); s.sendto(b'x'*8, ('127.0.0.1', 8472))\""
+    ));
+}
+
 #[test]
 fn peers_change_only_the_set_and_keep_the_counters() {
     in_private_netns(|| {
+        sh("ip link set lo up");
         let mut nft = Nft::open().unwrap();
         let rs = nft::build(&input(&["198.51.100.12", "198.51.100.13"], false));
         nft.sync(&rs).unwrap();
+        // Two strangers' datagrams dropped and counted before the change.
+        send_vxlan_from("127.0.0.1");
+        send_vxlan_from("127.0.0.1");
+        assert_eq!(nft.sync(&rs).unwrap().input_drops, 2);
         let handles = sh("nft -a list chain inet weft input");
         let rs2 = nft::build(&input(&["198.51.100.13", "198.51.100.14"], false));
         let r = nft.sync(&rs2).unwrap();
@@ -78,6 +91,7 @@ fn peers_change_only_the_set_and_keep_the_counters() {
                 removed: 1
             }
         );
+        assert_eq!(r.input_drops, 2, "the counter kept its count");
         assert_eq!(listed(), nft::listing(&rs2));
         // The rules were not replaced (same handles).
         assert_eq!(sh("nft -a list chain inet weft input"), handles);
@@ -97,7 +111,6 @@ fn whatever_an_operator_does_to_the_table_is_undone_and_other_tables_are_left_al
         let other = sh("nft list table ip other");
         nft.sync(&rs).unwrap();
         for (edit, want) in [
-            ("nft flush ruleset", Synced::Created),
             ("nft delete table inet weft", Synced::Created),
             ("nft add rule inet weft forward drop", Synced::Rewritten),
             ("nft flush chain inet weft postrouting", Synced::Rewritten),
@@ -122,12 +135,21 @@ fn whatever_an_operator_does_to_the_table_is_undone_and_other_tables_are_left_al
                     removed: 0,
                 },
             ),
+            // Last: it takes the other table too.
+            ("nft flush ruleset", Synced::Created),
         ] {
             sh(edit);
             assert_eq!(nft.sync(&rs).unwrap().synced, want, "after `{edit}`");
             assert_eq!(listed(), nft::listing(&rs), "after `{edit}`");
+            if edit != "nft flush ruleset" {
+                assert_eq!(
+                    sh("nft list table ip other"),
+                    other,
+                    "the other table after the repair of `{edit}`"
+                );
+            }
         }
-        // `nft flush ruleset` took the other table too; the others were left alone.
+        // Put back what `nft flush ruleset` took; weft's own table alone goes.
         sh(
             "nft add table ip other; nft add chain ip other c '{ type filter hook input priority 0; }'; \
             nft add rule ip other c counter accept",
@@ -148,15 +170,9 @@ fn the_allow_list_counts_and_drops_vxlan_from_strangers() {
         // Only 127.0.0.2 may send; 127.0.0.1 is a stranger.
         let rs = nft::build(&input(&["127.0.0.2"], false));
         nft.sync(&rs).unwrap();
-        let send = |from: &str| {
-            sh(&format!(
-                "python3 -c \"import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
-                 s.bind(('{from}', 0)); s.sendto(b'x'*8, ('127.0.0.1', 8472))\""
-            ));
-        };
-        send("127.0.0.1");
-        send("127.0.0.1");
-        send("127.0.0.2");
+        send_vxlan_from("127.0.0.1");
+        send_vxlan_from("127.0.0.1");
+        send_vxlan_from("127.0.0.2");
         let r = nft.sync(&rs).unwrap();
         assert_eq!(r.synced, Synced::Unchanged);
         assert_eq!(r.input_drops, 2);

@@ -7,12 +7,15 @@ use crate::pods::Pod;
 use crate::runtime::PodRecord;
 use crate::{Lab, LabError};
 
-/// Polls `f` every 10 ms up to `limit`; how long it took, or panics with `what`.
+/// Polls `f` every 10 ms up to `limit`; how long it took, or panics with
+/// `what`. A slow `f` that turns true only after `limit` fails too.
 pub fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
     let t0 = Instant::now();
     loop {
         if f() {
-            return t0.elapsed();
+            let took = t0.elapsed();
+            assert!(took <= limit, "{what}: took {took:?}, more than {limit:?}");
+            return took;
         }
         assert!(t0.elapsed() < limit, "{what}: not within {limit:?}");
         std::thread::sleep(Duration::from_millis(10));
