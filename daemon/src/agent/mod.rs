@@ -8,6 +8,8 @@
 pub mod driver;
 pub mod machine;
 #[cfg(test)]
+mod serve_tests;
+#[cfg(test)]
 mod tests;
 
 use std::future::Future;
@@ -29,7 +31,7 @@ use crate::files::{FileError, SubnetEnv};
 use crate::firewall::Firewall;
 use crate::health::{self, HealthError};
 use crate::iface::{self, IfaceError};
-use crate::lease::judge::{Context, Subnets};
+use crate::lease::judge::{Context, Subnets, not_a_host_address};
 use crate::lease::kube::KubeSource;
 use crate::lease::kube::node::SlimNode;
 use crate::lease::{self, LeaseError, LeaseSource, Publish};
@@ -88,6 +90,12 @@ pub enum AgentError {
     Nft(#[from] NftError),
     #[error("--public-ip{v6} {ip} is not an IPv{n} address", v6 = if family.is_v6() { "v6" } else { "" }, n = family.number())]
     PublicIpFamily { ip: IpAddr, family: Family },
+    #[error("{what} {ip} {why}: other nodes could not reach this one there")]
+    UnusablePublicIp {
+        what: &'static str,
+        ip: IpAddr,
+        why: &'static str,
+    },
 }
 
 async fn client(opts: &Options) -> Result<Client, AgentError> {
@@ -167,17 +175,38 @@ where
             continue;
         };
         let stored = own.stored.get(family);
-        let public_ip = match flags.get(family).or(stored.public_ip) {
+        let v6 = family.is_v6();
+        let (given, what) = match (flags.get(family), stored.public_ip) {
+            (Some(ip), _) => (Some(*ip), if v6 { "--public-ipv6" } else { "--public-ip" }),
+            (None, Some(ip)) => (
+                Some(ip),
+                if v6 {
+                    "the Node's node-public-ipv6 annotation"
+                } else {
+                    "the Node's node-public-ip annotation"
+                },
+            ),
+            (None, None) => (None, "the external interface's address"),
+        };
+        let public_ip = match given {
             Some(ip) if !family.holds(&ip) => {
                 return Err(AgentError::PublicIpFamily { ip, family });
             }
             Some(ip) => ip,
-            None => ext.ip(family.is_v6())?,
+            None => ext.ip(v6)?,
         };
-        let advertised = stored
-            .overwrite
-            .filter(|ip| family.holds(ip))
-            .unwrap_or(public_ip);
+        let overwrite = stored.overwrite.filter(|ip| family.holds(ip));
+        let advertised = overwrite.unwrap_or(public_ip);
+        let advertised_from = match (overwrite, v6) {
+            (None, _) => what,
+            (Some(_), false) => "the Node's public-ip-overwrite annotation",
+            (Some(_), true) => "the Node's public-ipv6-overwrite annotation",
+        };
+        for (ip, what) in [(public_ip, what), (advertised, advertised_from)] {
+            if let Some(why) = not_a_host_address(&ip) {
+                return Err(AgentError::UnusablePublicIp { what, ip, why });
+            }
+        }
         *families.get_mut(family) = Some(LocalFamily {
             network,
             subnet: *subnet,

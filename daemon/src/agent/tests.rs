@@ -11,36 +11,31 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 use super::driver::{self, Inputs, Rules};
-use super::{AgentError, Options};
 use crate::annotations::Mac;
 use crate::backend::{Backend, Peer, PeerData};
-use crate::config::{NetConfig, VxlanConfig};
+use crate::config::VxlanConfig;
 use crate::family::PerFamily;
-use crate::iface::Selection;
-use crate::lease::OwnLease;
 use crate::lease::Update;
-use crate::lease::memory::{Lease, MemorySource};
 use crate::lease::peers::PeerSet;
 use crate::metrics::Metrics;
 use crate::netlink::fake::Fake;
 use crate::netlink::{Netlink, Observed, Op, Route};
-use crate::nft;
 use crate::testing::{add_eth0, local};
 use crate::vxlan::{Vxlan, plan};
 
 #[derive(Debug, thiserror::Error)]
 #[error("injected nftables failure")]
-struct Injected;
+pub(super) struct Injected;
 
 /// What the firewall was told, and how many of its next writes fail.
 #[derive(Debug, Default)]
-struct RulesLog {
-    allowed: Option<Vec<IpAddr>>,
-    fail_next: usize,
+pub(super) struct RulesLog {
+    pub(super) allowed: Option<Vec<IpAddr>>,
+    pub(super) fail_next: usize,
 }
 
 #[derive(Debug, Default, Clone)]
-struct FakeRules(Rc<RefCell<RulesLog>>);
+pub(super) struct FakeRules(pub(super) Rc<RefCell<RulesLog>>);
 
 impl Rules for FakeRules {
     type Error = Injected;
@@ -58,7 +53,7 @@ impl Rules for FakeRules {
     }
 }
 
-fn peer(n: u8) -> Peer {
+pub(super) fn peer(n: u8) -> Peer {
     Peer {
         subnet: format!("10.244.{n}.0/24").parse().unwrap(),
         public_ip: format!("198.51.100.{}", 10 + n).parse().unwrap(),
@@ -80,7 +75,7 @@ fn update(peers: &[Peer], complete: bool) -> Option<Update> {
 }
 
 /// The kernel on `flannel.1` equals exactly `peers`' triples.
-async fn holds(nl: &Fake, peers: &[Peer]) -> bool {
+pub(super) async fn holds(nl: &Fake, peers: &[Peer]) -> bool {
     let Some(link) = nl.link_by_name("flannel.1").await.unwrap() else {
         return false;
     };
@@ -152,7 +147,7 @@ impl Rig {
 
 /// Lets the loop run until it waits for something again (with the clock
 /// paused, a short sleep returns once everything else is idle).
-async fn settle() {
+pub(super) async fn settle() {
     tokio::time::sleep(Duration::from_millis(1)).await;
 }
 
@@ -333,108 +328,4 @@ async fn shutdown_leaves_the_data_plane_in_place() {
     );
     let link = rig.nl.link_by_name("flannel.1").await.unwrap().unwrap();
     assert_ne!(rig.nl.dump(link.index), Observed::default());
-}
-
-/// A peer's lease as the in-memory source holds it (the same peer as
-/// `peer(n)`).
-fn lease(n: u8) -> Lease {
-    Lease {
-        name: format!("peer-{n}"),
-        created: format!("2026-01-01T00:00:{n:02}Z"),
-        pod_cidrs: vec![format!("10.244.{n}.0/24")],
-        backend_type: "vxlan".into(),
-        public_ip: PerFamily {
-            v4: Some(format!("198.51.100.{}", 10 + n)),
-            v6: None,
-        },
-        data: PerFamily {
-            v4: Some(format!(r#"{{"VNI":1,"VtepMAC":"0a:00:00:00:00:{n:02x}"}}"#)),
-            v6: None,
-        },
-    }
-}
-
-fn options(dir: &std::path::Path) -> Options {
-    Options {
-        node_name: "me".into(),
-        kubeconfig: None,
-        net_config_path: dir.join("net-conf.json"),
-        subnet_file: dir.join("subnet.env"),
-        iface: Selection::default(),
-        public_ip: None,
-        public_ipv6: None,
-        ip_masq: true,
-        healthz_addr: None,
-        annotation_prefix: crate::annotations::DEFAULT_PREFIX.into(),
-        resync: Duration::from_secs(300),
-        allow_list: true,
-        rules_resync: Duration::from_secs(10),
-        udp_offload: true,
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn serve_takes_the_lease_publishes_writes_subnet_env_and_follows_the_source() {
-    let nl = Fake::new();
-    add_eth0(&nl).await;
-    let source = MemorySource::new(OwnLease {
-        name: "me".into(),
-        pod_cidrs: vec!["10.244.1.0/24".into()],
-        internal_ips: vec!["198.51.100.11".parse().unwrap()],
-        stored: PerFamily::default(),
-    });
-    source.set(lease(2));
-    let dir = std::env::temp_dir().join(format!("weftd-serve-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let opts = options(&dir);
-    let cfg =
-        NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
-    let metrics = Arc::new(Metrics::default());
-    let rules = FakeRules::default();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let serving = super::serve(
-        &nl,
-        &source,
-        &cfg,
-        &opts,
-        &metrics,
-        |input: nft::RulesetInput| {
-            assert_eq!(input.allow_list, Some((8472, vec![])));
-            Ok::<_, AgentError>(rules.clone())
-        },
-        async {
-            let _ = stopped.await;
-        },
-    );
-    let script = async {
-        settle().await;
-        let published = source.published();
-        assert_eq!(published.len(), 1);
-        assert_eq!(published[0].backend_type, "vxlan");
-        let (ip, data) = published[0].families.v4.clone().unwrap();
-        assert_eq!(ip, "198.51.100.11".parse::<IpAddr>().unwrap());
-        assert!(data.starts_with(r#"{"VNI":1,"VtepMAC":""#), "{data}");
-        assert_eq!(
-            std::fs::read_to_string(&opts.subnet_file).unwrap(),
-            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
-        );
-        assert!(source.ready(), "NetworkUnavailable=False asked for");
-        assert!(holds(&nl, &[peer(2)]).await, "the peer the source held");
-        assert!(metrics.ready());
-
-        source.set(lease(3));
-        let mut bad = lease(4);
-        bad.data.v4 = Some("{not json".into());
-        source.set(bad);
-        settle().await;
-        assert!(holds(&nl, &[peer(2), peer(3)]).await, "garbage skipped");
-        source.remove("peer-2");
-        settle().await;
-        assert!(holds(&nl, &[peer(3)]).await, "a departed peer pruned");
-        assert_eq!(rules.0.borrow().allowed, Some(vec![peer(3).public_ip]));
-        let _ = stop.send(());
-    };
-    let (served, ()) = tokio::join!(serving, script);
-    served.unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -199,6 +199,13 @@ fn unusable(ip: &IpAddr, own: IpAddr) -> Option<&'static str> {
     if *ip == own {
         return Some("is this node's own public IP");
     }
+    not_a_host_address(ip)
+}
+
+/// Why `ip` is no single host's address on a network, if it is not
+/// (unspecified, loopback, multicast, broadcast, IPv6 link-local or
+/// IPv4-mapped).
+pub fn not_a_host_address(ip: &IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(a) if a.is_unspecified() => Some("is unspecified"),
         IpAddr::V4(a) if a.is_loopback() => Some("is a loopback address"),

@@ -1,0 +1,190 @@
+//! `serve`, the agent's whole setup and loop, on the netlink fake and the
+//! in-memory lease source: what it publishes and writes, how it follows the
+//! source, and what it refuses to start with.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::tests::{FakeRules, holds, peer, settle};
+use super::{AgentError, Options};
+use crate::config::NetConfig;
+use crate::family::PerFamily;
+use crate::iface::Selection;
+use crate::lease::OwnLease;
+use crate::lease::memory::{Lease, MemorySource};
+use crate::metrics::Metrics;
+use crate::netlink::fake::Fake;
+use crate::nft;
+use crate::testing::add_eth0;
+
+/// A peer's lease as the in-memory source holds it (the same peer as
+/// `peer(n)`).
+fn lease(n: u8) -> Lease {
+    Lease {
+        name: format!("peer-{n}"),
+        created: format!("2026-01-01T00:00:{n:02}Z"),
+        pod_cidrs: vec![format!("10.244.{n}.0/24")],
+        backend_type: "vxlan".into(),
+        public_ip: PerFamily {
+            v4: Some(format!("198.51.100.{}", 10 + n)),
+            v6: None,
+        },
+        data: PerFamily {
+            v4: Some(format!(r#"{{"VNI":1,"VtepMAC":"0a:00:00:00:00:{n:02x}"}}"#)),
+            v6: None,
+        },
+    }
+}
+
+fn options(dir: &std::path::Path) -> Options {
+    Options {
+        node_name: "me".into(),
+        kubeconfig: None,
+        net_config_path: dir.join("net-conf.json"),
+        subnet_file: dir.join("subnet.env"),
+        iface: Selection::default(),
+        public_ip: None,
+        public_ipv6: None,
+        ip_masq: true,
+        healthz_addr: None,
+        annotation_prefix: crate::annotations::DEFAULT_PREFIX.into(),
+        resync: Duration::from_secs(300),
+        allow_list: true,
+        rules_resync: Duration::from_secs(10),
+        udp_offload: true,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn serve_takes_the_lease_publishes_writes_subnet_env_and_follows_the_source() {
+    let nl = Fake::new();
+    add_eth0(&nl).await;
+    let source = MemorySource::new(OwnLease {
+        name: "me".into(),
+        pod_cidrs: vec!["10.244.1.0/24".into()],
+        internal_ips: vec!["198.51.100.11".parse().unwrap()],
+        stored: PerFamily::default(),
+    });
+    source.set(lease(2));
+    let dir = std::env::temp_dir().join(format!("weftd-serve-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = options(&dir);
+    let cfg =
+        NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let rules = FakeRules::default();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = super::serve(
+        &nl,
+        &source,
+        &cfg,
+        &opts,
+        &metrics,
+        |input: nft::RulesetInput| {
+            assert_eq!(input.allow_list, Some((8472, vec![])));
+            Ok::<_, AgentError>(rules.clone())
+        },
+        async {
+            let _ = stopped.await;
+        },
+    );
+    let script = async {
+        settle().await;
+        let published = source.published();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].backend_type, "vxlan");
+        let (ip, data) = published[0].families.v4.clone().unwrap();
+        assert_eq!(ip, "198.51.100.11".parse::<IpAddr>().unwrap());
+        assert!(data.starts_with(r#"{"VNI":1,"VtepMAC":""#), "{data}");
+        assert_eq!(
+            std::fs::read_to_string(&opts.subnet_file).unwrap(),
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+        );
+        assert!(source.ready(), "NetworkUnavailable=False asked for");
+        assert!(holds(&nl, &[peer(2)]).await, "the peer the source held");
+        assert!(metrics.ready());
+
+        source.set(lease(3));
+        let mut bad = lease(4);
+        bad.data.v4 = Some("{not json".into());
+        source.set(bad);
+        settle().await;
+        assert!(holds(&nl, &[peer(2), peer(3)]).await, "garbage skipped");
+        source.remove("peer-2");
+        settle().await;
+        assert!(holds(&nl, &[peer(3)]).await, "a departed peer pruned");
+        assert_eq!(rules.0.borrow().allowed, Some(vec![peer(3).public_ip]));
+        let _ = stop.send(());
+    };
+    let (served, ()) = tokio::join!(serving, script);
+    served.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unusable_public_ip_of_our_own_is_a_start_up_error_naming_where_it_came_from() {
+    let cfg =
+        NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    let dir = std::env::temp_dir().join(format!("weftd-unusable-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // (--public-ip, node-public-ip, public-ip-overwrite, the error says)
+    type Case<'a> = (Option<&'a str>, Option<&'a str>, Option<&'a str>, &'a str);
+    let cases: [Case; 3] = [
+        (
+            Some("127.0.0.1"),
+            None,
+            None,
+            "--public-ip 127.0.0.1 is a loopback address",
+        ),
+        (
+            None,
+            Some("0.0.0.0"),
+            None,
+            "node-public-ip annotation 0.0.0.0 is unspecified",
+        ),
+        (
+            None,
+            None,
+            Some("224.0.0.9"),
+            "public-ip-overwrite annotation 224.0.0.9 is a multicast",
+        ),
+    ];
+    for (flag, node_ip, overwrite, want) in cases {
+        let nl = Fake::new();
+        add_eth0(&nl).await;
+        let mut opts = options(&dir);
+        opts.public_ip = flag.map(|s| s.parse().unwrap());
+        let source = MemorySource::new(OwnLease {
+            name: "me".into(),
+            pod_cidrs: vec!["10.244.1.0/24".into()],
+            internal_ips: vec!["198.51.100.11".parse().unwrap()],
+            stored: PerFamily {
+                v4: crate::lease::Stored {
+                    public_ip: node_ip.map(|s| s.parse().unwrap()),
+                    overwrite: overwrite.map(|s| s.parse().unwrap()),
+                    data: None,
+                },
+                v6: Default::default(),
+            },
+        });
+        let metrics = Arc::new(Metrics::default());
+        let err = super::serve(
+            &nl,
+            &source,
+            &cfg,
+            &opts,
+            &metrics,
+            |_| Ok::<_, AgentError>(FakeRules::default()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(want), "{err}");
+        assert!(source.published().is_empty(), "nothing published");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
