@@ -157,30 +157,45 @@ fn desired(link: u32, peers: &[Peer]) -> BTreeMap<IpNetwork, Route> {
 /// public IP) among the routes on `link` inside `network`.
 pub fn plan(link: u32, network: IpNetwork, peers: &[Peer], observed: &[Route]) -> Vec<Op> {
     let want = desired(link, peers);
-    let ours = |r: &&Route| r.link == link && inside(&network, &r.dst);
-    let mut ops = Vec::new();
-    let mut have: BTreeMap<IpNetwork, Vec<Route>> = BTreeMap::new();
-    for r in observed.iter().filter(ours) {
-        have.entry(r.dst).or_default().push(*r);
+    let ours = observed
+        .iter()
+        .filter(|r| r.link == link && inside(&network, &r.dst));
+    let (mut ops, puts) = route_ops(&want, ours);
+    ops.extend(puts);
+    ops
+}
+
+/// The route half of every planner (host routes, and the VXLAN device's):
+/// of `have` (only routes the caller manages), those to destinations not
+/// wanted go, and so do the extras beside a wanted one (several routes to
+/// one destination, say with other metrics); each wanted route not present
+/// is put with a replace, so one wrong route to a destination is replaced
+/// in place, with no gap (a delete names its gateway, so it cannot hit the
+/// replacement). Deletes and puts come apart, for the caller to order.
+pub fn route_ops<'a>(
+    want: &BTreeMap<IpNetwork, Route>,
+    have: impl IntoIterator<Item = &'a Route>,
+) -> (Vec<Op>, Vec<Op>) {
+    let mut by_dst: BTreeMap<IpNetwork, Vec<Route>> = BTreeMap::new();
+    for r in have {
+        by_dst.entry(r.dst).or_default().push(*r);
     }
-    for (dst, routes) in &have {
+    let mut dels = Vec::new();
+    for (dst, routes) in &by_dst {
         match want.get(dst) {
-            None => ops.extend(routes.iter().map(|r| Op::DelRoute(*r))),
-            // One wrong route is replaced in place below; of several, the
-            // extra ones go (a delete names its gateway, so it cannot hit
-            // the replacement).
+            None => dels.extend(routes.iter().map(|r| Op::DelRoute(*r))),
             Some(w) if routes.len() > 1 => {
-                ops.extend(routes.iter().filter(|r| *r != w).map(|r| Op::DelRoute(*r)))
+                dels.extend(routes.iter().filter(|r| *r != w).map(|r| Op::DelRoute(*r)))
             }
             Some(_) => {}
         }
     }
-    for (dst, w) in &want {
-        if !have.get(dst).is_some_and(|rs| rs.contains(w)) {
-            ops.push(Op::ReplaceRoute(*w));
-        }
-    }
-    ops
+    let puts = want
+        .iter()
+        .filter(|(dst, w)| !by_dst.get(*dst).is_some_and(|rs| rs.contains(w)))
+        .map(|(_, w)| Op::ReplaceRoute(*w))
+        .collect();
+    (dels, puts)
 }
 
 /// `weftd cleanup` for host routes: on every link, the main-table routes

@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::annotations::Mac;
+use crate::backend::routes::route_ops;
 use crate::backend::{Peer, PeerData};
 use crate::netlink::{Fdb, Neigh, Observed, Op, Route};
 
@@ -74,21 +75,11 @@ pub fn plan(link: u32, peers: &[PeerEntry], observed: &Observed) -> Vec<Op> {
 
     // Routes, keyed by destination.
     let want_routes: BTreeMap<IpNetwork, Route> = want.routes.iter().map(|r| (r.dst, *r)).collect();
-    let mut have_routes: BTreeMap<IpNetwork, Vec<Route>> = BTreeMap::new();
-    for r in observed.routes.iter().filter(|r| r.link == link) {
-        have_routes.entry(r.dst).or_default().push(*r);
-    }
-    for (dst, have) in &have_routes {
-        match want_routes.get(dst) {
-            None => dels.extend(have.iter().map(|r| Op::DelRoute(*r))),
-            // Several routes to one destination (different metrics): keep
-            // the one we want, if present, and drop the others.
-            Some(w) if have.len() > 1 => {
-                dels.extend(have.iter().filter(|r| *r != w).map(|r| Op::DelRoute(*r)))
-            }
-            Some(_) => {}
-        }
-    }
+    let (route_dels, route_puts) = route_ops(
+        &want_routes,
+        observed.routes.iter().filter(|r| r.link == link),
+    );
+    dels.extend(route_dels);
 
     // Neighbours, keyed by IP.
     let want_neighs: BTreeMap<IpAddr, Neigh> = want.neighs.iter().map(|n| (n.ip, *n)).collect();
@@ -133,12 +124,7 @@ pub fn plan(link: u32, peers: &[PeerEntry], observed: &Observed) -> Vec<Op> {
             puts.push(Op::ReplaceFdb(*w));
         }
     }
-    for (dst, w) in &want_routes {
-        let present = have_routes.get(dst).is_some_and(|h| h.contains(w));
-        if !present {
-            puts.push(Op::ReplaceRoute(*w));
-        }
-    }
+    puts.extend(route_puts);
 
     // Routes go before the neighbours and FDB entries they lead to.
     dels.sort_by_key(|op| match op {
