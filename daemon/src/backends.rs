@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::backend::{Backend, BackendError, Local, routes};
+use crate::backend::{Backend, BackendError, Local, Teardown, routes};
 use crate::config::{BackendConfig, NetConfig};
 use crate::metrics::Metrics;
 use crate::netlink::Netlink;
@@ -28,7 +28,7 @@ pub async fn start<N: Netlink + 'static>(
 
 /// Removes what the configured backend put on this node (`weftd cleanup`);
 /// what was removed, one line each, and the failures.
-pub async fn teardown(nl: &Kernel, cfg: &NetConfig) -> (Vec<String>, Vec<(String, String)>) {
+pub async fn teardown(nl: &Kernel, cfg: &NetConfig) -> Teardown {
     match &cfg.backend {
         BackendConfig::Vxlan(c) => vxlan::teardown(nl, c, cfg).await,
         BackendConfig::Udp(_) => udp::teardown(nl).await,

@@ -47,12 +47,12 @@ pub async fn run(
     let cfg = NetConfig::load(net_conf);
     match Kernel::connect() {
         Ok(nl) => {
-            let (gone, failed) = match &cfg {
+            let done = match &cfg {
                 Ok(cfg) => crate::backends::teardown(&nl, cfg).await,
                 Err(_) => crate::vxlan::delete_devices(&nl, DEFAULT_VNI).await,
             };
-            removed.extend(gone);
-            for (what, why) in failed {
+            removed.extend(done.removed);
+            for (what, why) in done.failed {
                 fail(&what, why);
             }
         }

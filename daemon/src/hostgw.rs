@@ -18,7 +18,7 @@ use std::sync::Arc;
 use futures::future::LocalBoxFuture;
 use ipnetwork::IpNetwork;
 
-use crate::backend::routes::HostRoutes;
+use crate::backend::routes::{HostRoutes, on_link};
 use crate::backend::{Backend, BackendError, Local, Pass, Peer, PeerCodec, PeerData, Refusal};
 use crate::family::{Family, PerFamily};
 use crate::metrics::Metrics;
@@ -50,18 +50,17 @@ impl PeerCodec for Codec {
         _family: Family,
         backend_type: &str,
         _data: Option<&str>,
-        public_ip: IpAddr,
+        public_ip: Option<IpAddr>,
     ) -> Result<PeerData, Refusal> {
         if backend_type != TYPE {
             return Err(Refusal::OtherBackend(format!(
                 "is {backend_type:?}, not {TYPE:?}"
             )));
         }
-        let on_link = self
-            .onlink
-            .iter()
-            .any(|n| n.is_ipv4() == public_ip.is_ipv4() && n.contains(public_ip));
-        if !on_link {
+        let Some(public_ip) = public_ip else {
+            return Ok(PeerData::None);
+        };
+        if !on_link(&self.onlink, &public_ip) {
             let prefixes: Vec<String> = self
                 .onlink
                 .iter()
@@ -237,15 +236,20 @@ mod tests {
         let codec = Backend::<Fake>::codec(&hg);
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
         assert_eq!(
-            codec.decode(Family::V4, "host-gw", Some("null"), ip("198.51.100.12")),
+            codec.decode(
+                Family::V4,
+                "host-gw",
+                Some("null"),
+                Some(ip("198.51.100.12"))
+            ),
             Ok(PeerData::None)
         );
         assert!(matches!(
-            codec.decode(Family::V4, "vxlan", Some("null"), ip("198.51.100.12")),
+            codec.decode(Family::V4, "vxlan", Some("null"), Some(ip("198.51.100.12"))),
             Err(Refusal::OtherBackend(_))
         ));
         let Err(Refusal::Unreachable(why)) =
-            codec.decode(Family::V4, "host-gw", None, ip("203.0.113.7"))
+            codec.decode(Family::V4, "host-gw", None, Some(ip("203.0.113.7")))
         else {
             panic!("an off-subnet peer must be refused");
         };

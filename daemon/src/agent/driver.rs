@@ -16,7 +16,6 @@ use super::machine::{Action, Event, Machine};
 use crate::backend::{Backend, Pass};
 use crate::firewall::Firewall;
 use crate::lease::Update;
-use crate::lease::peers::PeerSet;
 use crate::metrics::Metrics;
 use crate::netlink::{Change, Netlink};
 use crate::nft::kernel::NftError;
@@ -66,7 +65,6 @@ pub async fn drive<N: Netlink, R: Rules>(
     let mut machine = Machine::new();
     let mut resync = interval(inputs.resync).await;
     let mut rules_tick = interval(inputs.rules_resync).await;
-    let mut last: Option<std::sync::Arc<PeerSet>> = None;
     loop {
         let event = tokio::select! {
             r = inputs.peers.changed() => {
@@ -122,12 +120,11 @@ pub async fn drive<N: Netlink, R: Rules>(
                         us = t0.elapsed().as_micros() as u64,
                         "reconcile pass"
                     );
-                    last = Some(set);
                     machine.handle(Event::Reconciled { pass, ok }, Instant::now())
                 }
                 Action::BecomeReady => {
                     metrics.set_ready();
-                    let peers = last.as_ref().map(|s| s.peers.map(|_, v| v.len()));
+                    let peers = machine.current().map(|u| u.set.peers.map(|_, v| v.len()));
                     tracing::info!(
                         peers_v4 = peers.map(|p| p.v4).unwrap_or_default(),
                         peers_v6 = peers.map(|p| p.v6).unwrap_or_default(),

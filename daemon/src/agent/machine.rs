@@ -82,6 +82,11 @@ impl Machine {
         self.ready
     }
 
+    /// The last peer set handed in.
+    pub fn current(&self) -> Option<&Update> {
+        self.current.as_ref()
+    }
+
     /// Takes in one event at time `now`.
     pub fn handle(&mut self, event: Event, now: Instant) -> Option<Action> {
         match event {

@@ -92,7 +92,7 @@ pub enum AgentError {
     PublicIpFamily { ip: IpAddr, family: Family },
     #[error("{what} {ip} {why}: other nodes could not reach this one there")]
     UnusablePublicIp {
-        what: &'static str,
+        what: String,
         ip: IpAddr,
         why: &'static str,
     },
@@ -176,17 +176,15 @@ where
         };
         let stored = own.stored.get(family);
         let v6 = family.is_v6();
+        // flannel's spellings carry the family the same way: "" or "v6".
+        let sfx = if v6 { "v6" } else { "" };
         let (given, what) = match (flags.get(family), stored.public_ip) {
-            (Some(ip), _) => (Some(*ip), if v6 { "--public-ipv6" } else { "--public-ip" }),
+            (Some(ip), _) => (Some(*ip), format!("--public-ip{sfx}")),
             (None, Some(ip)) => (
                 Some(ip),
-                if v6 {
-                    "the Node's node-public-ipv6 annotation"
-                } else {
-                    "the Node's node-public-ip annotation"
-                },
+                format!("the Node's node-public-ip{sfx} annotation"),
             ),
-            (None, None) => (None, "the external interface's address"),
+            (None, None) => (None, "the external interface's address".to_string()),
         };
         let public_ip = match given {
             Some(ip) if !family.holds(&ip) => {
@@ -197,10 +195,9 @@ where
         };
         let overwrite = stored.overwrite.filter(|ip| family.holds(ip));
         let advertised = overwrite.unwrap_or(public_ip);
-        let advertised_from = match (overwrite, v6) {
-            (None, _) => what,
-            (Some(_), false) => "the Node's public-ip-overwrite annotation",
-            (Some(_), true) => "the Node's public-ipv6-overwrite annotation",
+        let advertised_from = match overwrite {
+            Some(_) => format!("the Node's public-ip{sfx}-overwrite annotation"),
+            None => what.clone(),
         };
         for (ip, what) in [(public_ip, what), (advertised, advertised_from)] {
             if let Some(why) = not_a_host_address(&ip) {

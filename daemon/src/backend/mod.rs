@@ -28,6 +28,7 @@ use crate::annotations::Mac;
 use crate::family::{Family, PerFamily};
 use crate::iface::ExtIface;
 use crate::metrics::Metrics;
+use crate::netlink::kernel::Kernel;
 use crate::netlink::{Change, Netlink, NetlinkError, Op};
 
 /// The smallest pod MTU weft accepts (IPv4's minimum datagram size).
@@ -68,13 +69,15 @@ pub enum Refusal {
 /// it once per node event and family, never per reconcile.
 pub trait PeerCodec: fmt::Debug + Send + Sync {
     /// Judges one peer's `backend-type` and backend data (`None`: the
-    /// annotation is absent) for one family.
+    /// annotation is absent) for one family, and its public IP where a
+    /// backend cares (`None`: not a valid address; the lease code refuses
+    /// that itself, after the type).
     fn decode(
         &self,
         family: Family,
         backend_type: &str,
         data: Option<&str>,
-        public_ip: IpAddr,
+        public_ip: Option<IpAddr>,
     ) -> Result<PeerData, Refusal>;
 }
 
@@ -173,6 +176,35 @@ pub enum BackendError {
     Setup(Box<dyn std::error::Error + Send + Sync>),
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
+}
+
+/// What `weftd cleanup` removed (one line each) and what failed (what, why).
+#[derive(Debug, Default)]
+pub struct Teardown {
+    pub removed: Vec<String>,
+    pub failed: Vec<(String, String)>,
+}
+
+impl Teardown {
+    pub fn extend(&mut self, other: Teardown) {
+        self.removed.extend(other.removed);
+        self.failed.extend(other.failed);
+    }
+}
+
+/// Deletes the links named `names` where present (`ip link del`).
+pub async fn delete_links(nl: &Kernel, names: &[String]) -> Teardown {
+    let mut done = Teardown::default();
+    for name in names {
+        match nl.delete_link(name).await {
+            Ok(true) => done.removed.push(format!("device {name}")),
+            Ok(false) => {}
+            Err(e) => done
+                .failed
+                .push((format!("deleting device {name}"), e.to_string())),
+        }
+    }
+    done
 }
 
 /// The MTU left for pods on an underlay of `underlay` bytes after

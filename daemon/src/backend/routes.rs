@@ -10,11 +10,12 @@
 //! network are ours to manage: everything else on that link is left alone.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use ipnetwork::IpNetwork;
 
-use super::{Outcome, Pass, Peer, carry_out, record};
+use super::{Outcome, Pass, Peer, Teardown, carry_out, record};
 use crate::config::NetConfig;
 use crate::family::Family;
 use crate::metrics::Metrics;
@@ -29,6 +30,9 @@ pub struct HostRoutes {
     pub onlink: Vec<IpNetwork>,
     /// The routes of the last successful pass, per pod network (sorted).
     known: BTreeMap<IpNetwork, Vec<Route>>,
+    /// During the first list: the routes on our link as read at its first
+    /// page, with what the pages since added (so a page reads nothing).
+    partial: BTreeMap<IpNetwork, Vec<Route>>,
 }
 
 impl HostRoutes {
@@ -37,6 +41,7 @@ impl HostRoutes {
             link,
             onlink,
             known: BTreeMap::new(),
+            partial: BTreeMap::new(),
         }
     }
 
@@ -50,16 +55,11 @@ impl HostRoutes {
             .collect())
     }
 
-    /// Whether a peer at `public_ip` is reached directly.
-    pub fn reaches(&self, public_ip: &std::net::IpAddr) -> bool {
-        self.onlink
-            .iter()
-            .any(|n| n.is_ipv4() == public_ip.is_ipv4() && n.contains(*public_ip))
-    }
-
     /// The peers reached directly, and the rest.
     pub fn split(&self, peers: &[Peer]) -> (Vec<Peer>, Vec<Peer>) {
-        peers.iter().partition(|p| self.reaches(&p.public_ip))
+        peers
+            .iter()
+            .partition(|p| on_link(&self.onlink, &p.public_ip))
     }
 
     /// Whether a change seen on netlink undoes one of our routes, or adds
@@ -106,28 +106,63 @@ impl HostRoutes {
     ) -> Result<Outcome, NetlinkError> {
         let want = desired(self.link, peers);
         let known = self.known.remove(&network);
+        if pass == Pass::Partial {
+            return self.add_partial(nl, network, want).await;
+        }
+        self.partial.remove(&network);
         let ops = match (pass, known) {
             // Quick: against what the last pass left (exact unless someone
             // else wrote, which the change watch and full passes catch).
             (Pass::Quick, Some(known)) => plan(self.link, network, peers, &known),
             _ => {
                 let observed = nl.observe(self.link, network.is_ipv6()).await?;
-                let ops = plan(self.link, network, peers, &observed.routes);
-                if pass == Pass::Partial {
-                    ops.into_iter()
-                        .filter(|op| matches!(op, Op::ReplaceRoute(_)))
-                        .collect()
-                } else {
-                    ops
-                }
+                plan(self.link, network, peers, &observed.routes)
             }
         };
         let out = carry_out(nl, ops, false).await;
-        if out.failed.is_empty() && pass != Pass::Partial {
+        if out.failed.is_empty() {
             self.known.insert(network, want.into_values().collect());
         }
         Ok(out)
     }
+
+    /// A page of the first list: puts what is missing, deletes nothing. The
+    /// link is read at the first page only; later pages plan against that
+    /// reading and what the pages since put there.
+    async fn add_partial<N: Netlink>(
+        &mut self,
+        nl: &N,
+        network: IpNetwork,
+        want: BTreeMap<IpNetwork, Route>,
+    ) -> Result<Outcome, NetlinkError> {
+        let mut have = match self.partial.remove(&network) {
+            Some(have) => have,
+            None => nl.observe(self.link, network.is_ipv6()).await?.routes,
+        };
+        let ours = have
+            .iter()
+            .filter(|r| r.link == self.link && inside(&network, &r.dst));
+        let (_, puts) = route_ops(&want, ours);
+        let out = carry_out(nl, puts.clone(), false).await;
+        if out.failed.is_empty() {
+            for op in puts {
+                if let Op::ReplaceRoute(r) = op {
+                    have.retain(|h| h.dst != r.dst);
+                    have.push(r);
+                }
+            }
+            self.partial.insert(network, have);
+        }
+        Ok(out)
+    }
+}
+
+/// Whether `ip` lies on one of the connected prefixes `onlink` (then a
+/// route via it needs no gateway of its own).
+pub fn on_link(onlink: &[IpNetwork], ip: &IpAddr) -> bool {
+    onlink
+        .iter()
+        .any(|n| n.is_ipv4() == ip.is_ipv4() && n.contains(*ip))
 }
 
 fn inside(network: &IpNetwork, dst: &IpNetwork) -> bool {
@@ -201,18 +236,21 @@ pub fn route_ops<'a>(
 /// `weftd cleanup` for host routes: on every link, the main-table routes
 /// through a gateway whose destination lies inside a pod network of
 /// net-conf.json (what host-gw or DirectRouting programmed).
-pub async fn teardown(nl: &Kernel, cfg: &NetConfig) -> (Vec<String>, Vec<(String, String)>) {
-    let (mut removed, mut failed) = (Vec::new(), Vec::new());
+pub async fn teardown(nl: &Kernel, cfg: &NetConfig) -> Teardown {
+    let mut done = Teardown::default();
     let links = match nl.links().await {
         Ok(l) => l,
-        Err(e) => return (removed, vec![("listing links".into(), e.to_string())]),
+        Err(e) => {
+            done.failed.push(("listing links".into(), e.to_string()));
+            return done;
+        }
     };
     for network in cfg.networks() {
         for link in &links {
             let observed = match nl.observe(link.index, network.is_ipv6()).await {
                 Ok(o) => o,
                 Err(e) => {
-                    failed.push((
+                    done.failed.push((
                         format!("reading the routes of {}", link.name),
                         e.to_string(),
                     ));
@@ -232,13 +270,15 @@ pub async fn teardown(nl: &Kernel, cfg: &NetConfig) -> (Vec<String>, Vec<(String
                     link.name
                 );
                 match r {
-                    Ok(()) => removed.push(text),
-                    Err(e) => failed.push((format!("deleting {text}"), e.to_string())),
+                    Ok(()) => done.removed.push(text),
+                    Err(e) => done
+                        .failed
+                        .push((format!("deleting {text}"), e.to_string())),
                 }
             }
         }
     }
-    (removed, failed)
+    done
 }
 
 #[cfg(test)]

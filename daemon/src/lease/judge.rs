@@ -163,13 +163,9 @@ fn entry(ctx: &Context, subnets: &Subnets, family: Family, node: &Record<'_>) ->
     let public_ip: Option<IpAddr> = ip_text.parse().ok().filter(|ip: &IpAddr| family.holds(ip));
     // The type first: a node of another backend is that, whatever its IP.
     let data = *node.data.get(family);
-    let probe = public_ip.unwrap_or(match family {
-        Family::V4 => IpAddr::from([0u8; 4]),
-        Family::V6 => IpAddr::from([0u16; 8]),
-    });
     let decoded = ctx
         .codec
-        .decode(family, ty, data, probe)
+        .decode(family, ty, data, public_ip)
         .map_err(|r| refusal(names, data_key, r));
     let public_ip = match (&decoded, public_ip) {
         (Err(e @ (SkipReason::OtherBackend, _)), _) => return Err(e.clone()),

@@ -12,7 +12,8 @@ use ipnetwork::IpNetwork;
 
 use super::{DEVICE, DataPlane, OVERHEAD, UdpSpec};
 use crate::backend::{
-    Backend, BackendError, Local, Pass, Peer, PeerCodec, PeerData, Refusal, pod_mtu,
+    Backend, BackendError, Local, Pass, Peer, PeerCodec, PeerData, Refusal, Teardown, delete_links,
+    pod_mtu,
 };
 use crate::config::UdpConfig;
 use crate::family::{Family, PerFamily};
@@ -49,7 +50,7 @@ impl PeerCodec for Codec {
         _family: Family,
         backend_type: &str,
         _data: Option<&str>,
-        _public_ip: IpAddr,
+        _public_ip: Option<IpAddr>,
     ) -> Result<PeerData, Refusal> {
         match backend_type {
             TYPE | "" => Ok(PeerData::None),
@@ -216,15 +217,8 @@ impl<N: Netlink> Backend<N> for Udp {
 
 /// `weftd cleanup`: `flannel0`, if a running weftd still holds it (the TUN
 /// device is not persistent: it goes when its process does).
-pub async fn teardown(nl: &Kernel) -> (Vec<String>, Vec<(String, String)>) {
-    match nl.delete_link(DEVICE).await {
-        Ok(true) => (vec![format!("device {DEVICE}")], vec![]),
-        Ok(false) => (vec![], vec![]),
-        Err(e) => (
-            vec![],
-            vec![(format!("deleting device {DEVICE}"), e.to_string())],
-        ),
-    }
+pub async fn teardown(nl: &Kernel) -> Teardown {
+    delete_links(nl, &[DEVICE.to_string()]).await
 }
 
 #[cfg(test)]
@@ -236,13 +230,13 @@ mod tests {
         let ip = "198.51.100.12".parse().unwrap();
         for ty in ["udp", ""] {
             assert_eq!(
-                Codec.decode(Family::V4, ty, Some("null"), ip),
+                Codec.decode(Family::V4, ty, Some("null"), Some(ip)),
                 Ok(PeerData::None),
                 "{ty:?}"
             );
         }
         assert!(matches!(
-            Codec.decode(Family::V4, "vxlan", None, ip),
+            Codec.decode(Family::V4, "vxlan", None, Some(ip)),
             Err(Refusal::OtherBackend(_))
         ));
     }

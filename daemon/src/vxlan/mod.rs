@@ -37,7 +37,8 @@ use ipnetwork::IpNetwork;
 use crate::annotations::{Mac, VxlanData};
 use crate::backend::routes::HostRoutes;
 use crate::backend::{
-    Backend, BackendError, Local, Pass, Peer, PeerCodec, PeerData, Refusal, pod_mtu, record,
+    Backend, BackendError, Local, Pass, Peer, PeerCodec, PeerData, Refusal, Teardown, delete_links,
+    pod_mtu, record,
 };
 use crate::config::{NetConfig, VxlanConfig};
 use crate::family::{Family, PerFamily};
@@ -226,7 +227,7 @@ impl PeerCodec for Codec {
         _family: Family,
         backend_type: &str,
         data: Option<&str>,
-        _public_ip: std::net::IpAddr,
+        _public_ip: Option<std::net::IpAddr>,
     ) -> Result<PeerData, Refusal> {
         if backend_type != TYPE {
             return Err(Refusal::OtherBackend(format!(
@@ -388,17 +389,16 @@ impl<N: Netlink> Backend<N> for Vxlan {
                 };
                 let all = peers.get(family);
                 // With DirectRouting, the directly reachable peers leave the device.
-                let far = match self.direct.as_mut() {
+                let entries: Vec<PeerEntry> = match self.direct.as_mut() {
                     Some(direct) => {
                         let (near, far) = direct.split(all);
                         ok &= direct
                             .reconcile(nl, dev.cfg.network, &near, pass, metrics)
                             .await;
-                        far
+                        far.iter().filter_map(PeerEntry::of).collect()
                     }
-                    None => all.clone(),
+                    None => all.iter().filter_map(PeerEntry::of).collect(),
                 };
-                let entries: Vec<PeerEntry> = far.iter().filter_map(PeerEntry::of).collect();
                 let t0 = Instant::now();
                 let result = match pass {
                     Pass::Partial => dev.add_partial(nl, &entries).await,
@@ -415,33 +415,18 @@ impl<N: Netlink> Backend<N> for Vxlan {
 
 /// `weftd cleanup`: the devices of the configured VNI (their neighbour, FDB
 /// and route entries go with them) and, with DirectRouting, the host routes.
-pub async fn teardown(
-    nl: &Kernel,
-    cfg: &VxlanConfig,
-    net: &NetConfig,
-) -> (Vec<String>, Vec<(String, String)>) {
-    let (mut removed, mut failed) = delete_devices(nl, cfg.vni).await;
+pub async fn teardown(nl: &Kernel, cfg: &VxlanConfig, net: &NetConfig) -> Teardown {
+    let mut done = delete_devices(nl, cfg.vni).await;
     if cfg.direct_routing {
-        let (r, f) = crate::backend::routes::teardown(nl, net).await;
-        removed.extend(r);
-        failed.extend(f);
+        done.extend(crate::backend::routes::teardown(nl, net).await);
     }
-    (removed, failed)
+    done
 }
 
 /// Deletes `flannel.<vni>` and `flannel-v6.<vni>` where present.
-pub async fn delete_devices(nl: &Kernel, vni: u32) -> (Vec<String>, Vec<(String, String)>) {
-    let (mut removed, mut failed) = (Vec::new(), Vec::new());
-    for name in [device_name(vni, false), device_name(vni, true)] {
-        match nl.delete_link(&name).await {
-            Ok(true) => removed.push(format!("device {name}")),
-            Ok(false) => {}
-            Err(e) => failed.push((format!("deleting device {name}"), e.to_string())),
-        }
-    }
-    (removed, failed)
+pub async fn delete_devices(nl: &Kernel, vni: u32) -> Teardown {
+    delete_links(nl, &[device_name(vni, false), device_name(vni, true)]).await
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,7 +435,7 @@ mod tests {
     fn the_codec_takes_our_vni_and_a_unicast_mac_only() {
         let c = Codec { vni: 1 };
         let ip = "198.51.100.12".parse().unwrap();
-        let decode = |ty: &str, data: Option<&str>| c.decode(Family::V4, ty, data, ip);
+        let decode = |ty: &str, data: Option<&str>| c.decode(Family::V4, ty, data, Some(ip));
         assert_eq!(
             decode("vxlan", Some(r#"{"VNI":1,"VtepMAC":"0a:00:00:00:00:02"}"#)),
             Ok(PeerData::VtepMac(Mac([0x0a, 0, 0, 0, 0, 2])))

@@ -50,22 +50,28 @@ impl KubeSource {
     }
 }
 
-/// flannel's annotation names of one family: public IP, its overwrite, the
-/// node-public-ip input, backend data.
-fn keys(names: &Names, family: Family) -> [&str; 4] {
+/// flannel's annotation names of one family.
+struct Keys<'a> {
+    public_ip: &'a str,
+    overwrite: &'a str,
+    node_public_ip: &'a str,
+    data: &'a str,
+}
+
+fn keys(names: &Names, family: Family) -> Keys<'_> {
     match family {
-        Family::V4 => [
-            &names.public_ip,
-            &names.public_ip_overwrite,
-            &names.node_public_ip,
-            &names.backend_data,
-        ],
-        Family::V6 => [
-            &names.public_ipv6,
-            &names.public_ipv6_overwrite,
-            &names.node_public_ipv6,
-            &names.backend_v6_data,
-        ],
+        Family::V4 => Keys {
+            public_ip: &names.public_ip,
+            overwrite: &names.public_ip_overwrite,
+            node_public_ip: &names.node_public_ip,
+            data: &names.backend_data,
+        },
+        Family::V6 => Keys {
+            public_ip: &names.public_ipv6,
+            overwrite: &names.public_ipv6_overwrite,
+            node_public_ip: &names.node_public_ipv6,
+            data: &names.backend_v6_data,
+        },
     }
 }
 
@@ -78,11 +84,11 @@ impl LeaseSource for KubeSource {
             pod_cidrs: node.pod_cidrs().into_iter().map(str::to_string).collect(),
             internal_ips: node.internal_ips().filter_map(|s| s.parse().ok()).collect(),
             stored: PerFamily::from_fn(|f| {
-                let [_, overwrite, node_ip, data] = keys(&self.names, f);
+                let k = keys(&self.names, f);
                 Stored {
-                    public_ip: ip(node_ip),
-                    overwrite: ip(overwrite),
-                    data: node.annotation(data).map(str::to_string),
+                    public_ip: ip(k.node_public_ip),
+                    overwrite: ip(k.overwrite),
+                    data: node.annotation(k.data).map(str::to_string),
                 }
             }),
         };
@@ -99,9 +105,9 @@ impl LeaseSource for KubeSource {
             (names.subnet_manager.clone(), "true".to_string()),
         ]);
         for (family, (ip, data)) in ours.families.present() {
-            let [ip_key, _, _, data_key] = keys(names, family);
-            wanted.insert(ip_key.to_string(), ip.to_string());
-            wanted.insert(data_key.to_string(), data.clone());
+            let k = keys(names, family);
+            wanted.insert(k.public_ip.to_string(), ip.to_string());
+            wanted.insert(k.data.to_string(), data.clone());
         }
         let node = self.node().unwrap_or_default();
         acquire::publish(&self.api, &node, &wanted)
@@ -138,7 +144,7 @@ impl LeaseSource for KubeSource {
 pub fn fields(names: &Names) -> FieldNames {
     FieldNames {
         backend_type: names.backend_type.clone(),
-        public_ip: PerFamily::from_fn(|f| keys(names, f)[0].to_string()),
-        data: PerFamily::from_fn(|f| keys(names, f)[3].to_string()),
+        public_ip: PerFamily::from_fn(|f| keys(names, f).public_ip.to_string()),
+        data: PerFamily::from_fn(|f| keys(names, f).data.to_string()),
     }
 }
