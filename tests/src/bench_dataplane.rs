@@ -179,14 +179,7 @@ pub fn run(
     }
     let mut paths = Vec::new();
     for (b, lab) in &labs {
-        let ip = |pod: &str| {
-            lab.state
-                .pods
-                .iter()
-                .find(|p| p.name == pod)
-                .map(|p| p.ip.to_string())
-                .unwrap_or_default()
-        };
+        let ip = |pod: &str| lab.pod(pod).map(|p| p.ip.to_string()).unwrap_or_default();
         paths.push(Path {
             name: b.type_name(),
             lab,

@@ -20,13 +20,7 @@ fn pods_from_the_conflist_reach_each_other_and_del_frees_their_address_and_veth(
     assert!(failed.is_empty(), "failed pairs: {failed:#?}");
 
     let node = lab.node("node-2").unwrap().clone();
-    let pod = lab
-        .state
-        .pods
-        .iter()
-        .find(|p| p.name == "node-2-pod-1")
-        .unwrap()
-        .clone();
+    let pod = lab.pod("node-2-pod-1").unwrap().clone();
     let ip_file = node.host_path(&format!("/var/lib/cni/networks/cbr0/{}", pod.ip));
     let saved = node.host_path("/var/lib/cni/flannel/node-2-pod-1");
     assert!(ip_file.exists(), "host-local holds {}", pod.ip);
