@@ -16,6 +16,9 @@ pub struct PairResult {
     pub to_ip: String,
     pub icmp: bool,
     pub tcp: bool,
+    /// What iperf3 said when TCP failed (its last lines), for the report.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tcp_error: Option<String>,
 }
 
 impl PairResult {
@@ -109,32 +112,66 @@ impl Lab {
                     .pod_cmd(a, &["ping", "-q", "-c", "1", "-w", "5", ip])?
                     .status
                     .success();
-                let tcp = self
-                    .pod_cmd(
-                        a,
-                        &[
-                            "iperf3",
-                            "-c",
-                            ip,
-                            "-p",
-                            port,
-                            "-n",
-                            "64K",
-                            "--connect-timeout",
-                            "2000",
-                        ],
-                    )?
-                    .status
-                    .success();
+                let tcp_error = self.tcp_transfer(a, ip, port)?;
                 out.push(PairResult {
                     from: a.name.clone(),
                     to: b.name.clone(),
                     to_ip: ip.clone(),
                     icmp,
-                    tcp,
+                    tcp: tcp_error.is_none(),
+                    tcp_error,
                 });
             }
         }
         Ok(out)
+    }
+
+    /// 64 KiB over TCP from `pod` to `ip`:`port` with iperf3; what iperf3
+    /// said if it failed. An iperf3 server runs one test at a time and stays
+    /// busy until the previous client's last segments reach it (they may
+    /// have been in flight through a fault the test just made): "busy" is
+    /// asked again for up to 5 s; any other failure is the answer.
+    fn tcp_transfer(
+        &self,
+        pod: &PodRecord,
+        ip: &str,
+        port: &str,
+    ) -> Result<Option<String>, LabError> {
+        let t0 = Instant::now();
+        loop {
+            let out = self.pod_cmd(
+                pod,
+                &[
+                    "iperf3",
+                    "-c",
+                    ip,
+                    "-p",
+                    port,
+                    "-n",
+                    "64K",
+                    "--connect-timeout",
+                    "2000",
+                ],
+            )?;
+            if out.status.success() {
+                return Ok(None);
+            }
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if said.contains("server is busy") && t0.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            let tail: Vec<&str> = said.lines().rev().take(3).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            return Ok(Some(format!(
+                "after {:?}: {}",
+                t0.elapsed(),
+                tail.join(" | ")
+            )));
+        }
     }
 }

@@ -209,6 +209,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         mark(r.icmp),
                         mark(r.tcp)
                     );
+                    if let Some(e) = &r.tcp_error {
+                        println!("  iperf3 {e}");
+                    }
                 }
                 println!("{} pairs, {} failed", results.len(), failed.len());
             }
