@@ -260,11 +260,17 @@ pub fn wait_apiserver(
 }
 
 /// The manifest users `kubectl apply`: `$WEFT_LAB_MANIFEST`, else the
-/// checkout's `manifests/weft.yaml`.
+/// checkout's `manifests/weft.yaml` (the checkout cargo runs from, when it
+/// does: a cached binary may have been built in another one).
 pub fn manifest() -> PathBuf {
     std::env::var_os("WEFT_LAB_MANIFEST")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/weft.yaml"))
+        .unwrap_or_else(|| {
+            let dir = std::env::var_os("CARGO_MANIFEST_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+            dir.join("../manifests/weft.yaml")
+        })
 }
 
 /// Applies weft's own manifest as its users do: a server-side dry run of

@@ -17,7 +17,11 @@ pub fn plugin() -> &'static Path {
         // <target>/<profile>/deps/<this test>
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().unwrap().parent().unwrap();
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        // Read when the test runs, not when it was compiled: a cached test
+        // binary built from another checkout must not run that checkout's
+        // script.
+        let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").unwrap();
+        let root = Path::new(&manifest_dir).parent().unwrap();
         let status = Command::new("bash")
             .arg(root.join("scripts/build-plugin"))
             .arg("--out")
