@@ -104,14 +104,29 @@ def test_config_runs_weftd_as_non_root_by_default(archive):
     assert c["rootfs"] == {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(archive.layer).hexdigest()]}
 
 
-def test_layer_holds_exactly_the_two_binaries(archive):
+def test_layer_holds_exactly_the_two_binaries_and_flanneld_s_path(archive):
     with tarfile.open(fileobj=io.BytesIO(archive.layer)) as tar:
         members = tar.getmembers()
     files = {m.name: m for m in members if m.isfile()}
     assert set(files) == {"usr/local/bin/weftd", "usr/local/bin/weft"}
-    assert {m.name.rstrip("/") for m in members if m.isdir()} == {"usr", "usr/local", "usr/local/bin"}
+    assert {m.name.rstrip("/") for m in members if m.isdir()} == {
+        "usr", "usr/local", "usr/local/bin", "opt", "opt/bin",
+    }
+    links = {m.name: m.linkname for m in members if m.issym()}
+    assert links == {"opt/bin/flanneld": "/usr/local/bin/weftd"}
     for m in members:
-        assert (m.uid, m.gid, m.mode) == (0, 0, 0o755), m.name
+        if not m.issym():
+            assert (m.uid, m.gid, m.mode) == (0, 0, 0o755), m.name
+
+
+def test_weftd_run_as_flanneld_takes_flanneld_s_command_line(bins, tmp_path):
+    flanneld = tmp_path / "flanneld"
+    flanneld.symlink_to(bins / "weftd")
+    out = subprocess.run([flanneld, "-h"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0 and "-kube-subnet-mgr" in out.stderr, out.stderr
+    out = subprocess.run([flanneld, "--no-such-flag"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 2
+    assert out.stderr.startswith("flag provided but not defined: -no-such-flag\n")
 
 
 def test_image_name_is_the_charts_default_image(archive, default):

@@ -1,7 +1,8 @@
 //! Choosing the external interface and this node's public IP, as flanneld
 //! does: `--iface` (names or addresses, first found wins), else
-//! `--iface-regex`, else the interface of the default route, else the one
-//! holding the node's InternalIP.
+//! `--iface-regex`, else `--iface-can-reach` (the interface and source
+//! address of the route to that IP), else the interface of the default
+//! route, else the one holding the node's InternalIP.
 
 use std::net::IpAddr;
 
@@ -24,6 +25,8 @@ pub enum IfaceError {
     NoneOfIfaces { wanted: Vec<String> },
     #[error("no interface matches --iface-regex {wanted:?}")]
     NoRegexMatch { wanted: Vec<String> },
+    #[error("--iface-can-reach {ip}: no route to it through an interface of this node")]
+    Unreachable { ip: IpAddr },
     #[error(
         "no external interface: no default route, and no interface holds the node's InternalIP ({internal:?}); set --iface"
     )]
@@ -39,6 +42,7 @@ pub enum IfaceError {
 pub struct Selection {
     pub ifaces: Vec<String>,
     pub regexes: Vec<String>,
+    pub can_reach: Option<IpAddr>,
 }
 
 /// The chosen interface and its addresses.
@@ -108,6 +112,15 @@ pub async fn select<N: Netlink>(
         return Err(IfaceError::NoRegexMatch {
             wanted: sel.regexes.clone(),
         });
+    }
+    if let Some(ip) = sel.can_reach {
+        let route = nl.route_to(ip).await.map_err(IfaceError::Netlink)?;
+        return route
+            .and_then(|(index, src)| {
+                let i = links.iter().position(|l| l.index == index)?;
+                Some(by_index(i, src))
+            })
+            .ok_or(IfaceError::Unreachable { ip });
     }
     for ipv6 in [prefer_ipv6, !prefer_ipv6] {
         if let Some(index) = nl
@@ -192,6 +205,7 @@ mod tests {
         let sel = Selection {
             ifaces: ifaces.iter().map(|s| s.to_string()).collect(),
             regexes: regexes.iter().map(|s| s.to_string()).collect(),
+            can_reach: None,
         };
         let internal: Vec<IpAddr> = internal.iter().map(|s| s.parse().unwrap()).collect();
         block_on(select(nl, &sel, &internal, false))
@@ -247,5 +261,31 @@ mod tests {
             pick(&nl, &[], &[], &["192.0.2.9"]),
             Err(IfaceError::NoDefault { .. })
         ));
+    }
+
+    #[test]
+    fn iface_can_reach_takes_the_route_s_interface_and_source() {
+        let (nl, eth0, eth1) = host();
+        let reach = |ip: &str| {
+            let sel = Selection {
+                can_reach: Some(ip.parse().unwrap()),
+                ..Selection::default()
+            };
+            block_on(select(&nl, &sel, &[], false))
+        };
+        let e = reach("203.0.113.200").unwrap();
+        assert_eq!(
+            (e.index, e.ipv4),
+            (eth1, Some("203.0.113.11".parse().unwrap()))
+        );
+        assert_eq!(
+            reach("8.8.8.8").unwrap().index,
+            eth0,
+            "by the default route"
+        );
+        assert_eq!(
+            reach("2001:db8::1").unwrap_err().to_string(),
+            "--iface-can-reach 2001:db8::1: no route to it through an interface of this node"
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod family;
 pub mod files;
 pub mod firewall;
+pub mod flanneld;
 pub mod health;
 pub mod hostgw;
 pub mod iface;

@@ -17,6 +17,9 @@ struct Args {
     /// Kubeconfig to reach the API server (default: in-cluster).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// The API server's URL, over the kubeconfig's or the in-cluster one.
+    #[arg(long, env = "WEFTD_KUBE_API_URL")]
+    kube_api_url: Option<String>,
     /// flannel's network configuration.
     #[arg(
         long,
@@ -37,6 +40,10 @@ struct Args {
     /// Regex over interface names or addresses (repeatable).
     #[arg(long, env = "WEFTD_IFACE_REGEX", value_delimiter = ',')]
     iface_regex: Vec<String>,
+    /// Without --iface and --iface-regex: the interface (and source
+    /// address) of the route to this IP.
+    #[arg(long, env = "WEFTD_IFACE_CAN_REACH")]
+    iface_can_reach: Option<IpAddr>,
     /// IPv4 address the VTEP binds and other nodes reach (default: the interface's).
     #[arg(long, env = "WEFTD_PUBLIC_IP")]
     public_ip: Option<IpAddr>,
@@ -46,6 +53,15 @@ struct Args {
     /// Masquerade traffic leaving the pod network (written to subnet.env).
     #[arg(long, env = "WEFTD_IP_MASQ")]
     ip_masq: bool,
+    /// Masquerade with fully random source ports (`=false`: plain).
+    #[arg(long, env = "WEFTD_IP_MASQ_FULLY_RANDOM", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    ip_masq_fully_random: bool,
+    /// Accept forwarded traffic from and to the Network in weft's table.
+    #[arg(long, env = "WEFTD_FORWARD_RULES", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    forward_rules: bool,
+    /// Set the Node's NetworkUnavailable condition to False once ready.
+    #[arg(long, env = "WEFTD_SET_NODE_NETWORK_UNAVAILABLE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    set_node_network_unavailable: bool,
     /// Address of /healthz, /readyz and /metrics ("" turns them off).
     #[arg(long, env = "WEFTD_HEALTHZ_ADDR", default_value = "0.0.0.0:8081")]
     healthz_addr: String,
@@ -54,7 +70,7 @@ struct Args {
     kube_annotation_prefix: String,
     /// Seconds between full resyncs against the kernel (a safety net: changes
     /// to weft's entries are seen and repaired as they happen).
-    #[arg(long, env = "WEFTD_RESYNC_SECONDS", default_value_t = 300)]
+    #[arg(long, env = "WEFTD_RESYNC_SECONDS", default_value_t = agent::DEFAULT_RESYNC_SECONDS)]
     resync_seconds: u64,
     /// Drop packets to the backend's UDP port (VXLAN 8472) that do not come
     /// from a current peer's public IP (counted in
@@ -116,25 +132,90 @@ enum LogFormat {
     Json,
 }
 
-fn main() -> ExitCode {
-    let args = Args::parse();
+fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFTD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match args.log_format {
+    match format {
         LogFormat::Json => fmt.json().init(),
         LogFormat::Text => fmt.init(),
     }
-    match run(args) {
+}
+
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    let program = argv
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if program == "flanneld" {
+        return as_flanneld(&argv[1..]);
+    }
+    let args = Args::parse();
+    init_logging(args.log_format, "info");
+    exit(run(args))
+}
+
+/// weftd run as `flanneld`: flanneld's command line and variables.
+fn as_flanneld(argv: &[String]) -> ExitCode {
+    use weftd::flanneld::{self, Command};
+    let f = match flanneld::parse(argv, |k| std::env::var(k).ok()) {
+        Ok(Command::Run(f)) => f,
+        Ok(Command::Help) => {
+            eprint!("{}", flanneld::usage());
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            eprintln!("{}", weftd::VERSION);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // Go's flag package: the error, the usage, exit status 2.
+            eprintln!("{e}");
+            eprint!("{}", flanneld::usage());
+            return ExitCode::from(2);
+        }
+    };
+    let level = match f.verbosity() {
+        ..=0 => "info",
+        1..=3 => "debug",
+        _ => "trace",
+    };
+    init_logging(LogFormat::Text, level);
+    tracing::info!(
+        version = weftd::VERSION,
+        "weftd started as flanneld: flanneld's flags and FLANNELD_* variables"
+    );
+    for (what, why) in f.ignored() {
+        tracing::warn!("{what} is ignored: {why}");
+    }
+    exit((|| {
+        let opts = f.options(node_ref()?)?;
+        serve_agent(opts)
+    })())
+}
+
+/// This node, from `NODE_NAME` or the pod weftd runs in.
+fn node_ref() -> anyhow::Result<agent::NodeRef> {
+    agent::NodeRef::from_env(|k| std::env::var(k).ok()).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no node name: set NODE_NAME (the DaemonSet passes spec.nodeName), or POD_NAME and POD_NAMESPACE to find it from the pod"
+        )
+    })
 }
 
 fn install_cni(
@@ -196,11 +277,6 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         None => {}
     }
-    let node_name = std::env::var("NODE_NAME").map_err(|_| {
-        anyhow::anyhow!(
-            "NODE_NAME is not set: give weftd its node's name (the DaemonSet passes spec.nodeName)"
-        )
-    })?;
     let healthz_addr = match args.healthz_addr.as_str() {
         "" => None,
         a => Some(
@@ -209,17 +285,23 @@ fn run(args: Args) -> anyhow::Result<()> {
         ),
     };
     let opts = Options {
-        node_name,
+        node: node_ref()?,
         kubeconfig: args.kubeconfig,
+        api_url: args.kube_api_url,
+        kubeconfig_from_env: true,
         net_config_path: args.net_config_path,
         subnet_file: args.subnet_file,
         iface: Selection {
             ifaces: args.iface,
             regexes: args.iface_regex,
+            can_reach: args.iface_can_reach,
         },
         public_ip: args.public_ip,
         public_ipv6: args.public_ipv6,
         ip_masq: args.ip_masq,
+        masq_fully_random: args.ip_masq_fully_random,
+        forward_rules: args.forward_rules,
+        set_network_unavailable: args.set_node_network_unavailable,
         healthz_addr,
         annotation_prefix: args.kube_annotation_prefix,
         resync: Duration::from_secs(args.resync_seconds.max(1)),
@@ -227,6 +309,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         rules_resync: Duration::from_secs(args.rules_resync_seconds.max(1)),
         udp_offload: args.udp_offload,
     };
+    serve_agent(opts)
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+fn serve_agent(opts: Options) -> anyhow::Result<()> {
     current_thread()?.block_on(async {
         let shutdown = async {
             use tokio::signal::unix::{SignalKind, signal};

@@ -26,6 +26,8 @@ fn input(peers: &[&str], dual: bool) -> RulesetInput {
     RulesetInput {
         families,
         ip_masq: true,
+        masq_fully_random: true,
+        forward_rules: true,
         allow_list: Some((8472, peers.iter().map(|p| p.parse().unwrap()).collect())),
     }
 }
@@ -50,8 +52,12 @@ fn listed() -> String {
 fn the_loaded_table_reads_back_as_the_rendered_text() {
     in_private_netns(|| {
         let mut nft = Nft::open().unwrap();
-        for dual in [false, true] {
-            let inp = input(&["198.51.100.13", "198.51.100.12", "2001:db8::12"], dual);
+        // The last two: flanneld's --ip-masq-fully-random-disable and
+        // --iptables-forward-rules=false (plain masquerade, no forward chain).
+        for (dual, plain) in [(false, false), (true, false), (false, true), (true, true)] {
+            let mut inp = input(&["198.51.100.13", "198.51.100.12", "2001:db8::12"], dual);
+            inp.masq_fully_random = !plain;
+            inp.forward_rules = !plain;
             let rs = nft::build(&inp);
             let r = nft.sync(&rs).unwrap();
             assert!(matches!(r.synced, Synced::Created | Synced::Rewritten));

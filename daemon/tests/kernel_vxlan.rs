@@ -231,3 +231,43 @@ fn ipv4_device_and_peers_are_programmed_kept_pruned_and_restored() {
 fn ipv6_goes_through_the_same_path() {
     scenario(true);
 }
+
+/// `--iface-can-reach`: the interface and source address `ip route get`
+/// gives, and no interface when there is no route.
+#[test]
+fn iface_can_reach_follows_the_kernel_s_route() {
+    use weftd::iface::{Selection, select};
+    use weftd::netlink::Netlink;
+    in_private_netns(|| async {
+        sh("ip link add ext0 type veth peer name ext0p && ip link set ext0p up && ip link set ext0 up
+            ip addr add 198.51.100.11/24 dev ext0
+            ip link add ext1 type veth peer name ext1p && ip link set ext1p up && ip link set ext1 up
+            ip addr add 203.0.113.11/24 dev ext1 && ip addr add 203.0.113.12/24 dev ext1
+            ip route add 192.0.2.0/24 via 203.0.113.1 src 203.0.113.12
+            ip route add default via 198.51.100.1");
+        let nl = Kernel::connect().unwrap();
+        let reach = |ip: &str| {
+            let sel = Selection {
+                can_reach: Some(ip.parse().unwrap()),
+                ..Selection::default()
+            };
+            let nl = &nl;
+            async move { select(nl, &sel, &[], false).await }
+        };
+        let e = reach("192.0.2.50").await.unwrap();
+        assert_eq!(
+            (e.name.as_str(), e.ipv4),
+            ("ext1", Some("203.0.113.12".parse().unwrap()))
+        );
+        let e = reach("8.8.8.8").await.unwrap();
+        assert_eq!(
+            (e.name.as_str(), e.ipv4),
+            ("ext0", Some("198.51.100.11".parse().unwrap()))
+        );
+        assert_eq!(
+            nl.route_to("2001:db8::1".parse().unwrap()).await.unwrap(),
+            None
+        );
+        assert!(reach("2001:db8::1").await.is_err());
+    });
+}

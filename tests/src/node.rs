@@ -111,6 +111,10 @@ pub struct NodeSettings {
     pub agent: Option<PathBuf>,
     /// Its net-conf.json as given, over the one derived from the backend.
     pub net_conf: Option<String>,
+    /// A DaemonSet container spec to run instead of weft's command line
+    /// (its command, args, env and capabilities, as kubelet would; see
+    /// `container`): e.g. kube-flannel.yml's, with weftd as its flanneld.
+    pub container: Option<k8s_openapi::api::core::v1::Container>,
 }
 
 impl NodeState {

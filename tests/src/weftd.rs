@@ -132,6 +132,11 @@ impl Lab {
             plugin.to_str().unwrap_or("weft"),
         ];
         self.run(node, &install)?;
+        if let Some(container) = &n.settings.container {
+            let pid = self.start_container(node, container, &agent)?;
+            self.update_node(node, |s| s.weftd_pid = Some(pid))?;
+            return Ok(pid);
+        }
         let kubeconfig = self.node_kubeconfig();
         let healthz = format!("0.0.0.0:{HEALTHZ_PORT}");
         // With the DaemonSet's privileges: uid 0 with CAP_NET_ADMIN alone

@@ -43,14 +43,28 @@ use crate::nft::{self, kernel::NftError};
 /// Everything the flags say.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub node_name: String,
+    pub node: NodeRef,
     pub kubeconfig: Option<PathBuf>,
+    /// The API server's URL, over the kubeconfig's or the in-cluster one
+    /// (flanneld's `--kube-api-url`).
+    pub api_url: Option<String>,
+    /// Without a kubeconfig or URL: look for `$KUBECONFIG` and
+    /// `~/.kube/config` before the in-cluster configuration (weftd's way),
+    /// or take the in-cluster one only (flanneld's, client-go's
+    /// `BuildConfigFromFlags`).
+    pub kubeconfig_from_env: bool,
     pub net_config_path: PathBuf,
     pub subnet_file: PathBuf,
     pub iface: iface::Selection,
     pub public_ip: Option<IpAddr>,
     pub public_ipv6: Option<IpAddr>,
     pub ip_masq: bool,
+    /// Masquerade with fully random source ports.
+    pub masq_fully_random: bool,
+    /// Accept forwarded traffic from and to the Network.
+    pub forward_rules: bool,
+    /// Set the Node's NetworkUnavailable condition to False once ready.
+    pub set_network_unavailable: bool,
     pub healthz_addr: Option<SocketAddr>,
     pub annotation_prefix: String,
     pub resync: Duration,
@@ -62,6 +76,33 @@ pub struct Options {
     pub udp_offload: bool,
 }
 
+/// Seconds between full resyncs against the kernel, by default.
+pub const DEFAULT_RESYNC_SECONDS: u64 = 300;
+
+/// How weftd learns its node's name, flanneld's way: `NODE_NAME`, else the
+/// node its own pod (`POD_NAME` in `POD_NAMESPACE`) is bound to (which
+/// takes RBAC's `pods get`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRef {
+    Name(String),
+    Pod { namespace: String, name: String },
+}
+
+impl NodeRef {
+    /// From the environment through `env` (an empty variable is unset);
+    /// None when neither way is there.
+    pub fn from_env(env: impl Fn(&str) -> Option<String>) -> Option<NodeRef> {
+        let var = |k: &str| env(k).filter(|v| !v.is_empty());
+        if let Some(n) = var("NODE_NAME") {
+            return Some(NodeRef::Name(n));
+        }
+        Some(NodeRef::Pod {
+            namespace: var("POD_NAMESPACE")?,
+            name: var("POD_NAME")?,
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
@@ -71,6 +112,13 @@ pub enum AgentError {
     #[error("connecting to the Kubernetes API ({how})")]
     Client {
         how: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("finding this node's name from pod {namespace}/{name} (POD_NAMESPACE, POD_NAME)")]
+    PodNode {
+        namespace: String,
+        name: String,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -99,24 +147,61 @@ pub enum AgentError {
 }
 
 async fn client(opts: &Options) -> Result<Client, AgentError> {
-    match &opts.kubeconfig {
-        Some(path) => {
-            let how = format!("kubeconfig {}", path.display());
-            let err = |e: Box<dyn std::error::Error + Send + Sync>| AgentError::Client {
-                how: how.clone(),
-                source: e,
-            };
-            let kc = Kubeconfig::read_from(path).map_err(|e| err(Box::new(e)))?;
-            let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-                .await
-                .map_err(|e| err(Box::new(e)))?;
-            Client::try_from(cfg).map_err(|e| err(Box::new(e)))
+    let how = match (&opts.kubeconfig, &opts.api_url) {
+        (Some(path), _) => format!("kubeconfig {}", path.display()),
+        (None, Some(url)) => format!("--kube-api-url {url} with the in-cluster credentials"),
+        (None, None) if opts.kubeconfig_from_env => {
+            "$KUBECONFIG, ~/.kube/config or the in-cluster configuration".to_string()
         }
-        None => Client::try_default().await.map_err(|e| AgentError::Client {
-            how: "in-cluster configuration or $KUBECONFIG".into(),
-            source: Box::new(e),
-        }),
+        (None, None) => "the in-cluster configuration".to_string(),
+    };
+    let err = |e: Box<dyn std::error::Error + Send + Sync>| AgentError::Client {
+        how: how.clone(),
+        source: e,
+    };
+    let mut cfg = match &opts.kubeconfig {
+        Some(path) => {
+            let kc = Kubeconfig::read_from(path).map_err(|e| err(Box::new(e)))?;
+            kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(Box::new(e)))?
+        }
+        // flanneld (client-go) with only a URL: the in-cluster credentials
+        // if there are any, sent to that URL; else the URL alone.
+        None if opts.api_url.is_some() => match kube::Config::incluster() {
+            Ok(c) => c,
+            Err(_) => kube::Config::new(Default::default()),
+        },
+        None if opts.kubeconfig_from_env => {
+            kube::Config::infer().await.map_err(|e| err(Box::new(e)))?
+        }
+        None => kube::Config::incluster().map_err(|e| err(Box::new(e)))?,
+    };
+    if let Some(url) = &opts.api_url {
+        cfg.cluster_url = url.parse().map_err(|e| err(Box::new(e)))?;
     }
+    Client::try_from(cfg).map_err(|e| err(Box::new(e)))
+}
+
+/// This node's name: given, or read from the pod weftd runs in.
+async fn node_name(client: &Client, node: &NodeRef) -> Result<String, AgentError> {
+    let (namespace, name) = match node {
+        NodeRef::Name(n) => return Ok(n.clone()),
+        NodeRef::Pod { namespace, name } => (namespace, name),
+    };
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| AgentError::PodNode {
+        namespace: namespace.clone(),
+        name: name.clone(),
+        source,
+    };
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(client.clone(), namespace);
+    let pod = pods.get(name).await.map_err(|e| err(Box::new(e)))?;
+    let node = pod.spec.and_then(|s| s.node_name).unwrap_or_default();
+    if node.is_empty() {
+        return Err(err("its spec.nodeName is empty (not scheduled yet)".into()));
+    }
+    tracing::info!(%namespace, pod = %name, node = %node, "node name from this pod's spec.nodeName");
+    Ok(node)
 }
 
 /// Runs until `shutdown` resolves; leaves the data plane in place.
@@ -127,8 +212,10 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     if let Some(addr) = opts.healthz_addr {
         health::serve(addr, metrics.clone()).await?;
     }
-    let api: Api<SlimNode> = Api::all(client(&opts).await?);
-    let source = KubeSource::new(api, names, opts.node_name.clone());
+    let client = client(&opts).await?;
+    let node = node_name(&client, &opts.node).await?;
+    let api: Api<SlimNode> = Api::all(client);
+    let source = KubeSource::new(api, names, node);
     let nl = Kernel::connect()?;
     serve(&nl, &source, &cfg, &opts, &metrics, Firewall::new, shutdown).await
 }
@@ -256,7 +343,9 @@ where
     };
     env.write(&opts.subnet_file)?;
     tracing::info!(path = %opts.subnet_file.display(), "subnet.env written");
-    source.mark_ready();
+    if opts.set_network_unavailable {
+        source.mark_ready();
+    }
 
     let ctx = Context {
         fields: source.fields(),
@@ -280,6 +369,8 @@ where
             })
             .collect(),
         ip_masq: opts.ip_masq,
+        masq_fully_random: opts.masq_fully_random,
+        forward_rules: opts.forward_rules,
         allow_list: backend
             .guarded_port()
             .filter(|_| opts.allow_list)

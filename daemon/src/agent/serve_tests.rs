@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::tests::{FakeRules, holds, peer, settle};
-use super::{AgentError, Options};
+use super::{AgentError, NodeRef, Options};
 use crate::config::NetConfig;
 use crate::family::PerFamily;
 use crate::iface::Selection;
@@ -41,14 +41,19 @@ fn lease(n: u8) -> Lease {
 
 fn options(dir: &std::path::Path) -> Options {
     Options {
-        node_name: "me".into(),
+        node: NodeRef::Name("me".into()),
         kubeconfig: None,
+        api_url: None,
+        kubeconfig_from_env: true,
         net_config_path: dir.join("net-conf.json"),
         subnet_file: dir.join("subnet.env"),
         iface: Selection::default(),
         public_ip: None,
         public_ipv6: None,
         ip_masq: true,
+        masq_fully_random: true,
+        forward_rules: true,
+        set_network_unavailable: true,
         healthz_addr: None,
         annotation_prefix: crate::annotations::DEFAULT_PREFIX.into(),
         resync: Duration::from_secs(300),
@@ -186,5 +191,53 @@ async fn an_unusable_public_ip_of_our_own_is_a_start_up_error_naming_where_it_ca
         assert!(err.contains(want), "{err}");
         assert!(source.published().is_empty(), "nothing published");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// flanneld's `--set-node-network-unavailable=false`: weftd is ready but
+/// leaves the Node's condition alone; `--ip-masq-fully-random-disable` and
+/// `--iptables-forward-rules=false` reach the ruleset.
+#[tokio::test(start_paused = true)]
+async fn flanneld_switches_reach_the_source_and_the_rules() {
+    let nl = Fake::new();
+    add_eth0(&nl).await;
+    let source = MemorySource::new(OwnLease {
+        name: "me".into(),
+        pod_cidrs: vec!["10.244.1.0/24".into()],
+        internal_ips: vec!["198.51.100.11".parse().unwrap()],
+        stored: PerFamily::default(),
+    });
+    let dir = std::env::temp_dir().join(format!("weftd-serve-sw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut opts = options(&dir);
+    opts.set_network_unavailable = false;
+    opts.masq_fully_random = false;
+    opts.forward_rules = false;
+    let cfg =
+        NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = super::serve(
+        &nl,
+        &source,
+        &cfg,
+        &opts,
+        &metrics,
+        |input: nft::RulesetInput| {
+            assert!(input.ip_masq && !input.masq_fully_random && !input.forward_rules);
+            Ok::<_, AgentError>(FakeRules::default())
+        },
+        async {
+            let _ = stopped.await;
+        },
+    );
+    let script = async {
+        settle().await;
+        assert!(metrics.ready());
+        assert!(!source.ready(), "NetworkUnavailable left alone");
+        let _ = stop.send(());
+    };
+    let (served, ()) = tokio::join!(serving, script);
+    served.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -160,6 +160,25 @@ impl Netlink for Fake {
         }))
     }
 
+    /// Longest prefix over the routes and the addresses' connected
+    /// prefixes; the source is the link's first address of the family.
+    async fn route_to(&self, dst: IpAddr) -> Result<Option<(u32, Option<IpAddr>)>, NetlinkError> {
+        Ok(self.with(|t| {
+            let connected = t.addrs.iter().map(|(link, a)| (*link, *a));
+            let routed = t.routes.iter().map(|r| (r.link, r.dst));
+            let (link, _) = connected
+                .chain(routed)
+                .filter(|(_, net)| net.contains(dst))
+                .max_by_key(|(_, net)| net.prefix())?;
+            let src = t
+                .addrs
+                .iter()
+                .find(|(l, a)| *l == link && a.is_ipv6() == dst.is_ipv6())
+                .map(|(_, a)| a.ip());
+            Some((link, src))
+        }))
+    }
+
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
         Ok(self.with(|t| t.links.iter().find(|l| l.name == name).cloned()))
     }

@@ -16,7 +16,7 @@ use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::NeighbourMessage;
-use netlink_packet_route::route::{RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::Handle;
 
@@ -28,6 +28,8 @@ pub const IN_FLIGHT: usize = 512;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
+const ENETUNREACH: i32 = 101;
+const EHOSTUNREACH: i32 = 113;
 
 mod msg;
 
@@ -93,8 +95,18 @@ impl Kernel {
         op: &str,
         msg: RouteNetlinkMessage,
     ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+        self.collect(op, msg, NLM_F_DUMP).await
+    }
+
+    /// Sends a request with `flags` and collects the answers.
+    async fn collect(
+        &self,
+        op: &str,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
         let mut req = NetlinkMessage::from(msg);
-        req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        req.header.flags = NLM_F_REQUEST | flags;
         let mut handle = self.handle.clone();
         let resp = handle
             .request(req)
@@ -198,6 +210,41 @@ impl Netlink for Kernel {
                     RouteAttribute::Oif(o) => Some(*o),
                     _ => None,
                 })
+            }
+            _ => None,
+        }))
+    }
+
+    async fn route_to(&self, dst: IpAddr) -> Result<Option<(u32, Option<IpAddr>)>, NetlinkError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = if dst.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        req.header.destination_prefix_length = if dst.is_ipv6() { 128 } else { 32 };
+        req.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst)));
+        let op = format!("get route to {dst}");
+        let msgs = match self
+            .collect(&op, RouteNetlinkMessage::GetRoute(req), 0)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) if matches!(e.errno(), Some(ENETUNREACH | EHOSTUNREACH)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(msgs.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => {
+                let oif = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::Oif(o) => Some(*o),
+                    _ => None,
+                })?;
+                let src = r.attributes.iter().find_map(|a| match a {
+                    RouteAttribute::PrefSource(s) => route_ip(s),
+                    _ => None,
+                });
+                Some((oif, src))
             }
             _ => None,
         }))

@@ -173,6 +173,9 @@ pub trait Netlink {
     async fn default_route_link(&self, ipv6: bool) -> Result<Option<u32>, NetlinkError>;
     /// The link named `name`, if it exists.
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError>;
+    /// `ip route get <dst>`: the interface the route to `dst` leaves by
+    /// and its preferred source address (None: no route).
+    async fn route_to(&self, dst: IpAddr) -> Result<Option<(u32, Option<IpAddr>)>, NetlinkError>;
     /// Creates a VXLAN device (deleting any link of that name first), sets
     /// its MAC and MTU and brings it up.
     async fn create_vxlan(&self, spec: &VxlanSpec) -> Result<LinkInfo, NetlinkError>;

@@ -45,6 +45,12 @@ pub struct Family {
 pub struct RulesetInput {
     pub families: Vec<Family>,
     pub ip_masq: bool,
+    /// Masquerade with fully random source ports (flannel's default; its
+    /// `--ip-masq-fully-random-disable` turns it off).
+    pub masq_fully_random: bool,
+    /// Accept forwarded traffic from and to the Network (flannel's
+    /// `--iptables-forward-rules`, on by default).
+    pub forward_rules: bool,
     /// The backend's UDP port and the peers allowed to send to it (None: no
     /// allow-list).
     pub allow_list: Option<(u16, Vec<IpAddr>)>,
@@ -111,6 +117,7 @@ pub enum Action {
     Return,
     Accept,
     Drop,
+    Masquerade,
     MasqueradeFullyRandom,
 }
 
@@ -182,6 +189,11 @@ pub fn build(input: &RulesetInput) -> Ruleset {
         }
     }
     if input.ip_masq {
+        let masquerade = if input.masq_fully_random {
+            MasqueradeFullyRandom
+        } else {
+            Masquerade
+        };
         let mut rules = vec![rule(
             vec![Match::Mark {
                 mask: 0x4000,
@@ -200,11 +212,11 @@ pub fn build(input: &RulesetInput) -> Ruleset {
                         addr(Src, net, false),
                         addr(Dst, multicast(net.is_ipv6()), true),
                     ],
-                    MasqueradeFullyRandom,
+                    masquerade,
                 ),
                 rule(
                     vec![addr(Src, net, true), addr(Dst, net, false)],
-                    MasqueradeFullyRandom,
+                    masquerade,
                 ),
             ]);
         }
@@ -216,23 +228,25 @@ pub fn build(input: &RulesetInput) -> Ruleset {
             rules,
         });
     }
-    let forward = input
-        .families
-        .iter()
-        .flat_map(|f| {
-            [
-                rule(vec![addr(Src, f.network, false)], Accept),
-                rule(vec![addr(Dst, f.network, false)], Accept),
-            ]
-        })
-        .collect();
-    chains.push(Chain {
-        name: "forward",
-        kind: "filter",
-        hook: Hook::Forward,
-        priority: 0,
-        rules: forward,
-    });
+    if input.forward_rules {
+        let forward = input
+            .families
+            .iter()
+            .flat_map(|f| {
+                [
+                    rule(vec![addr(Src, f.network, false)], Accept),
+                    rule(vec![addr(Dst, f.network, false)], Accept),
+                ]
+            })
+            .collect();
+        chains.push(Chain {
+            name: "forward",
+            kind: "filter",
+            hook: Hook::Forward,
+            priority: 0,
+            rules: forward,
+        });
+    }
     if let Some((port, _)) = &input.allow_list {
         let rules = [(false, PEERS_V4), (true, PEERS_V6)]
             .into_iter()
@@ -284,6 +298,7 @@ impl std::fmt::Display for Rule {
             Action::Return => "return",
             Action::Accept => "accept",
             Action::Drop => "drop",
+            Action::Masquerade => "masquerade",
             Action::MasqueradeFullyRandom => "masquerade fully-random",
         })
     }
@@ -374,6 +389,8 @@ mod tests {
         let input = RulesetInput {
             families: vec![v4()],
             ip_masq: true,
+            masq_fully_random: true,
+            forward_rules: true,
             allow_list: Some((
                 8472,
                 vec![
@@ -427,12 +444,30 @@ table inet weft {
         let input = RulesetInput {
             families: vec![v4(), v6()],
             ip_masq: false,
+            masq_fully_random: true,
+            forward_rules: true,
             allow_list: None,
         };
         let text = render(&input);
         assert!(!text.contains("postrouting") && !text.contains("vxlan_peers"));
         assert!(text.contains("\t\tip6 saddr fd00:10:244::/48 accept\n"));
         assert!(text.contains("\t\tip daddr 10.244.0.0/16 accept\n"));
+    }
+
+    /// flanneld's `--ip-masq-fully-random-disable` and
+    /// `--iptables-forward-rules=false`: plain masquerade, no forward chain.
+    #[test]
+    fn plain_masquerade_and_no_forward_rules() {
+        let input = RulesetInput {
+            families: vec![v4()],
+            ip_masq: true,
+            masq_fully_random: false,
+            forward_rules: false,
+            allow_list: None,
+        };
+        let text = render(&input);
+        assert!(!text.contains("fully-random") && !text.contains("chain forward"));
+        assert!(text.contains("\t\tip saddr != 10.244.0.0/16 ip daddr 10.244.0.0/16 masquerade\n"));
     }
 
     /// The kernel takes the ruleset (checked, not loaded: `nft -c`, and in a
@@ -442,6 +477,8 @@ table inet weft {
         let input = RulesetInput {
             families: vec![v4(), v6()],
             ip_masq: true,
+            masq_fully_random: true,
+            forward_rules: true,
             allow_list: Some((
                 8472,
                 vec![

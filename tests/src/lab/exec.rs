@@ -38,6 +38,18 @@ impl Lab {
         log: &str,
         args: &[&str],
     ) -> Result<(u32, PathBuf), LabError> {
+        self.spawn_on_with(node, log, args, |_| {})
+    }
+
+    /// [`Lab::spawn_on`], with the command adjusted by `adjust` first (its
+    /// environment, say).
+    pub fn spawn_on_with(
+        &self,
+        node: &str,
+        log: &str,
+        args: &[&str],
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> Result<(u32, PathBuf), LabError> {
         let (prog, rest) = args.split_first().ok_or_else(|| LabError::MissingTool {
             tool: "(empty command)".into(),
         })?;
@@ -50,6 +62,7 @@ impl Lab {
         let path = dir.join(format!("{log}.log"));
         let mut c = n.command(&self.state.name, prog);
         c.args(rest);
+        adjust(&mut c);
         let pid =
             procs::spawn(&self.state.name, &mut c, &path).map_err(|source| NodeError::Spawn {
                 node: node.to_string(),

@@ -130,6 +130,8 @@ pub enum LabError {
         log: PathBuf,
         tail: String,
     },
+    #[error("running a container spec on {node}: {reason}")]
+    Container { node: String, reason: String },
     #[error("interrupted: the partly built lab was removed")]
     Interrupted,
     #[error("reading or writing lab state {path}")]

@@ -99,6 +99,7 @@ pub fn rule_exprs(rule: &Rule, set_ids: &BTreeMap<&str, u32>) -> Vec<Expr> {
         Action::Return => Expr::Verdict(NFT_RETURN),
         Action::Accept => Expr::Verdict(NF_ACCEPT),
         Action::Drop => Expr::Verdict(NF_DROP),
+        Action::Masquerade => Expr::Masq { flags: 0 },
         Action::MasqueradeFullyRandom => Expr::Masq {
             flags: RANDOM_FULLY,
         },
@@ -177,7 +178,10 @@ pub fn encode_expr(e: &Expr) -> (&'static str, Attrs) {
             "immediate"
         }
         Expr::Masq { flags } => {
-            a.u32(1, *flags);
+            // The kernel dumps no flags attribute when there are none.
+            if *flags != 0 {
+                a.u32(1, *flags);
+            }
             "masq"
         }
     };

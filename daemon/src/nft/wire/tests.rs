@@ -10,6 +10,8 @@ fn input() -> RulesetInput {
             subnet: "10.244.1.0/24".parse().unwrap(),
         }],
         ip_masq: true,
+        masq_fully_random: true,
+        forward_rules: true,
         allow_list: Some((8472, vec!["198.51.100.12".parse().unwrap()])),
     }
 }

@@ -1,0 +1,52 @@
+//! weftd run with upstream kube-flannel.yml's container spec verbatim (its
+//! command `/opt/bin/flanneld`, its args and env, its capabilities), the way
+//! a flannel cluster switches by changing only the image: on one lab node,
+//! next to two nodes running weftd the weft way. The node finds its name
+//! through its pod (POD_NAME, POD_NAMESPACE), takes in-cluster credentials,
+//! serves /healthz and /readyz on flanneld's --healthz-port, and the pod
+//! matrix passes.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Container;
+use weft_lab::{Lab, LabConfig, unique_name};
+
+fn kube_flannel_container() -> Container {
+    let text = include_str!("../fixtures/kube-flannel-container.json");
+    let v: serde_json::Value = serde_json::from_str(text).unwrap();
+    serde_json::from_value(v["container"].clone()).unwrap()
+}
+
+#[test]
+fn kube_flannel_yml_s_container_runs_weftd_as_flanneld_beside_weft_nodes() {
+    let mut lab = Lab::up(&LabConfig::with_weftd(&unique_name("flanneld"), 3)).unwrap();
+    lab.set_node("node-3", |s| s.container = Some(kube_flannel_container()))
+        .unwrap();
+    lab.restart_weftd("node-3", Duration::from_secs(30))
+        .unwrap();
+    for n in ["node-1", "node-2", "node-3"] {
+        lab.add_pod(n, &format!("{n}-pod")).unwrap();
+    }
+    let results = lab.connectivity().unwrap();
+    let failed: Vec<_> = results.iter().filter(|r| !r.ok()).collect();
+    assert!(failed.is_empty(), "failed pairs: {failed:#?}");
+
+    let log =
+        std::fs::read_to_string(lab.node("node-3").unwrap().dir.join("logs/weftd.log")).unwrap();
+    assert!(log.contains("weftd started as flanneld"), "{log}");
+    assert!(
+        log.contains("node name from this pod's spec.nodeName") && log.contains("node-3"),
+        "{log}"
+    );
+    // --ip-masq from the args: subnet.env and the masquerade rules.
+    let env = lab
+        .run("node-3", &["cat", "/run/flannel/subnet.env"])
+        .unwrap();
+    assert!(env.contains("FLANNEL_IPMASQ=true\n"), "{env}");
+    let table = lab
+        .run("node-3", &["nft", "list", "table", "inet", "weft"])
+        .unwrap();
+    assert!(table.contains("masquerade fully-random"), "{table}");
+}
