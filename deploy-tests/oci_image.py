@@ -9,9 +9,9 @@ The archive is a tar of an OCI image layout (image-spec, image-layout.md):
     blobs/sha256/<hex>         the manifest, the config and the layer
 
 The single layer (gzip) holds usr/local/bin/weftd and usr/local/bin/weft,
-owned by root, mode 0755, and opt/bin/flanneld, a symbolic link to weftd:
-kube-flannel.yml runs /opt/bin/flanneld, and weftd run as flanneld takes
-flanneld's command line. The config runs weftd as uid/gid 65532 by default
+owned by root, mode 0755, and opt/bin/flanneld and opt/bin/install-conf,
+symbolic links to weftd: kube-flannel.yml runs those two from flannel's
+image, and weftd takes their command lines under their names. The config runs weftd as uid/gid 65532 by default
 (the DaemonSet sets uid 0 itself; see the chart). Every timestamp comes from
 SOURCE_DATE_EPOCH, so the same binaries give the same digests.
 
@@ -40,8 +40,9 @@ MT_CONFIG = "application/vnd.oci.image.config.v1+json"
 MT_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 
 BIN_DIR = "usr/local/bin"
-# Where kube-flannel.yml's container command looks for flanneld.
-FLANNELD = "opt/bin/flanneld"
+# What kube-flannel.yml's containers run from flannel's image: weftd takes
+# both commands under these names.
+FLANNEL_PROGRAMS = ("opt/bin/flanneld", "opt/bin/install-conf")
 IMAGE_USER = "65532:65532"
 
 # ELF e_machine -> OCI architecture.
@@ -106,13 +107,14 @@ def layer_tar(binaries: dict[str, bytes], mtime: int) -> bytes:
         for name in sorted(binaries):
             data = binaries[name]
             tar.addfile(_tarinfo(f"{BIN_DIR}/{name}", mtime, 0o755, len(data)), io.BytesIO(data))
-        parts = FLANNELD.split("/")[:-1]
+        parts = FLANNEL_PROGRAMS[0].split("/")[:-1]
         for i in range(1, len(parts) + 1):
             tar.addfile(_tarinfo("/".join(parts[:i]) + "/", mtime, 0o755, is_dir=True))
-        link = _tarinfo(FLANNELD, mtime, 0o777)
-        link.type = tarfile.SYMTYPE
-        link.linkname = f"/{BIN_DIR}/weftd"
-        tar.addfile(link)
+        for program in FLANNEL_PROGRAMS:
+            link = _tarinfo(program, mtime, 0o777)
+            link.type = tarfile.SYMTYPE
+            link.linkname = f"/{BIN_DIR}/weftd"
+            tar.addfile(link)
     return buf.getvalue()
 
 

@@ -113,7 +113,10 @@ def test_layer_holds_exactly_the_two_binaries_and_flanneld_s_path(archive):
         "usr", "usr/local", "usr/local/bin", "opt", "opt/bin",
     }
     links = {m.name: m.linkname for m in members if m.issym()}
-    assert links == {"opt/bin/flanneld": "/usr/local/bin/weftd"}
+    assert links == {
+        "opt/bin/flanneld": "/usr/local/bin/weftd",
+        "opt/bin/install-conf": "/usr/local/bin/weftd",
+    }
     for m in members:
         if not m.issym():
             assert (m.uid, m.gid, m.mode) == (0, 0, 0o755), m.name
@@ -127,6 +130,19 @@ def test_weftd_run_as_flanneld_takes_flanneld_s_command_line(bins, tmp_path):
     out = subprocess.run([flanneld, "--no-such-flag"], capture_output=True, text=True, timeout=10)
     assert out.returncode == 2
     assert out.stderr.startswith("flag provided but not defined: -no-such-flag\n")
+
+
+def test_weftd_run_as_install_conf_copies_the_conflist(bins, tmp_path):
+    install = tmp_path / "install-conf"
+    install.symlink_to(bins / "weftd")
+    src = tmp_path / "cni-conf.json"
+    src.write_text('{"name":"cbr0"}')
+    dest = tmp_path / "net.d" / "10-flannel.conflist"
+    out = subprocess.run([install, src, dest], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0, out.stderr
+    assert dest.read_text() == '{"name":"cbr0"}'
+    out = subprocess.run([install, src], capture_output=True, text=True, timeout=10)
+    assert (out.returncode, out.stderr) == (1, "usage: install-conf <src> <dest>\n")
 
 
 def test_image_name_is_the_charts_default_image(archive, default):

@@ -14,6 +14,7 @@ PACKAGES=(
   containernetworking-plugins nftables iproute2 iputils-ping iperf3
   etcd-server etcd-client golang-go dpkg-dev openssl ca-certificates curl
   golang-github-modern-go-reflect2-dev procps util-linux ethtool python3
+  iptables  # the tests make flanneld's iptables rules the way flanneld does
 )
 
 # kubectl: this machine image may carry a newer one; otherwise Debian's.

@@ -70,3 +70,22 @@ pub async fn run(
         None => Ok(removed),
     }
 }
+
+/// `weftd cleanup --flannel`: removes what flanneld left on this node (its
+/// iptables chains and the jumps to them, its nftables tables; see
+/// [`crate::leftovers`]) and nothing else, weft's own state included; what
+/// was removed, one line each.
+pub fn flannel() -> Result<Vec<String>, CleanupError> {
+    let err = |what: &str| {
+        let what = what.to_string();
+        move |why: String| CleanupError { what, why }
+    };
+    let mut nft = Nft::open().map_err(|e| err("opening nftables")(crate::chain(&e)))?;
+    let found = crate::leftovers::find(&mut nft)
+        .map_err(|e| err("reading flanneld's rules")(crate::chain(&e)))?;
+    if let Some(why) = &found.legacy_unknown {
+        tracing::warn!("legacy iptables not checked: {why}");
+    }
+    crate::leftovers::remove(&mut nft, &found).map_err(err("removing flanneld's rules"))?;
+    Ok(found.describe())
+}

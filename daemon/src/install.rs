@@ -156,9 +156,43 @@ impl Install {
     }
 }
 
+/// flannel's `install-conf SRC DEST` (kube-flannel.yml's `install-cni`
+/// init container runs `/opt/bin/install-conf`, which weft's image also
+/// holds): SRC copied to DEST atomically, with SRC's mode.
+pub fn install_conf(src: &std::path::Path, dest: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let read = |e: std::io::Error| format!("reading {}: {e}", src.display());
+    let bytes = std::fs::read(src).map_err(read)?;
+    let mode = std::fs::metadata(src).map_err(read)?.permissions().mode() & 0o7777;
+    write_atomic(dest, &bytes, mode)
+        .map(|_| ())
+        .map_err(|e| crate::chain(&e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn install_conf_copies_atomically_with_the_source_s_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("weft-install-conf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("cni-conf.json");
+        std::fs::write(&src, "{\"name\":\"cbr0\"}").unwrap();
+        std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let dest = dir.join("net.d/10-flannel.conflist");
+        install_conf(&src, &dest).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&dest).unwrap(),
+            "{\"name\":\"cbr0\"}"
+        );
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o640);
+        let missing = install_conf(&dir.join("nope"), &dest).unwrap_err();
+        assert!(missing.starts_with("reading "), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn l(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()

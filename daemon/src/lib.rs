@@ -21,6 +21,7 @@ pub mod hostgw;
 pub mod iface;
 pub mod install;
 pub mod lease;
+pub mod leftovers;
 pub mod metrics;
 pub mod netlink;
 pub mod nft;

@@ -123,6 +123,12 @@ enum Sub {
         /// Where the conflist was installed.
         #[arg(long, default_value = "/etc/cni/net.d")]
         conf_dir: PathBuf,
+        /// Remove what flanneld left instead (its iptables chains
+        /// FLANNEL-POSTRTG and FLANNEL-FWD with the jumps to them, its
+        /// nftables tables), and nothing else: for a node switched from
+        /// flannel to weft.
+        #[arg(long)]
+        flannel: bool,
     },
 }
 
@@ -162,8 +168,10 @@ fn main() -> ExitCode {
         .and_then(|a| std::path::Path::new(a).file_name())
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    if program == "flanneld" {
-        return as_flanneld(&argv[1..]);
+    match program {
+        "flanneld" => return as_flanneld(&argv[1..]),
+        "install-conf" => return as_install_conf(&argv[1..]),
+        _ => {}
     }
     let args = Args::parse();
     init_logging(args.log_format, "info");
@@ -207,6 +215,21 @@ fn as_flanneld(argv: &[String]) -> ExitCode {
         let opts = f.options(node_ref()?)?;
         serve_agent(opts)
     })())
+}
+
+/// weftd run as flannel's `install-conf SRC DEST`, in flannel's words.
+fn as_install_conf(argv: &[String]) -> ExitCode {
+    let [src, dest] = argv else {
+        eprintln!("usage: install-conf <src> <dest>");
+        return ExitCode::FAILURE;
+    };
+    match weftd::install::install_conf(src.as_ref(), dest.as_ref()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error installing {src:?}: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// This node, from `NODE_NAME` or the pod weftd runs in.
@@ -261,7 +284,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             plugin,
             delegate_dir,
         }) => return install_cni(bin_dir, conf_dir, cni_conf, plugin, delegate_dir),
-        Some(Sub::Cleanup { conf_dir }) => {
+        Some(Sub::Cleanup { flannel: true, .. }) => {
+            let removed = weftd::cleanup::flannel()?;
+            for r in &removed {
+                tracing::info!(removed = %r, "cleanup --flannel");
+            }
+            if removed.is_empty() {
+                tracing::info!("cleanup --flannel: nothing of flanneld's was left on this node");
+            }
+            return Ok(());
+        }
+        Some(Sub::Cleanup { conf_dir, .. }) => {
             let removed = current_thread()?.block_on(weftd::cleanup::run(
                 &args.net_config_path,
                 &args.subnet_file,

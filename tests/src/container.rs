@@ -26,7 +26,7 @@ pub fn pod_name(node: &str) -> String {
 }
 
 /// The image's programs a container command may name, and what they are.
-const IMAGE_PROGRAMS: [&str; 1] = ["/opt/bin/flanneld"];
+const IMAGE_PROGRAMS: [&str; 2] = ["/opt/bin/flanneld", "/opt/bin/install-conf"];
 
 fn err(node: &str, reason: impl Into<String>) -> LabError {
     LabError::Container {

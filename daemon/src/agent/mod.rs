@@ -216,8 +216,30 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     let node = node_name(&client, &opts.node).await?;
     let api: Api<SlimNode> = Api::all(client);
     let source = KubeSource::new(api, names, node);
+    say_flannel_leftovers();
     let nl = Kernel::connect()?;
     serve(&nl, &source, &cfg, &opts, &metrics, Firewall::new, shutdown).await
+}
+
+/// Says once, at start, when flanneld's rules are still on this node
+/// (a node switched from flannel): they masquerade and accept the same
+/// traffic again beside weft's table. Only `weftd cleanup --flannel`
+/// removes them: weftd never touches another agent's rules unasked.
+fn say_flannel_leftovers() {
+    match nft::kernel::Nft::open().and_then(|mut n| crate::leftovers::find(&mut n)) {
+        Ok(l) => {
+            if !l.is_empty() {
+                tracing::warn!(
+                    found = ?l.describe(),
+                    "flanneld's rules are still on this node beside weft's table; `weftd cleanup --flannel` removes them (and nothing else)"
+                );
+            }
+            if let Some(why) = l.legacy_unknown {
+                tracing::info!("flanneld's legacy iptables chains not checked: {why}");
+            }
+        }
+        Err(e) => tracing::warn!(error = %chain(&e), "looking for flanneld's rules failed"),
+    }
 }
 
 /// Everything after the connections, over the netlink port `nl` and the

@@ -342,3 +342,25 @@ fn help_version_and_what_is_ignored() {
         assert!(u.contains(&format!("  -{}\n", f.name)), "{}", f.name);
     }
 }
+
+/// The README's flag table has a row for every flag.
+#[test]
+fn the_readme_s_table_lists_every_flag() {
+    let dir = std::env::var("CARGO_MANIFEST_DIR").unwrap();
+    let readme = std::fs::read_to_string(std::path::Path::new(&dir).join("../README.md")).unwrap();
+    let table: Vec<&str> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| flag (and `FLANNELD_*`)"))
+        .take_while(|l| l.starts_with('|'))
+        .collect();
+    assert!(table.len() > 2, "no flag table in README.md");
+    for f in FLAGS {
+        let cell = format!("`--{}`", f.name);
+        assert!(
+            table
+                .iter()
+                .any(|row| row.split('|').nth(1).is_some_and(|c| c.contains(&cell))),
+            "README.md's flanneld table has no row for {cell}"
+        );
+    }
+}

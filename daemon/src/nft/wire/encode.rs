@@ -204,6 +204,7 @@ pub(super) fn table_msg(ty: u16, flags: u16, what: &str) -> Message {
     let mut attrs = Attrs::default();
     attrs.str(TABLE_NAME_ATTR, TABLE_NAME);
     Message {
+        family: FAMILY_INET,
         ty,
         flags,
         attrs,
@@ -246,6 +247,7 @@ pub(super) fn elements_msg(ty: u16, set: &Set, elems: &[IpAddr], id: Option<u32>
         "adding"
     };
     Message {
+        family: FAMILY_INET,
         ty,
         flags: if ty == msg::DELSETELEM {
             0
@@ -288,6 +290,7 @@ pub fn replace(rs: &Ruleset) -> Vec<Message> {
             .u32(SET_KEY_LEN, if set.v6 { 16 } else { 4 })
             .u32(SET_ID, id);
         out.push(Message {
+            family: FAMILY_INET,
             ty: msg::NEWSET,
             flags: flags::CREATE,
             attrs,
@@ -309,6 +312,7 @@ pub fn replace(rs: &Ruleset) -> Vec<Message> {
             .u32(CHAIN_POLICY, NF_ACCEPT as u32)
             .str(CHAIN_TYPE, c.kind);
         out.push(Message {
+            family: FAMILY_INET,
             ty: msg::NEWCHAIN,
             flags: flags::CREATE,
             attrs,
@@ -324,6 +328,7 @@ pub fn replace(rs: &Ruleset) -> Vec<Message> {
                     &expressions(&rule_exprs(r, &ids)).0,
                 );
             out.push(Message {
+                family: FAMILY_INET,
                 ty: msg::NEWRULE,
                 flags: flags::CREATE | flags::APPEND,
                 attrs,
@@ -399,6 +404,7 @@ pub fn dump_request(ty: u16, set: Option<&str>) -> Message {
         }
     }
     Message {
+        family: FAMILY_INET,
         ty,
         flags: flags::DUMP,
         attrs,

@@ -16,6 +16,8 @@ pub const BATCH_BEGIN: u16 = 0x10;
 pub const BATCH_END: u16 = 0x11;
 /// NFPROTO_INET: the family of `table inet`.
 pub const FAMILY_INET: u8 = 1;
+pub const FAMILY_IPV4: u8 = 2;
+pub const FAMILY_IPV6: u8 = 10;
 
 /// NFT_MSG_* (nf_tables.h).
 pub mod msg {
@@ -119,6 +121,8 @@ impl Attrs {
 pub struct Message {
     /// NFT_MSG_*.
     pub ty: u16,
+    /// The address family of the table it is about (NFPROTO_*).
+    pub family: u8,
     pub flags: u16,
     pub attrs: Attrs,
     /// What it does, for error messages.
@@ -202,7 +206,7 @@ pub fn encode(msgs: &[Message], seq: u32, batch: bool) -> Vec<u8> {
             (SUBSYS << 8) | m.ty,
             flags::REQUEST | ack | m.flags,
             seq + 1 + i as u32,
-            FAMILY_INET,
+            m.family,
             0,
             &m.attrs.0,
         );
@@ -245,6 +249,7 @@ fn get_u32(a: &[(u16, &[u8])], ty: u16) -> Option<u32> {
 
 mod dump;
 mod encode;
+pub mod foreign;
 #[cfg(test)]
 mod tests;
 
