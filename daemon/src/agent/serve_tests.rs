@@ -39,6 +39,20 @@ fn lease(n: u8) -> Lease {
     }
 }
 
+/// This node's lease: 10.244.1.0/24, InternalIP 198.51.100.11.
+fn own_lease(stored: PerFamily<crate::lease::Stored>) -> OwnLease {
+    OwnLease {
+        name: "me".into(),
+        pod_cidrs: vec!["10.244.1.0/24".into()],
+        internal_ips: vec!["198.51.100.11".parse().unwrap()],
+        stored,
+    }
+}
+
+fn vxlan_conf() -> NetConfig {
+    NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap()
+}
+
 fn options(dir: &std::path::Path) -> Options {
     Options {
         node: NodeRef::Name("me".into()),
@@ -67,18 +81,12 @@ fn options(dir: &std::path::Path) -> Options {
 async fn serve_takes_the_lease_publishes_writes_subnet_env_and_follows_the_source() {
     let nl = Fake::new();
     add_eth0(&nl).await;
-    let source = MemorySource::new(OwnLease {
-        name: "me".into(),
-        pod_cidrs: vec!["10.244.1.0/24".into()],
-        internal_ips: vec!["198.51.100.11".parse().unwrap()],
-        stored: PerFamily::default(),
-    });
+    let source = MemorySource::new(own_lease(PerFamily::default()));
     source.set(lease(2));
     let dir = std::env::temp_dir().join(format!("weftd-serve-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let opts = options(&dir);
-    let cfg =
-        NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    let cfg = vxlan_conf();
     let metrics = Arc::new(Metrics::default());
     let rules = FakeRules::default();
     let (stop, stopped) = oneshot::channel::<()>();
@@ -131,8 +139,7 @@ async fn serve_takes_the_lease_publishes_writes_subnet_env_and_follows_the_sourc
 
 #[tokio::test(start_paused = true)]
 async fn an_unusable_public_ip_of_our_own_is_a_start_up_error_naming_where_it_came_from() {
-    let cfg =
-        NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    let cfg = vxlan_conf();
     let dir = std::env::temp_dir().join(format!("weftd-unusable-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     // (--public-ip, node-public-ip, public-ip-overwrite, the error says)
@@ -162,19 +169,14 @@ async fn an_unusable_public_ip_of_our_own_is_a_start_up_error_naming_where_it_ca
         add_eth0(&nl).await;
         let mut opts = options(&dir);
         opts.public_ip = flag.map(|s| s.parse().unwrap());
-        let source = MemorySource::new(OwnLease {
-            name: "me".into(),
-            pod_cidrs: vec!["10.244.1.0/24".into()],
-            internal_ips: vec!["198.51.100.11".parse().unwrap()],
-            stored: PerFamily {
-                v4: crate::lease::Stored {
-                    public_ip: node_ip.map(|s| s.parse().unwrap()),
-                    overwrite: overwrite.map(|s| s.parse().unwrap()),
-                    data: None,
-                },
-                v6: Default::default(),
+        let source = MemorySource::new(own_lease(PerFamily {
+            v4: crate::lease::Stored {
+                public_ip: node_ip.map(|s| s.parse().unwrap()),
+                overwrite: overwrite.map(|s| s.parse().unwrap()),
+                data: None,
             },
-        });
+            v6: Default::default(),
+        }));
         let metrics = Arc::new(Metrics::default());
         let err = super::serve(
             &nl,
@@ -201,20 +203,14 @@ async fn an_unusable_public_ip_of_our_own_is_a_start_up_error_naming_where_it_ca
 async fn flanneld_switches_reach_the_source_and_the_rules() {
     let nl = Fake::new();
     add_eth0(&nl).await;
-    let source = MemorySource::new(OwnLease {
-        name: "me".into(),
-        pod_cidrs: vec!["10.244.1.0/24".into()],
-        internal_ips: vec!["198.51.100.11".parse().unwrap()],
-        stored: PerFamily::default(),
-    });
+    let source = MemorySource::new(own_lease(PerFamily::default()));
     let dir = std::env::temp_dir().join(format!("weftd-serve-sw-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut opts = options(&dir);
     opts.set_network_unavailable = false;
     opts.masq_fully_random = false;
     opts.forward_rules = false;
-    let cfg =
-        NetConfig::parse(r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+    let cfg = vxlan_conf();
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = oneshot::channel::<()>();
     let serving = super::serve(

@@ -99,29 +99,27 @@ fn kube_flannel_yml_args_give_flanneld_s_defaults() {
     assert!(f.ignored().is_empty());
 }
 
+/// Every spelling Go's flag package takes, in one command line.
+const GO_SPELLINGS: [&str; 13] = [
+    "-kube-subnet-mgr",
+    "-v=2",
+    "--iface",
+    "eth1",
+    "-iface=10.0.0.1",
+    "--ip-masq=false",
+    "-healthz-port",
+    "0x1f90",
+    "--healthz-ip=127.0.0.1",
+    "-iptables-resync=010",
+    "--iptables-forward-rules=F",
+    "-ip-masq-fully-random-disable=1",
+    "--set-node-network-unavailable=FALSE",
+];
+
 #[test]
 fn go_flag_syntax() {
-    let f = run(
-        &[
-            "-kube-subnet-mgr",
-            "-v=2",
-            "--iface",
-            "eth1",
-            "-iface=10.0.0.1",
-            "--ip-masq=false",
-            "-healthz-port",
-            "0x1f90",
-            "--healthz-ip=127.0.0.1",
-            "-iptables-resync=010",
-            "--iptables-forward-rules=F",
-            "-ip-masq-fully-random-disable=1",
-            "--set-node-network-unavailable=FALSE",
-            "--public-ip",
-            "-5",
-        ],
-        &[],
-    );
     // A non-bool flag takes the next argument whatever it looks like.
+    let f = run(&[&GO_SPELLINGS[..], &["--public-ip", "-5"]].concat(), &[]);
     let e = f.unwrap().options(node()).unwrap_err();
     assert_eq!(
         e,
@@ -131,23 +129,7 @@ fn go_flag_syntax() {
         }
     );
     let f = run(
-        &[
-            "-kube-subnet-mgr",
-            "-v=2",
-            "--iface",
-            "eth1",
-            "-iface=10.0.0.1",
-            "--ip-masq=false",
-            "-healthz-port",
-            "0x1f90",
-            "--healthz-ip=127.0.0.1",
-            "-iptables-resync=010",
-            "--iptables-forward-rules=F",
-            "-ip-masq-fully-random-disable=1",
-            "--set-node-network-unavailable=FALSE",
-            "--iface-can-reach=192.0.2.1",
-            "--",
-        ],
+        &[&GO_SPELLINGS[..], &["--iface-can-reach=192.0.2.1", "--"]].concat(),
         &[],
     )
     .unwrap();
