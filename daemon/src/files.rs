@@ -54,6 +54,24 @@ pub fn first_host(subnet: IpNetwork) -> String {
     format!("{ip}/{}", subnet.prefix())
 }
 
+/// The subnets an existing `subnet.env` names (FLANNEL_SUBNET,
+/// FLANNEL_IPV6_SUBNET, masked to their networks), as flanneld reads them
+/// to ask for the same subnets again; none for a missing file or a value
+/// that is not one CIDR.
+pub fn previous_subnets(path: &Path) -> crate::family::PerFamily<Option<IpNetwork>> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .and_then(|v| v.trim().parse::<IpNetwork>().ok())
+            .and_then(|n| IpNetwork::new(n.network(), n.prefix()).ok())
+    };
+    crate::family::PerFamily {
+        v4: get("FLANNEL_SUBNET").filter(IpNetwork::is_ipv4),
+        v6: get("FLANNEL_IPV6_SUBNET").filter(IpNetwork::is_ipv6),
+    }
+}
+
 impl SubnetEnv {
     /// The file's text: keys in flannel's order, one `KEY=VALUE` per line.
     pub fn render(&self) -> String {
@@ -84,6 +102,27 @@ mod tests {
 
     fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn previous_subnets_come_back_from_a_written_file() {
+        let dir = std::env::temp_dir().join(format!("weft-prev-{}", std::process::id()));
+        let path = dir.join("subnet.env");
+        assert_eq!(previous_subnets(&path), Default::default(), "no file");
+        SubnetEnv {
+            ipv4: Some((net("10.244.0.0/16"), net("10.244.7.0/24"))),
+            ipv6: Some((net("fd00:10:244::/56"), net("fd00:10:244:7::/64"))),
+            mtu: 1450,
+            ip_masq: true,
+        }
+        .write(&path)
+        .unwrap();
+        let p = previous_subnets(&path);
+        assert_eq!(p.v4, Some(net("10.244.7.0/24")));
+        assert_eq!(p.v6, Some(net("fd00:10:244:7::/64")));
+        std::fs::write(&path, "FLANNEL_SUBNET=10.244.7.1/24,10.244.8.1/24\n").unwrap();
+        assert_eq!(previous_subnets(&path).v4, None, "not one CIDR");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -265,11 +265,11 @@ where
         l = source.acquire() => l,
         () = &mut shutdown => return Ok(()),
     };
-    let subnets = lease::own_subnets(cfg, &own)?;
     let ext = iface::select(nl, &opts.iface, &own.internal_ips, cfg.ipv4.is_none()).await?;
     tracing::info!(iface = %ext.name, mtu = ext.mtu, "external interface chosen");
 
-    // Per family: where we are, and what our lease held before.
+    // Per enabled family: the address we are reached at and the one we
+    // advertise, then our lease.
     let networks = PerFamily {
         v4: cfg.ipv4.as_ref().map(|f| f.network),
         v6: cfg.ipv6.as_ref().map(|f| f.network),
@@ -278,11 +278,8 @@ where
         v4: opts.public_ip,
         v6: opts.public_ipv6,
     };
-    let mut families = PerFamily::default();
-    for (family, subnet) in subnets.present() {
-        let Some(network) = *networks.get(family) else {
-            continue;
-        };
+    let mut addresses = PerFamily::default();
+    for (family, _) in networks.present() {
         let stored = own.stored.get(family);
         let v6 = family.is_v6();
         // flannel's spellings carry the family the same way: "" or "v6".
@@ -313,12 +310,35 @@ where
                 return Err(AgentError::UnusablePublicIp { what, ip, why });
             }
         }
+        *addresses.get_mut(family) = Some((public_ip, advertised));
+    }
+    let claim = lease::Claim {
+        backend_type: cfg.backend.type_name().to_string(),
+        public_ip: addresses.map(|_, a| a.map(|(_, advertised)| advertised)),
+        previous: crate::files::previous_subnets(&opts.subnet_file),
+    };
+    let mut own = own;
+    let claimed = tokio::select! {
+        c = source.claim(&claim) => c?,
+        () = &mut shutdown => return Ok(()),
+    };
+    if let Some(cidrs) = claimed {
+        own.pod_cidrs = cidrs;
+    }
+    let subnets = lease::own_subnets(cfg, &own)?;
+    let mut families = PerFamily::default();
+    for (family, subnet) in subnets.present() {
+        let (Some(network), Some((public_ip, advertised))) =
+            (*networks.get(family), *addresses.get(family))
+        else {
+            continue;
+        };
         *families.get_mut(family) = Some(LocalFamily {
             network,
             subnet: *subnet,
             public_ip,
             advertised,
-            stored_data: stored.data.clone(),
+            stored_data: own.stored.get(family).data.clone(),
         });
     }
     let local = Local {

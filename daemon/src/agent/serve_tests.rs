@@ -237,3 +237,57 @@ async fn flanneld_switches_reach_the_source_and_the_rules() {
     served.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A source that hands out subnets itself (as etcd's does) is asked once
+/// our addresses are known, with our subnet of last time from subnet.env,
+/// and its answer is our lease.
+#[tokio::test(start_paused = true)]
+async fn a_source_with_its_own_allocator_is_claimed_from_with_our_addresses() {
+    let nl = Fake::new();
+    add_eth0(&nl).await;
+    let mut own = own_lease(PerFamily::default());
+    own.pod_cidrs.clear();
+    let source = MemorySource::new(own);
+    source.hand_out(&["10.244.9.0/24"]);
+    let dir = std::env::temp_dir().join(format!("weftd-serve-claim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = options(&dir);
+    std::fs::write(&opts.subnet_file, "FLANNEL_SUBNET=10.244.7.1/24\n").unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let cfg = vxlan_conf();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = super::serve(
+        &nl,
+        &source,
+        &cfg,
+        &opts,
+        &metrics,
+        |_| Ok::<_, AgentError>(FakeRules::default()),
+        async {
+            let _ = stopped.await;
+        },
+    );
+    let script = async {
+        settle().await;
+        let claims = source.claims();
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].backend_type, "vxlan");
+        assert_eq!(
+            claims[0].public_ip.v4,
+            Some("198.51.100.11".parse().unwrap())
+        );
+        assert_eq!(
+            claims[0].previous.v4,
+            Some("10.244.7.0/24".parse().unwrap())
+        );
+        assert!(
+            std::fs::read_to_string(&opts.subnet_file)
+                .unwrap()
+                .contains("FLANNEL_SUBNET=10.244.9.1/24\n")
+        );
+        let _ = stop.send(());
+    };
+    let (served, ()) = tokio::join!(serving, script);
+    served.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

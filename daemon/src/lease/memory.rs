@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use super::judge::{self, Context, Judged};
 use super::peers::PeerIndex;
-use super::{FieldNames, LeaseError, LeaseSource, OwnLease, Publish, Record, Update};
+use super::{Claim, FieldNames, LeaseError, LeaseSource, OwnLease, Publish, Record, Update};
 use crate::family::PerFamily;
 use crate::metrics::Metrics;
 
@@ -42,6 +42,9 @@ impl Lease {
 #[derive(Debug, Default)]
 struct State {
     own: OwnLease,
+    /// Pod CIDRs handed out on a claim (as an etcd source does), if any.
+    hands_out: Option<Vec<String>>,
+    claims: Vec<Claim>,
     published: Vec<Publish>,
     ready: bool,
     leases: BTreeMap<String, Lease>,
@@ -65,6 +68,16 @@ impl MemorySource {
             Ok(mut s) => f(&mut s),
             Err(p) => f(&mut p.into_inner()),
         }
+    }
+
+    /// Hands out `cidrs` on a claim, as a source with its own allocator.
+    pub fn hand_out(&self, cidrs: &[&str]) {
+        self.with(|s| s.hands_out = Some(cidrs.iter().map(|c| c.to_string()).collect()));
+    }
+
+    /// Every claim made, in order.
+    pub fn claims(&self) -> Vec<Claim> {
+        self.with(|s| s.claims.clone())
     }
 
     /// Everything published so far, in order.
@@ -116,6 +129,13 @@ fn send(s: &State) {
 impl LeaseSource for MemorySource {
     async fn acquire(&self) -> OwnLease {
         self.with(|s| s.own.clone())
+    }
+
+    async fn claim(&self, claim: &Claim) -> Result<Option<Vec<String>>, LeaseError> {
+        Ok(self.with(|s| {
+            s.claims.push(claim.clone());
+            s.hands_out.clone()
+        }))
     }
 
     async fn publish(&self, ours: &Publish) -> Result<bool, LeaseError> {

@@ -114,12 +114,31 @@ pub struct FieldNames {
     pub data: PerFamily<String>,
 }
 
+/// What we claim a lease with, once our addresses are known: a source
+/// that hands out subnets itself (etcd) writes its lease with these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    pub backend_type: String,
+    /// Per enabled family: the public IP we advertise.
+    pub public_ip: PerFamily<Option<IpAddr>>,
+    /// Per enabled family: the subnet our last run had (`subnet.env`), to
+    /// have it again if it is free.
+    pub previous: PerFamily<Option<IpNetwork>>,
+}
+
 /// Where leases live.
 #[allow(async_fn_in_trait)]
 pub trait LeaseSource {
-    /// Waits (logging) until our lease exists: Kubernetes, until our Node
-    /// has a podCIDR.
+    /// Waits (logging) until we are known: Kubernetes, until our Node has
+    /// a podCIDR.
     async fn acquire(&self) -> OwnLease;
+    /// Our pod CIDRs when the source hands out subnets itself (etcd:
+    /// reused or allocated, and written with `claim`); None when
+    /// [`acquire`](Self::acquire) already gave them (Kubernetes: the
+    /// Node's podCIDRs).
+    async fn claim(&self, _claim: &Claim) -> Result<Option<Vec<String>>, LeaseError> {
+        Ok(None)
+    }
     /// Publishes what we are, unless it is all there already; whether it
     /// wrote.
     async fn publish(&self, ours: &Publish) -> Result<bool, LeaseError>;
