@@ -4,10 +4,12 @@
 //! validated into a [`NetConfig`] with every default computed; any problem is
 //! an error that names the field and the value.
 //!
-//! weft takes each node's subnet from its podCIDR (flannel's kube subnet
-//! manager), so `SubnetLen`, `SubnetMin` and `SubnetMax` are type-checked but
-//! otherwise unused, as in flanneld's kube mode.
+//! With the Kubernetes subnet manager each node's subnet is its podCIDR, so
+//! `SubnetLen`, `SubnetMin` and `SubnetMax` are type-checked but otherwise
+//! unused, as in flanneld's kube mode; the etcd subnet manager allocates
+//! from [`FamilyConfig::subnet_range`].
 
+use std::net::IpAddr;
 use std::path::Path;
 
 use ipnetwork::IpNetwork;
@@ -48,6 +50,130 @@ pub enum ConfigError {
 pub struct FamilyConfig {
     /// The whole pod network (masked: host bits cleared).
     pub network: IpNetwork,
+    /// `SubnetLen`, `SubnetMin`, `SubnetMax` (or the IPv6 ones) as given:
+    /// only a subnet manager that allocates (etcd) uses them, through
+    /// [`FamilyConfig::subnet_range`].
+    pub subnet_len: Option<u8>,
+    pub subnet_min: Option<IpAddr>,
+    pub subnet_max: Option<IpAddr>,
+}
+
+/// The subnets a node may be given out of one family's Network: flannel's
+/// `CheckNetworkConfig`, its defaults included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubnetRange {
+    pub len: u8,
+    /// The first and the last subnet's network address.
+    pub min: IpAddr,
+    pub max: IpAddr,
+}
+
+fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+fn from_u128(v6: bool, v: u128) -> IpAddr {
+    if v6 {
+        IpAddr::V6(v.into())
+    } else {
+        IpAddr::V4(u32::try_from(v).unwrap_or(u32::MAX).into())
+    }
+}
+
+impl FamilyConfig {
+    /// The subnet range with flannel's defaults: SubnetLen /24 for a
+    /// Network of /22 or wider, else two bits more than the Network (IPv6:
+    /// /64 for /62 or wider); SubnetMin the Network's second subnet,
+    /// SubnetMax its last. Errors name the field, in flannel's words.
+    pub fn subnet_range(&self) -> Result<SubnetRange, ConfigError> {
+        let v6 = self.network.is_ipv6();
+        let bits: u8 = if v6 { 128 } else { 32 };
+        let pre = if v6 { "IPv6" } else { "" };
+        let net_name = if v6 { "IPv6Network" } else { "Network" };
+        let prefix = self.network.prefix();
+        let bad = |field: String, value: String, reason: String| ConfigError::Field {
+            field,
+            value,
+            reason,
+        };
+        let len = match self.subnet_len {
+            Some(l) if l > bits - 2 => {
+                return Err(bad(
+                    format!("{pre}SubnetLen"),
+                    l.to_string(),
+                    format!("SubnetLen must be less than /{}", bits - 1),
+                ));
+            }
+            Some(l) if u16::from(l) < u16::from(prefix) + 2 => {
+                return Err(bad(
+                    format!("{pre}SubnetLen"),
+                    l.to_string(),
+                    format!(
+                        "network must be able to accommodate at least four subnets (the {net_name} is /{prefix})"
+                    ),
+                ));
+            }
+            Some(l) => l,
+            None if prefix > bits - 4 => {
+                return Err(bad(
+                    net_name.into(),
+                    format!("\"{}\"", self.network),
+                    format!(
+                        "{net_name} is too small. Minimum useful network prefix is /{}",
+                        bits - 4
+                    ),
+                ));
+            }
+            None if v6 && prefix <= 62 => 64,
+            None if !v6 && prefix <= 22 => 24,
+            None => prefix + 2,
+        };
+        let size: u128 = 1 << (bits - len);
+        let base = to_u128(self.network.network());
+        let end = base + (1u128 << (bits - prefix)) - 1;
+        let check = |name: &str, given: Option<IpAddr>, default: u128| {
+            let field = format!("{pre}{name}");
+            let Some(ip) = given else {
+                return Ok(default);
+            };
+            let v = to_u128(ip);
+            if ip.is_ipv6() != v6 || v < base || v > end {
+                return Err(bad(
+                    field.clone(),
+                    format!("\"{ip}\""),
+                    format!("{field} is not in the range of the {net_name}"),
+                ));
+            }
+            if !v.is_multiple_of(size) {
+                return Err(bad(
+                    field.clone(),
+                    format!("\"{ip}\""),
+                    format!("{field} is not on a SubnetLen boundary (/{len})"),
+                ));
+            }
+            Ok(v)
+        };
+        let min = check("SubnetMin", self.subnet_min, base + size)?;
+        let max = check("SubnetMax", self.subnet_max, end + 1 - size)?;
+        if min > max {
+            return Err(bad(
+                format!("{pre}SubnetMin"),
+                format!("\"{}\"", from_u128(v6, min)),
+                format!(
+                    "{pre}SubnetMin is above {pre}SubnetMax ({})",
+                    from_u128(v6, max)
+                ),
+            ));
+        }
+        Ok(SubnetRange {
+            len,
+            min: from_u128(v6, min),
+            max: from_u128(v6, max),
+        })
+    }
 }
 
 /// VXLAN backend options.
@@ -122,27 +248,32 @@ impl NetConfig {
         let enable_nftables = field::<bool>(&top, "", "EnableNFTables")?.unwrap_or(false);
         let network = cidr(&top, "Network")?;
         let network6 = cidr(&top, "IPv6Network")?;
-        // Type-checked only: the node's subnet is its podCIDR.
-        field::<u8>(&top, "", "SubnetLen")?;
-        field::<u8>(&top, "", "IPv6SubnetLen")?;
-        for k in ["SubnetMin", "SubnetMax", "IPv6SubnetMin", "IPv6SubnetMax"] {
-            field::<String>(&top, "", k)?;
-        }
-
-        let ipv4 = family(
+        let mut ipv4 = family(
             enable_v4,
             network,
             "Network",
             "EnableIPv4 is true (the default)",
             true,
         )?;
-        let ipv6 = family(
+        let mut ipv6 = family(
             enable_v6,
             network6,
             "IPv6Network",
             "EnableIPv6 is true",
             false,
         )?;
+        // Checked for their types here; a Kubernetes node's subnet is its
+        // podCIDR, so only etcd's allocator uses them (subnet_range).
+        for (fam, pre, v6) in [(&mut ipv4, "", false), (&mut ipv6, "IPv6", true)] {
+            let len = field::<u8>(&top, "", &format!("{pre}SubnetLen"))?.filter(|l| *l > 0);
+            let min = address(&top, &format!("{pre}SubnetMin"), v6)?;
+            let max = address(&top, &format!("{pre}SubnetMax"), v6)?;
+            if let Some(f) = fam {
+                f.subnet_len = len;
+                f.subnet_min = min;
+                f.subnet_max = max;
+            }
+        }
         if ipv4.is_none() && ipv6.is_none() {
             return Err(ConfigError::NoFamily);
         }
@@ -195,7 +326,27 @@ fn family(
             reason: format!("expected an IPv{} network", if want_v4 { 4 } else { 6 }),
         });
     }
-    Ok(Some(FamilyConfig { network }))
+    Ok(Some(FamilyConfig {
+        network,
+        subnet_len: None,
+        subnet_min: None,
+        subnet_max: None,
+    }))
+}
+
+/// Field `key` as an address of the family (`v6`); None when absent.
+fn address(obj: &Map<String, Value>, key: &str, v6: bool) -> Result<Option<IpAddr>, ConfigError> {
+    let Some(text) = field::<String>(obj, "", key)? else {
+        return Ok(None);
+    };
+    match text.parse::<IpAddr>() {
+        Ok(ip) if ip.is_ipv6() == v6 => Ok(Some(ip)),
+        _ => Err(ConfigError::Field {
+            field: key.into(),
+            value: format!("\"{text}\""),
+            reason: format!("expected an IPv{} address", if v6 { 6 } else { 4 }),
+        }),
+    }
 }
 
 fn backend(b: &Map<String, Value>) -> Result<BackendConfig, ConfigError> {
@@ -317,10 +468,107 @@ mod tests {
         })
     }
 
-    fn v4(net: &str) -> Option<FamilyConfig> {
-        Some(FamilyConfig {
+    fn fam(net: &str) -> FamilyConfig {
+        FamilyConfig {
             network: net.parse().unwrap(),
-        })
+            subnet_len: None,
+            subnet_min: None,
+            subnet_max: None,
+        }
+    }
+
+    fn v4(net: &str) -> Option<FamilyConfig> {
+        Some(fam(net))
+    }
+
+    /// flannel's CheckNetworkConfig: defaults, and errors in its words.
+    #[test]
+    fn subnet_ranges_as_flannel_computes_and_checks_them() {
+        let range = |text: &str, v6: bool| {
+            let c = NetConfig::parse(text).unwrap();
+            let f = if v6 { c.ipv6 } else { c.ipv4 }.unwrap();
+            f.subnet_range()
+        };
+        let r = |len, min: &str, max: &str| SubnetRange {
+            len,
+            min: min.parse().unwrap(),
+            max: max.parse().unwrap(),
+        };
+        for (text, want) in [
+            (
+                r#"{"Network":"10.244.0.0/16"}"#,
+                r(24, "10.244.1.0", "10.244.255.0"),
+            ),
+            (
+                r#"{"Network":"10.5.0.0/22"}"#,
+                r(24, "10.5.1.0", "10.5.3.0"),
+            ),
+            (
+                r#"{"Network":"10.5.0.0/24"}"#,
+                r(26, "10.5.0.64", "10.5.0.192"),
+            ),
+            (
+                r#"{"Network":"10.0.0.0/8","SubnetLen":20,"SubnetMin":"10.10.0.0","SubnetMax":"10.99.240.0"}"#,
+                r(20, "10.10.0.0", "10.99.240.0"),
+            ),
+        ] {
+            assert_eq!(range(text, false).unwrap(), want, "{text}");
+        }
+        let v6 =
+            r#"{"EnableIPv6":true,"Network":"10.244.0.0/16","IPv6Network":"fd00:10:244::/56"}"#;
+        assert_eq!(
+            range(v6, true).unwrap(),
+            r(64, "fd00:10:244:1::", "fd00:10:244:ff::")
+        );
+        for (text, field, reason) in [
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetLen":31}"#,
+                "SubnetLen",
+                "SubnetLen must be less than /31",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetLen":17}"#,
+                "SubnetLen",
+                "network must be able to accommodate at least four subnets (the Network is /16)",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"10.245.0.0"}"#,
+                "SubnetMin",
+                "SubnetMin is not in the range of the Network",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMax":"10.244.3.128"}"#,
+                "SubnetMax",
+                "SubnetMax is not on a SubnetLen boundary (/24)",
+            ),
+            (
+                r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.3.0"}"#,
+                "SubnetMin",
+                "SubnetMin is above SubnetMax (10.244.3.0)",
+            ),
+            (
+                r#"{"EnableIPv6":true,"Network":"10.244.0.0/16","IPv6Network":"fd00::/56","IPv6SubnetLen":127}"#,
+                "IPv6SubnetLen",
+                "SubnetLen must be less than /127",
+            ),
+        ] {
+            let v6 = field.starts_with("IPv6");
+            match range(text, v6) {
+                Err(ConfigError::Field {
+                    field: f,
+                    reason: why,
+                    ..
+                }) => {
+                    assert_eq!((f.as_str(), why.as_str()), (field, reason), "{text}")
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // A SubnetMin of the other family is refused when the file is read.
+        assert!(matches!(
+            NetConfig::parse(r#"{"Network":"10.244.0.0/16","SubnetMin":"fd00::"}"#),
+            Err(ConfigError::Field { field, .. }) if field == "SubnetMin"
+        ));
     }
 
     #[test]
@@ -378,9 +626,7 @@ mod tests {
                 r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":{"Type":"vxlan","MTU":9000,"GBP":true,"DirectRouting":true}}"#,
                 NetConfig {
                     ipv4: None,
-                    ipv6: Some(FamilyConfig {
-                        network: "fd00:10:244::/56".parse().unwrap(),
-                    }),
+                    ipv6: Some(fam("fd00:10:244::/56")),
                     enable_nftables: false,
                     backend: BackendConfig::Vxlan(VxlanConfig {
                         vni: 1,
