@@ -5,6 +5,10 @@
 # stage as an OCI archive from `scripts/build-static weftd weft-cni` output.
 
 FROM rust:1.89-bookworm AS build
+# protoc and the protobuf well-known types: the etcd client (etcd-client)
+# compiles etcd's v3 API definitions when it is built.
+RUN apt-get update -q && apt-get install -y -q --no-install-recommends \
+    protobuf-compiler libprotobuf-dev && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock rustfmt.toml clippy.toml ./
 COPY daemon daemon

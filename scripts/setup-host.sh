@@ -15,6 +15,7 @@ PACKAGES=(
   etcd-server etcd-client golang-go dpkg-dev openssl ca-certificates curl
   golang-github-modern-go-reflect2-dev procps util-linux ethtool python3
   iptables  # the tests make flanneld's iptables rules the way flanneld does
+  protobuf-compiler libprotobuf-dev  # etcd-client compiles etcd's v3 API (.proto) when built
 )
 
 # kubectl: this machine image may carry a newer one; otherwise Debian's.

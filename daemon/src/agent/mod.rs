@@ -322,8 +322,15 @@ where
         c = source.claim(&claim) => c?,
         () = &mut shutdown => return Ok(()),
     };
-    if let Some(cidrs) = claimed {
-        own.pod_cidrs = cidrs;
+    if let Some(c) = claimed {
+        tracing::info!(lease = %c.name, subnets = ?c.pod_cidrs, "lease claimed");
+        own.name = c.name;
+        own.pod_cidrs = c.pod_cidrs;
+        for (family, data) in c.data.iter() {
+            if data.is_some() {
+                own.stored.get_mut(family).data = data.clone();
+            }
+        }
     }
     let subnets = lease::own_subnets(cfg, &own)?;
     let mut families = PerFamily::default();

@@ -10,7 +10,9 @@ use tokio::sync::watch;
 
 use super::judge::{self, Context, Judged};
 use super::peers::PeerIndex;
-use super::{Claim, FieldNames, LeaseError, LeaseSource, OwnLease, Publish, Record, Update};
+use super::{
+    Claim, Claimed, FieldNames, LeaseError, LeaseSource, OwnLease, Publish, Record, Update,
+};
 use crate::family::PerFamily;
 use crate::metrics::Metrics;
 
@@ -131,10 +133,14 @@ impl LeaseSource for MemorySource {
         self.with(|s| s.own.clone())
     }
 
-    async fn claim(&self, claim: &Claim) -> Result<Option<Vec<String>>, LeaseError> {
+    async fn claim(&self, claim: &Claim) -> Result<Option<Claimed>, LeaseError> {
         Ok(self.with(|s| {
             s.claims.push(claim.clone());
-            s.hands_out.clone()
+            s.hands_out.clone().map(|pod_cidrs| Claimed {
+                name: s.own.name.clone(),
+                pod_cidrs,
+                data: PerFamily::default(),
+            })
         }))
     }
 

@@ -7,6 +7,7 @@
 //! overlap arbitration ([`peers`]), so every source skips garbage the same
 //! way and hands on the COMPLETE peer set after every change ([`Update`]).
 
+pub mod etcd;
 pub mod judge;
 pub mod kube;
 #[cfg(test)]
@@ -16,6 +17,7 @@ pub mod peers;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -25,7 +27,7 @@ use tokio::sync::watch;
 use crate::config::NetConfig;
 use crate::family::{Family, PerFamily};
 use crate::metrics::Metrics;
-use judge::Context;
+use judge::{Context, Skip, SkipReason};
 use peers::PeerSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +42,14 @@ pub enum LeaseError {
         cidr: IpNetwork,
         network: IpNetwork,
     },
+    #[error("etcd: {what}")]
+    Etcd {
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("etcd subnet manager: {0}")]
+    Allocation(String),
     #[error("publishing the lease of node {node} ({how})")]
     Publish {
         node: String,
@@ -126,17 +136,27 @@ pub struct Claim {
     pub previous: PerFamily<Option<IpNetwork>>,
 }
 
+/// A lease a source handed out on a claim.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claimed {
+    /// The lease's name among the records (etcd: its key).
+    pub name: String,
+    pub pod_cidrs: Vec<String>,
+    /// The backend data the lease held before (to keep a VTEP MAC).
+    pub data: PerFamily<Option<String>>,
+}
+
 /// Where leases live.
 #[allow(async_fn_in_trait)]
 pub trait LeaseSource {
     /// Waits (logging) until we are known: Kubernetes, until our Node has
     /// a podCIDR.
     async fn acquire(&self) -> OwnLease;
-    /// Our pod CIDRs when the source hands out subnets itself (etcd:
-    /// reused or allocated, and written with `claim`); None when
-    /// [`acquire`](Self::acquire) already gave them (Kubernetes: the
-    /// Node's podCIDRs).
-    async fn claim(&self, _claim: &Claim) -> Result<Option<Vec<String>>, LeaseError> {
+    /// Our lease when the source hands out subnets itself (etcd: reused or
+    /// allocated, and written with `claim`); None when
+    /// [`acquire`](Self::acquire) already gave it (Kubernetes: the Node's
+    /// podCIDRs).
+    async fn claim(&self, _claim: &Claim) -> Result<Option<Claimed>, LeaseError> {
         Ok(None)
     }
     /// Publishes what we are, unless it is all there already; whether it
@@ -187,4 +207,28 @@ pub fn own_subnets(
         *out.get_mut(family) = Some(cidr);
     }
     Ok(out)
+}
+
+/// Warns once per distinct problem and updates the peer metrics.
+pub fn report(set: &PeerSet, warned: &mut BTreeSet<Skip>, metrics: &Metrics) {
+    let now: BTreeSet<Skip> = set.skipped.iter().cloned().collect();
+    for s in now.difference(warned) {
+        tracing::warn!(
+            node = %s.node,
+            reason = s.reason.label(),
+            family = s.family.label(),
+            "skipping node {} as a peer: {}",
+            s.node,
+            s.detail
+        );
+    }
+    *warned = now;
+    // Every reason, zero or not, so a cleared problem reads 0.
+    metrics.set_skipped(SkipReason::ALL.map(|r| {
+        let n = set.skipped.iter().filter(|s| s.reason == r).count();
+        (r.label(), n as u64)
+    }));
+    for (family, peers) in set.peers.iter() {
+        metrics.set_peers(family.label(), peers.len());
+    }
 }

@@ -16,9 +16,9 @@ use tokio::sync::watch;
 
 use super::node::SlimNode;
 use crate::annotations::Names;
-use crate::lease::Update;
-use crate::lease::judge::{self, Context, Judged, Skip, SkipReason};
-use crate::lease::peers::{PeerIndex, PeerSet};
+use crate::lease::judge::{self, Context, Judged, Skip};
+use crate::lease::peers::PeerIndex;
+use crate::lease::{Update, report};
 use crate::metrics::Metrics;
 
 /// Starts the watch; the receiver sees `None` until the first page.
@@ -101,28 +101,4 @@ pub fn spawn(
         }
     });
     rx
-}
-
-/// Warns once per distinct problem and updates the peer metrics.
-fn report(set: &PeerSet, warned: &mut BTreeSet<Skip>, metrics: &Metrics) {
-    let now: BTreeSet<Skip> = set.skipped.iter().cloned().collect();
-    for s in now.difference(warned) {
-        tracing::warn!(
-            node = %s.node,
-            reason = s.reason.label(),
-            family = s.family.label(),
-            "skipping node {} as a peer: {}",
-            s.node,
-            s.detail
-        );
-    }
-    *warned = now;
-    // Every reason, zero or not, so a cleared problem reads 0.
-    metrics.set_skipped(SkipReason::ALL.map(|r| {
-        let n = set.skipped.iter().filter(|s| s.reason == r).count();
-        (r.label(), n as u64)
-    }));
-    for (family, peers) in set.peers.iter() {
-        metrics.set_peers(family.label(), peers.len());
-    }
 }
