@@ -20,8 +20,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::agent::{DEFAULT_RESYNC_SECONDS, NodeRef, Options};
+use crate::agent::{DEFAULT_RESYNC_SECONDS, NodeRef, Options, SubnetManager};
 use crate::iface::Selection;
+use crate::lease::etcd::EtcdOptions;
 
 /// A flag's value type (Go's `BoolVar`, `IntVar`, `StringVar`, and
 /// flanneld's repeatable `flagSlice`).
@@ -55,10 +56,6 @@ pub struct Flag {
     pub effect: Effect,
 }
 
-const ETCD: Effect = Effect::Ignored(
-    "flanneld's etcd subnet manager is not in weft yet: weft runs with --kube-subnet-mgr only",
-);
-
 const fn flag(name: &'static str, kind: Kind, default: &'static str, effect: Effect) -> Flag {
     Flag {
         name,
@@ -74,14 +71,44 @@ pub const FLAGS: &[Flag] = &[
         "etcd-endpoints",
         Kind::Str,
         "http://127.0.0.1:4001,http://127.0.0.1:2379",
-        ETCD,
+        Effect::Acts("--etcd-endpoints (comma-separated), without --kube-subnet-mgr"),
     ),
-    flag("etcd-prefix", Kind::Str, "/coreos.com/network", ETCD),
-    flag("etcd-keyfile", Kind::Str, "", ETCD),
-    flag("etcd-certfile", Kind::Str, "", ETCD),
-    flag("etcd-cafile", Kind::Str, "", ETCD),
-    flag("etcd-username", Kind::Str, "", ETCD),
-    flag("etcd-password", Kind::Str, "", ETCD),
+    flag(
+        "etcd-prefix",
+        Kind::Str,
+        "/coreos.com/network",
+        Effect::Acts("--etcd-prefix"),
+    ),
+    flag(
+        "etcd-keyfile",
+        Kind::Str,
+        "",
+        Effect::Acts("--etcd-keyfile (TLS, with --etcd-certfile)"),
+    ),
+    flag(
+        "etcd-certfile",
+        Kind::Str,
+        "",
+        Effect::Acts("--etcd-certfile (TLS, with --etcd-keyfile)"),
+    ),
+    flag(
+        "etcd-cafile",
+        Kind::Str,
+        "",
+        Effect::Acts("--etcd-cafile: checks etcd's certificate"),
+    ),
+    flag(
+        "etcd-username",
+        Kind::Str,
+        "",
+        Effect::Acts("--etcd-username"),
+    ),
+    flag(
+        "etcd-password",
+        Kind::Str,
+        "",
+        Effect::Acts("--etcd-password"),
+    ),
     flag(
         "iface",
         Kind::List,
@@ -119,8 +146,8 @@ pub const FLAGS: &[Flag] = &[
         "subnet-lease-renew-margin",
         Kind::Int,
         "60",
-        Effect::Ignored(
-            "it renews etcd leases, and weft runs with --kube-subnet-mgr only (the range 1..1439 is still checked, as flanneld does)",
+        Effect::Acts(
+            "--subnet-lease-renew-margin: minutes before the etcd lease runs out (1 to 1439)",
         ),
     ),
     flag(
@@ -139,7 +166,7 @@ pub const FLAGS: &[Flag] = &[
         "kube-subnet-mgr",
         Kind::Bool,
         "false",
-        Effect::Acts("the Kubernetes subnet manager: weft's only one (required)"),
+        Effect::Acts("--subnet-manager kube (without it: etcd, as flanneld)"),
     ),
     flag(
         "kube-api-url",
@@ -414,14 +441,14 @@ impl Flanneld {
         self.int("v")
     }
 
+    /// Whether leases are Kubernetes Nodes (`--kube-subnet-mgr`) rather
+    /// than etcd keys.
+    pub fn kube(&self) -> bool {
+        self.bool("kube-subnet-mgr")
+    }
+
     /// weftd's options, as flanneld would act on these flags.
     pub fn options(&self, node: NodeRef) -> Result<Options, FlagError> {
-        if !self.bool("kube-subnet-mgr") {
-            return Err(FlagError::Invalid {
-                flag: "kube-subnet-mgr",
-                reason: "not set: without it flanneld uses its etcd subnet manager, which weft does not have yet; weft needs --kube-subnet-mgr".into(),
-            });
-        }
         for f in FLAGS {
             if let Effect::Refused(why) = f.effect
                 && f.kind == Kind::Bool
@@ -479,7 +506,28 @@ impl Flanneld {
                 .filter(|s| !s.is_empty())
                 .map(PathBuf::from)
         };
+        let opt = |name: &str| Some(self.str(name)).filter(|s| !s.is_empty());
+        let subnet_manager = if self.kube() {
+            SubnetManager::Kube
+        } else {
+            SubnetManager::Etcd(EtcdOptions {
+                endpoints: self
+                    .str("etcd-endpoints")
+                    .split(',')
+                    .map(str::to_string)
+                    .collect(),
+                prefix: self.str("etcd-prefix"),
+                cafile: path("etcd-cafile"),
+                certfile: path("etcd-certfile"),
+                keyfile: path("etcd-keyfile"),
+                username: opt("etcd-username"),
+                password: opt("etcd-password"),
+                renew_margin: Duration::from_secs(u64::try_from(margin).unwrap_or(60) * 60),
+                ttl: crate::lease::etcd::DEFAULT_TTL,
+            })
+        };
         Ok(Options {
+            subnet_manager,
             node,
             kubeconfig: path("kubeconfig-file"),
             api_url: Some(self.str("kube-api-url")).filter(|s| !s.is_empty()),

@@ -14,6 +14,44 @@ use weftd::iface::Selection;
 struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
+    /// Where leases live: `kube` (Node objects, flanneld's
+    /// --kube-subnet-mgr) or `etcd` (flanneld's etcd subnet manager; the
+    /// network configuration is then read from etcd).
+    #[arg(long, env = "WEFTD_SUBNET_MANAGER", value_enum, default_value_t = SubnetMgr::Kube)]
+    subnet_manager: SubnetMgr,
+    /// etcd's endpoints (etcd subnet manager).
+    #[arg(
+        long,
+        env = "WEFTD_ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:4001,http://127.0.0.1:2379"
+    )]
+    etcd_endpoints: Vec<String>,
+    /// The etcd key prefix: the configuration at PREFIX/config, leases
+    /// below PREFIX/subnets/.
+    #[arg(long, env = "WEFTD_ETCD_PREFIX", default_value = weftd::lease::etcd::DEFAULT_PREFIX)]
+    etcd_prefix: String,
+    /// CA certificate that etcd's serving certificate is checked against.
+    #[arg(long, env = "WEFTD_ETCD_CAFILE")]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate for etcd (with --etcd-keyfile).
+    #[arg(long, env = "WEFTD_ETCD_CERTFILE")]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key for etcd.
+    #[arg(long, env = "WEFTD_ETCD_KEYFILE")]
+    etcd_keyfile: Option<PathBuf>,
+    /// etcd user (with --etcd-password).
+    #[arg(long, env = "WEFTD_ETCD_USERNAME")]
+    etcd_username: Option<String>,
+    #[arg(long, env = "WEFTD_ETCD_PASSWORD", hide_env_values = true)]
+    etcd_password: Option<String>,
+    /// Minutes before the etcd lease runs out that it is renewed (1 to 1439).
+    #[arg(long, env = "WEFTD_SUBNET_LEASE_RENEW_MARGIN", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..1440))]
+    subnet_lease_renew_margin: u64,
+    /// Seconds an etcd lease lives unless renewed (flannel's 24 h; shorter
+    /// only to test renewal and expiry).
+    #[arg(long, env = "WEFTD_SUBNET_LEASE_TTL", default_value_t = 86400, value_parser = clap::value_parser!(u64).range(1..))]
+    subnet_lease_ttl: u64,
     /// Kubeconfig to reach the API server (default: in-cluster).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
@@ -132,6 +170,12 @@ enum Sub {
     },
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, clap::ValueEnum)]
+enum SubnetMgr {
+    Kube,
+    Etcd,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
     Text,
@@ -212,7 +256,7 @@ fn as_flanneld(argv: &[String]) -> ExitCode {
         tracing::warn!("{what} is ignored: {why}");
     }
     exit((|| {
-        let opts = f.options(node_ref()?)?;
+        let opts = f.options(node_ref(!f.kube())?)?;
         serve_agent(opts)
     })())
 }
@@ -232,13 +276,20 @@ fn as_install_conf(argv: &[String]) -> ExitCode {
     }
 }
 
-/// This node, from `NODE_NAME` or the pod weftd runs in.
-fn node_ref() -> anyhow::Result<agent::NodeRef> {
-    agent::NodeRef::from_env(|k| std::env::var(k).ok()).ok_or_else(|| {
-        anyhow::anyhow!(
-            "no node name: set NODE_NAME (the DaemonSet passes spec.nodeName), or POD_NAME and POD_NAMESPACE to find it from the pod"
-        )
-    })
+/// This node, from `NODE_NAME` or the pod weftd runs in; with the etcd
+/// subnet manager (where the name only labels the logs) the host's name
+/// will do.
+fn node_ref(etcd: bool) -> anyhow::Result<agent::NodeRef> {
+    if let Some(n) = agent::NodeRef::from_env(|k| std::env::var(k).ok()) {
+        return Ok(n);
+    }
+    if etcd {
+        let host = nix::unistd::gethostname()?;
+        return Ok(agent::NodeRef::Name(host.to_string_lossy().into_owned()));
+    }
+    Err(anyhow::anyhow!(
+        "no node name: set NODE_NAME (the DaemonSet passes spec.nodeName), or POD_NAME and POD_NAMESPACE to find it from the pod"
+    ))
 }
 
 fn install_cni(
@@ -317,8 +368,24 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("--healthz-addr {a:?}: {e}"))?,
         ),
     };
+    let subnet_manager = match args.subnet_manager {
+        SubnetMgr::Kube => agent::SubnetManager::Kube,
+        SubnetMgr::Etcd => agent::SubnetManager::Etcd(weftd::lease::etcd::EtcdOptions {
+            endpoints: args.etcd_endpoints,
+            prefix: args.etcd_prefix,
+            cafile: args.etcd_cafile,
+            certfile: args.etcd_certfile,
+            keyfile: args.etcd_keyfile,
+            username: args.etcd_username,
+            password: args.etcd_password,
+            renew_margin: Duration::from_secs(args.subnet_lease_renew_margin * 60),
+            ttl: Duration::from_secs(args.subnet_lease_ttl),
+        }),
+    };
+    let etcd = matches!(subnet_manager, agent::SubnetManager::Etcd(_));
     let opts = Options {
-        node: node_ref()?,
+        subnet_manager,
+        node: node_ref(etcd)?,
         kubeconfig: args.kubeconfig,
         api_url: args.kube_api_url,
         kubeconfig_from_env: true,

@@ -28,7 +28,7 @@ pub mod procs;
 pub mod runtime;
 pub mod weftd;
 
-pub use lab::{Backend, Lab, LabConfig, LabError, LabState};
+pub use lab::{Backend, Lab, LabConfig, LabError, LabState, SubnetManager};
 
 /// A lab name unique to this process and `tag`, for tests running in parallel.
 pub fn unique_name(tag: &str) -> String {

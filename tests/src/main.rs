@@ -41,6 +41,10 @@ enum Cmd {
         /// VXLAN with DirectRouting (every lab node shares one subnet).
         #[arg(long)]
         direct_routing: bool,
+        /// Where weftd keeps leases: kube (Node objects) or etcd (the hub's
+        /// etcd, flannel's etcd subnet manager).
+        #[arg(long, value_enum, default_value_t = weft_lab::SubnetManager::Kube)]
+        subnet_manager: weft_lab::SubnetManager,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -145,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pods_per_node,
             dual_stack,
             direct_routing,
+            subnet_manager,
             json,
         } => {
             watch_ctrl_c()?;
@@ -157,6 +162,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 verbose: true,
                 dual_stack,
                 direct_routing,
+                subnet_manager,
             })?;
             let mut lab = lab;
             let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();

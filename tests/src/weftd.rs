@@ -118,6 +118,9 @@ impl Lab {
                 self.state.direct_routing,
             ),
         };
+        if self.state.subnet_manager == crate::SubnetManager::Etcd {
+            self.etcd_network_config(&text)?;
+        }
         std::fs::write(&conf, text).map_err(|source| LabError::State { path: conf, source })?;
         let agent = n.settings.agent.clone().unwrap_or_else(|| weftd.clone());
         // The DaemonSet's init container: plugin binary and conflist.
@@ -155,10 +158,34 @@ impl Lab {
             "--healthz-addr",
             &healthz,
         ];
+        let etcd_args = [
+            "--subnet-manager".to_string(),
+            "etcd".into(),
+            "--etcd-endpoints".into(),
+            self.state.etcd_url.clone(),
+        ];
+        if self.state.subnet_manager == crate::SubnetManager::Etcd {
+            args.extend(etcd_args.iter().map(String::as_str));
+        }
         args.extend(n.weftd_args.iter().map(String::as_str));
         let (pid, _) = self.spawn_on(node, "weftd", &args)?;
         self.update_node(node, |s| s.weftd_pid = Some(pid))?;
         Ok(pid)
+    }
+
+    /// flannel's network configuration in the lab's etcd, at
+    /// `/coreos.com/network/config`, unless one is there already (a test's
+    /// own stays).
+    fn etcd_network_config(&self, text: &str) -> Result<(), LabError> {
+        let key = "/coreos.com/network/config";
+        if self
+            .etcdctl(&["get", "--print-value-only", key])?
+            .trim()
+            .is_empty()
+        {
+            self.etcdctl(&["put", key, text])?;
+        }
+        Ok(())
     }
 
     /// Extra arguments for `node`'s weftd from its next start on.

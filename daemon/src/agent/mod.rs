@@ -43,6 +43,8 @@ use crate::nft::{self, kernel::NftError};
 /// Everything the flags say.
 #[derive(Debug, Clone)]
 pub struct Options {
+    pub subnet_manager: SubnetManager,
+    /// This node (etcd: only for the logs).
     pub node: NodeRef,
     pub kubeconfig: Option<PathBuf>,
     /// The API server's URL, over the kubeconfig's or the in-cluster one
@@ -74,6 +76,14 @@ pub struct Options {
     pub rules_resync: Duration,
     /// The udp backend asks the kernel for TUN offload, UDP GSO and GRO.
     pub udp_offload: bool,
+}
+
+/// Where leases live: Kubernetes Nodes (flanneld's `--kube-subnet-mgr`)
+/// or etcd (flanneld's default).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubnetManager {
+    Kube,
+    Etcd(lease::etcd::EtcdOptions),
 }
 
 /// Seconds between full resyncs against the kernel, by default.
@@ -206,19 +216,50 @@ async fn node_name(client: &Client, node: &NodeRef) -> Result<String, AgentError
 
 /// Runs until `shutdown` resolves; leaves the data plane in place.
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
-    let cfg = NetConfig::load(&opts.net_config_path)?;
-    let names = Names::new(&opts.annotation_prefix).map_err(AgentError::Prefix)?;
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = opts.healthz_addr {
         health::serve(addr, metrics.clone()).await?;
     }
-    let client = client(&opts).await?;
-    let node = node_name(&client, &opts.node).await?;
-    let api: Api<SlimNode> = Api::all(client);
-    let source = KubeSource::new(api, names, node);
     say_flannel_leftovers();
-    let nl = Kernel::connect()?;
-    serve(&nl, &source, &cfg, &opts, &metrics, Firewall::new, shutdown).await
+    let mut shutdown = std::pin::pin!(shutdown);
+    match &opts.subnet_manager {
+        SubnetManager::Kube => {
+            let cfg = NetConfig::load(&opts.net_config_path)?;
+            let names = Names::new(&opts.annotation_prefix).map_err(AgentError::Prefix)?;
+            let client = client(&opts).await?;
+            let node = node_name(&client, &opts.node).await?;
+            let api: Api<SlimNode> = Api::all(client);
+            let source = KubeSource::new(api, names, node);
+            let nl = Kernel::connect()?;
+            serve(&nl, &source, &cfg, &opts, &metrics, Firewall::new, shutdown).await
+        }
+        SubnetManager::Etcd(eo) => {
+            let mut backoff = Backoff::new();
+            let client = loop {
+                match lease::etcd::connect(eo).await {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        tracing::warn!(error = %chain(&e), "connecting to etcd; trying again")
+                    }
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_wait()) => {}
+                    () = &mut shutdown => return Ok(()),
+                }
+            };
+            let cfg = tokio::select! {
+                c = lease::etcd::config(&client, &eo.prefix) => c,
+                () = &mut shutdown => return Ok(()),
+            };
+            let name = match &opts.node {
+                NodeRef::Name(n) => n.clone(),
+                NodeRef::Pod { name, .. } => name.clone(),
+            };
+            let source = lease::etcd::EtcdSource::new(client, eo.clone(), &cfg, name)?;
+            let nl = Kernel::connect()?;
+            serve(&nl, &source, &cfg, &opts, &metrics, Firewall::new, shutdown).await
+        }
+    }
 }
 
 /// Says once, at start, when flanneld's rules are still on this node

@@ -55,6 +55,7 @@ fn vxlan_conf() -> NetConfig {
 
 fn options(dir: &std::path::Path) -> Options {
     Options {
+        subnet_manager: super::SubnetManager::Kube,
         node: NodeRef::Name("me".into()),
         kubeconfig: None,
         api_url: None,

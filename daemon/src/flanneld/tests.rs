@@ -252,9 +252,8 @@ fn bad_input_names_the_flag_or_variable() {
     );
     let invalid = |a: &[&str]| run(a, &[]).unwrap().options(node()).unwrap_err();
     for (a, flag) in [
-        (&["--ip-masq"][..], "kube-subnet-mgr"),
         (
-            &["--kube-subnet-mgr", "--subnet-lease-renew-margin=0"],
+            &["--kube-subnet-mgr", "--subnet-lease-renew-margin=0"][..],
             "subnet-lease-renew-margin",
         ),
         (
@@ -311,14 +310,11 @@ fn help_version_and_what_is_ignored() {
     ));
     let f = run(
         &["--kube-subnet-mgr", "--vmodule=kube=3", "--etcd-prefix=/x"],
-        &[("FLANNELD_ETCD_ENDPOINTS", "http://e:2379")],
+        &[("FLANNELD_LOG_BACKTRACE_AT", "main.go:1")],
     )
     .unwrap();
     let ignored: Vec<String> = f.ignored().into_iter().map(|(what, _)| what).collect();
-    assert_eq!(
-        ignored,
-        ["FLANNELD_ETCD_ENDPOINTS", "--etcd-prefix", "--vmodule"]
-    );
+    assert_eq!(ignored, ["--vmodule", "FLANNELD_LOG_BACKTRACE_AT"]);
     let u = usage();
     for f in FLAGS {
         assert!(u.contains(&format!("  -{}\n", f.name)), "{}", f.name);
@@ -345,4 +341,56 @@ fn the_readme_s_table_lists_every_flag() {
             "README.md's flanneld table has no row for {cell}"
         );
     }
+}
+
+/// Without --kube-subnet-mgr, flanneld's etcd subnet manager, with its flags.
+#[test]
+fn without_kube_subnet_mgr_leases_live_in_etcd() {
+    let f = run(
+        &[
+            "--etcd-endpoints=https://10.0.0.1:2379,https://10.0.0.2:2379",
+            "--etcd-prefix=/example.com/net",
+            "--etcd-cafile=/etc/etcd/ca.pem",
+            "--etcd-certfile=/etc/etcd/c.pem",
+            "--etcd-keyfile=/etc/etcd/k.pem",
+            "--subnet-lease-renew-margin=30",
+        ],
+        &[
+            ("FLANNELD_ETCD_USERNAME", "flannel"),
+            ("FLANNELD_ETCD_PASSWORD", "s3cret"),
+        ],
+    )
+    .unwrap();
+    assert!(!f.kube());
+    let SubnetManager::Etcd(e) = f.options(node()).unwrap().subnet_manager else {
+        panic!("not etcd");
+    };
+    assert_eq!(
+        e.endpoints,
+        ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
+    );
+    assert_eq!(e.prefix, "/example.com/net");
+    assert_eq!(e.cafile, Some(PathBuf::from("/etc/etcd/ca.pem")));
+    assert_eq!(e.certfile, Some(PathBuf::from("/etc/etcd/c.pem")));
+    assert_eq!(e.keyfile, Some(PathBuf::from("/etc/etcd/k.pem")));
+    assert_eq!(e.username.as_deref(), Some("flannel"));
+    assert_eq!(e.password.as_deref(), Some("s3cret"));
+    assert_eq!(e.renew_margin, Duration::from_secs(30 * 60));
+    assert_eq!(e.ttl, Duration::from_secs(24 * 3600));
+    // flanneld's defaults.
+    let SubnetManager::Etcd(d) = run(&[], &[])
+        .unwrap()
+        .options(node())
+        .unwrap()
+        .subnet_manager
+    else {
+        panic!("not etcd");
+    };
+    assert_eq!(
+        d.endpoints,
+        ["http://127.0.0.1:4001", "http://127.0.0.1:2379"]
+    );
+    assert_eq!(d.prefix, "/coreos.com/network");
+    assert_eq!((d.username, d.certfile), (None, None));
+    assert_eq!(d.renew_margin, Duration::from_secs(3600));
 }

@@ -187,6 +187,7 @@ pub(super) fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab
         backend: cfg.backend,
         dual_stack: cfg.dual_stack,
         direct_routing: cfg.direct_routing,
+        subnet_manager: cfg.subnet_manager,
         hub_netns: hub_ns.clone(),
         hub_ip: HUB_IP,
         underlay,

@@ -58,6 +58,18 @@ const OUTSIDE_GW: &str = "203.0.113.1/24";
 const HUB_MAC: &str = "02:77:65:66:74:01";
 const FIRST_NODE_HOST: u32 = 10;
 
+/// Where the lab's weftd nodes keep their leases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum SubnetManager {
+    /// Kubernetes Nodes (podCIDRs from the lab's IPAM).
+    #[default]
+    Kube,
+    /// The hub's etcd, as flannel's etcd subnet manager (the network
+    /// configuration written to `/coreos.com/network/config` by the lab).
+    Etcd,
+}
+
 /// The overlay backend a lab's nodes run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -178,6 +190,7 @@ pub struct LabConfig {
     /// VXLAN with flannel's `DirectRouting` (the lab's nodes share one
     /// underlay subnet, so every peer is routed directly).
     pub direct_routing: bool,
+    pub subnet_manager: SubnetManager,
 }
 
 impl LabConfig {
@@ -190,6 +203,7 @@ impl LabConfig {
             verbose: false,
             dual_stack: false,
             direct_routing: false,
+            subnet_manager: SubnetManager::Kube,
         }
     }
 
@@ -228,6 +242,8 @@ pub struct LabState {
     /// VXLAN's DirectRouting on.
     #[serde(default)]
     pub direct_routing: bool,
+    #[serde(default)]
+    pub subnet_manager: SubnetManager,
 }
 
 /// The hub's IPv6 underlay address (dual-stack labs).

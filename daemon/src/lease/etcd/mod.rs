@@ -369,17 +369,19 @@ impl EtcdSource {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                let (lease, expires, attrs) =
-                    me.with_own(|o| (o.lease, o.expires, o.attrs.clone()));
+                let (lease, expires) = me.with_own(|o| (o.lease, o.expires));
                 let Some(expires) = expires else { return };
                 if lease == 0 {
                     return; // a reservation does not run out
                 }
-                let at = expires
-                    .checked_sub(me.opts.renew_margin)
-                    .unwrap_or_else(Instant::now);
+                // A margin as long as the TTL (a short test TTL) would
+                // renew without pause: at most half of it.
+                let margin = me.opts.renew_margin.min(me.opts.ttl / 2);
+                let at = expires.checked_sub(margin).unwrap_or_else(Instant::now);
                 tokio::time::sleep_until(at.into()).await;
                 let renewed = async {
+                    // What is ours now (published since we went to sleep).
+                    let attrs = me.with_own(|o| o.attrs.clone());
                     let fresh = me.grant().await?;
                     me.with_own(|o| o.lease = fresh);
                     me.write(&attrs).await?;
@@ -512,14 +514,17 @@ impl LeaseSource for EtcdSource {
         attrs.backend_type = ours.backend_type.clone();
         for (family, fam) in ours.families.iter() {
             let Some((ip, data)) = fam else { continue };
+            // flanneld's backends without data (host-gw, udp) leave
+            // BackendData out of the value (an empty json.RawMessage).
+            let data = Some(data.clone()).filter(|d| d != "null");
             match (family, ip) {
                 (Family::V4, IpAddr::V4(a)) => {
                     attrs.public_ip = Some(*a);
-                    attrs.backend_data = Some(data.clone());
+                    attrs.backend_data = data;
                 }
                 (Family::V6, IpAddr::V6(a)) => {
                     attrs.public_ipv6 = Some(*a);
-                    attrs.backend_v6_data = Some(data.clone());
+                    attrs.backend_v6_data = data;
                 }
                 _ => {}
             }

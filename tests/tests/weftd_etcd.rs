@@ -1,0 +1,179 @@
+//! weftd with flannel's etcd subnet manager, against the lab hub's real
+//! etcd: leases at flannel's keys with flannel's exact values, subnet.env
+//! from them, the pod matrix (vxlan and host-gw), a restarted node keeping
+//! its subnet, nodes racing for a nearly full range each getting their
+//! own, a short TTL renewed in time, and a node whose lease runs out gone
+//! from its peers.
+
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use weft_lab::probe::within;
+use weft_lab::{Backend, Lab, LabConfig, SubnetManager, unique_name};
+
+const SUBNETS: &str = "/coreos.com/network/subnets/";
+
+fn etcd_lab(tag: &str, backend: Backend, weftd: bool) -> Lab {
+    let cfg = LabConfig {
+        backend,
+        subnet_manager: SubnetManager::Etcd,
+        weftd,
+        ..LabConfig::new(&unique_name(tag), 3)
+    };
+    Lab::up(&cfg).unwrap()
+}
+
+/// Every lease in the lab's etcd: key (below subnets/) → value.
+fn leases(lab: &Lab) -> BTreeMap<String, String> {
+    let out = lab.etcdctl(&["get", "--prefix", SUBNETS]).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    lines
+        .chunks(2)
+        .map(|kv| {
+            (
+                kv[0].trim_start_matches(SUBNETS).to_string(),
+                kv[1].to_string(),
+            )
+        })
+        .collect()
+}
+
+fn matrix_ok(lab: &mut Lab) {
+    for n in ["node-1", "node-2", "node-3"] {
+        lab.add_pod(n, &format!("{n}-pod")).unwrap();
+    }
+    let results = lab.connectivity().unwrap();
+    let failed: Vec<_> = results.iter().filter(|r| !r.ok()).collect();
+    assert!(failed.is_empty(), "failed pairs: {failed:#?}");
+}
+
+/// The lease key flannel makes of a subnet.env's FLANNEL_SUBNET
+/// (`10.244.7.1/24` → `10.244.7.0-24`).
+fn key_of_subnet_env(env: &str) -> String {
+    let sub = env
+        .lines()
+        .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+        .unwrap();
+    let (ip, len) = sub.split_once('/').unwrap();
+    let mut octets: Vec<&str> = ip.split('.').collect();
+    octets[3] = "0";
+    format!("{}-{len}", octets.join("."))
+}
+
+#[test]
+fn etcd_nodes_hold_flannel_s_leases_and_reach_each_other() {
+    let mut lab = etcd_lab("etcdvx", Backend::Vxlan, true);
+    let before = leases(&lab);
+    assert_eq!(before.len(), 3, "{before:?}");
+    for (i, n) in ["node-1", "node-2", "node-3"].iter().enumerate() {
+        let env = lab.run(n, &["cat", "/run/flannel/subnet.env"]).unwrap();
+        let key = key_of_subnet_env(&env);
+        let mac = lab
+            .run(n, &["cat", "/sys/class/net/flannel.1/address"])
+            .unwrap();
+        // flanneld's value, byte for byte (Go's json.Marshal of LeaseAttrs).
+        let want = format!(
+            r#"{{"PublicIP":"198.51.100.1{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{}"}}}}"#,
+            i + 1,
+            mac.trim()
+        );
+        assert_eq!(before.get(&key), Some(&want), "{n}: {before:?}");
+        assert!(env.starts_with("FLANNEL_NETWORK=10.244.0.0/16\n"), "{env}");
+    }
+    // Every lease holds a TTL: an etcd lease of flannel's 24 h.
+    let id = lab
+        .etcdctl(&[
+            "get",
+            &format!("{SUBNETS}{}", before.keys().next().unwrap()),
+            "-w",
+            "json",
+        ])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&id).unwrap();
+    let lease = v["kvs"][0]["lease"].as_i64().unwrap();
+    let ttl = lab
+        .etcdctl(&["lease", "timetolive", &format!("{lease:x}")])
+        .unwrap();
+    assert!(ttl.contains("granted with TTL(86400s)"), "{ttl}");
+    matrix_ok(&mut lab);
+
+    // A restarted node finds its lease by its public IP: same subnet,
+    // same value.
+    lab.restart_weftd("node-2", Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(leases(&lab), before);
+    let results = lab.connectivity().unwrap();
+    assert!(results.iter().all(|r| r.ok()), "{results:#?}");
+}
+
+#[test]
+fn host_gw_over_etcd() {
+    let mut lab = etcd_lab("etcdhg", Backend::HostGw, true);
+    // flanneld's host-gw writes no BackendData at all.
+    for (key, value) in leases(&lab) {
+        assert!(
+            value.starts_with(r#"{"PublicIP":"198.51.100.1"#)
+                && value.ends_with(r#","PublicIPv6":null,"BackendType":"host-gw"}"#),
+            "{key}: {value}"
+        );
+    }
+    matrix_ok(&mut lab);
+}
+
+/// Three nodes started together for a range of three subnets: each gets
+/// its own (a lost creation race is tried again).
+#[test]
+fn nodes_racing_for_a_nearly_full_range_each_get_their_own() {
+    let mut lab = etcd_lab("etcdrace", Backend::Vxlan, false);
+    lab.etcdctl(&[
+        "put",
+        "/coreos.com/network/config",
+        r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.7.0","SubnetMax":"10.244.9.0","Backend":{"Type":"vxlan"}}"#,
+    ])
+    .unwrap();
+    for n in ["node-1", "node-2", "node-3"] {
+        lab.start_weftd(n).unwrap();
+    }
+    lab.wait_weftd_ready(&["node-1", "node-2", "node-3"], Duration::from_secs(30))
+        .unwrap();
+    let keys: Vec<String> = leases(&lab).into_keys().collect();
+    assert_eq!(keys, ["10.244.7.0-24", "10.244.8.0-24", "10.244.9.0-24"]);
+    matrix_ok(&mut lab);
+}
+
+/// A 6 s TTL is renewed in time (every 3 s); a node stopped for good lets
+/// its lease run out, and the others forget it.
+#[test]
+fn a_short_ttl_is_renewed_and_an_expired_lease_leaves_the_peers() {
+    let mut lab = etcd_lab("etcdttl", Backend::Vxlan, false);
+    for n in ["node-1", "node-2", "node-3"] {
+        lab.set_weftd_args(n, &["--subnet-lease-ttl", "6"]).unwrap();
+        lab.start_weftd(n).unwrap();
+    }
+    lab.wait_weftd_ready(&["node-1", "node-2", "node-3"], Duration::from_secs(30))
+        .unwrap();
+    let before = leases(&lab);
+    assert_eq!(before.len(), 3);
+    std::thread::sleep(Duration::from_secs(15));
+    assert_eq!(leases(&lab), before, "every lease outlived 2.5 TTLs");
+
+    let env = lab
+        .run("node-3", &["cat", "/run/flannel/subnet.env"])
+        .unwrap();
+    let gone = key_of_subnet_env(&env);
+    let gone_route = gone.replace('-', "/");
+    lab.stop_weftd("node-3", Signal::SIGKILL).unwrap();
+    let took = within(Duration::from_secs(15), "node-3's lease expires", || {
+        !leases(&lab).contains_key(&gone)
+    });
+    eprintln!("node-3's lease gone {took:?} after weftd was killed");
+    within(Duration::from_secs(5), "node-1 forgets node-3", || {
+        let routes = lab
+            .run("node-1", &["ip", "route", "show", "dev", "flannel.1"])
+            .unwrap();
+        !routes.contains(&gone_route)
+    });
+}
