@@ -1,11 +1,12 @@
 //! The faults tests inject, in one place: kill an agent, delete a device,
-//! flush the ruleset, change a node's routes by hand (stopping the API
-//! server is [`Lab::stop_apiserver`]). Each acts inside the lab's own
+//! flush the ruleset, change a node's routes by hand, stop and start etcd,
+//! freeze an agent (stopping the API server is [`Lab::stop_apiserver`]). Each acts inside the lab's own
 //! namespaces only.
 
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 
 use crate::pods::Pod;
 use crate::probe::ping_run;
@@ -82,5 +83,56 @@ impl Lab {
             sent.saturating_sub(got)
         );
         Ok((sent, got))
+    }
+}
+
+impl Lab {
+    /// Stops the lab's etcd (SIGTERM, then waits until it is gone): the
+    /// API server loses its store, an etcd-mode weftd its subnet manager.
+    pub fn stop_etcd(&mut self) -> Result<(), LabError> {
+        let pid = self.state.etcd_pid;
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while crate::procs::alive(pid as i32) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Starts the lab's etcd again on its data, and waits until it is
+    /// healthy.
+    pub fn start_etcd(&mut self) -> Result<(), LabError> {
+        let log = self.state.dir.join("logs/etcd.log");
+        let pid = crate::control_plane::start_etcd(
+            &self.state.name,
+            &self.state.hub_netns,
+            std::net::IpAddr::V4(self.state.hub_ip),
+            &self.state.dir.join("etcd"),
+            &log,
+        )?;
+        self.state.etcd_pid = pid;
+        crate::lab::save_state(&self.state)?;
+        crate::control_plane::wait_etcd(
+            &self.state.hub_netns,
+            pid,
+            &log,
+            Duration::from_secs(30),
+            &|| false,
+        )?;
+        Ok(())
+    }
+
+    /// Freezes (SIGSTOP) or thaws (SIGCONT) `node`'s weftd: a process that
+    /// falls behind without knowing it.
+    pub fn freeze_weftd(&self, node: &str, frozen: bool) -> Result<(), LabError> {
+        if let Some(pid) = self.node(node)?.weftd_pid {
+            let sig = if frozen {
+                Signal::SIGSTOP
+            } else {
+                Signal::SIGCONT
+            };
+            let _ = kill(Pid::from_raw(pid as i32), sig);
+        }
+        Ok(())
     }
 }
