@@ -118,7 +118,11 @@ impl Lab {
                 self.state.direct_routing,
             ),
         };
-        if self.state.subnet_manager == crate::SubnetManager::Etcd {
+        let own_etcd = n
+            .weftd_args
+            .iter()
+            .any(|a| a.starts_with("--etcd-endpoints"));
+        if self.state.subnet_manager == crate::SubnetManager::Etcd && !own_etcd {
             self.etcd_network_config(&text)?;
         }
         std::fs::write(&conf, text).map_err(|source| LabError::State { path: conf, source })?;
@@ -165,7 +169,13 @@ impl Lab {
             self.state.etcd_url.clone(),
         ];
         if self.state.subnet_manager == crate::SubnetManager::Etcd {
-            args.extend(etcd_args.iter().map(String::as_str));
+            // A node given an etcd of its own (a test's TLS etcd) keeps it.
+            let own = n
+                .weftd_args
+                .iter()
+                .any(|a| a.starts_with("--etcd-endpoints"));
+            let take = if own { 2 } else { 4 };
+            args.extend(etcd_args.iter().take(take).map(String::as_str));
         }
         args.extend(n.weftd_args.iter().map(String::as_str));
         let (pid, _) = self.spawn_on(node, "weftd", &args)?;
