@@ -127,6 +127,19 @@ enum BenchCmd {
         #[arg(long, default_value = "bench-control-plane.json")]
         json: std::path::PathBuf,
     },
+    /// The control plane with flannel's etcd subnet manager, next to the
+    /// Kubernetes source at the same sizes in the same run.
+    Etcd {
+        /// Cluster sizes (weftd's node included), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+        nodes: Vec<usize>,
+        /// Leases (and Nodes) added one at a time for the latency figures.
+        #[arg(long, default_value_t = 200)]
+        adds: usize,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "bench-etcd.json")]
+        json: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -316,6 +329,37 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             eprintln!("==> weftd's log kept as {}", log.display());
             report.print_table(&mut std::io::stdout())?;
             std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", json.display()))?;
+            eprintln!("==> JSON written to {}", json.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(BenchCmd::Etcd { nodes, adds, json }) => {
+            watch_ctrl_c()?;
+            let base = if cli.name == "default" {
+                "bench-etcd".to_string()
+            } else {
+                cli.name.clone()
+            };
+            let mut runs = Vec::new();
+            for n in nodes {
+                let etcd =
+                    weft_lab::bench::EtcdPlaneBench { nodes: n, adds }.run(&format!("{base}-e"))?;
+                lab::teardown(&format!("{base}-e"));
+                let kube = weft_lab::bench::ControlPlaneBench {
+                    nodes: n,
+                    adds,
+                    idle: std::time::Duration::from_secs(1),
+                };
+                let log = json.with_extension(format!("{n}.weftd.log"));
+                let kube = kube.run(&format!("{base}-k"), &log)?;
+                runs.push((etcd, kube));
+            }
+            weft_lab::bench::print_comparison(&mut std::io::stdout(), &runs)?;
+            let out: Vec<serde_json::Value> = runs
+                .iter()
+                .map(|(e, k)| serde_json::json!({"etcd": e, "kubernetes": k}))
+                .collect();
+            std::fs::write(&json, serde_json::to_string_pretty(&out)?)
                 .with_context(|| format!("writing {}", json.display()))?;
             eprintln!("==> JSON written to {}", json.display());
             Ok(ExitCode::SUCCESS)

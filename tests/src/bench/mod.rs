@@ -24,7 +24,10 @@ use serde::Serialize;
 use crate::lab::{Lab, LabConfig, LabError};
 use crate::{cluster, procs};
 
+mod etcd;
 mod fill;
+
+pub use etcd::{EtcdPlaneBench, EtcdPlaneReport, print_comparison};
 
 use fill::{count_json, fill_api, ip_batch_yardstick, realistic_node, synthetic};
 
@@ -109,6 +112,39 @@ fn cpu_seconds(pid: u32) -> f64 {
     (utime + stime) / 100.0
 }
 
+/// `ip monitor route` on `node`: the destination of every route added on
+/// `flannel.1`, with when the kernel announced it.
+fn route_monitor(
+    lab: &Lab,
+    node: &str,
+) -> Result<(std::process::Child, mpsc::Receiver<(String, Instant)>), LabError> {
+    let mut monitor = lab.node_command(node, "ip")?;
+    monitor
+        .args(["monitor", "route"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = monitor.spawn().map_err(|source| LabError::State {
+        path: "ip monitor route".into(),
+        source,
+    })?;
+    let stdout = child.stdout.take().ok_or_else(|| LabError::State {
+        path: "ip monitor route".into(),
+        source: std::io::Error::other("no stdout"),
+    })?;
+    let (tx, rx) = mpsc::channel::<(String, Instant)>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("dev flannel.1") && !line.starts_with("Deleted") {
+                let dst = line.split_whitespace().next().unwrap_or("").to_string();
+                if tx.send((dst, Instant::now())).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    Ok((child, rx))
+}
+
 fn bench_err(msg: &str) -> LabError {
     LabError::State {
         path: "bench".into(),
@@ -191,30 +227,7 @@ impl ControlPlaneBench {
             "adding {} Nodes one at a time, timing each until its route is in the kernel",
             self.adds
         ));
-        let mut monitor = lab.node_command("node-1", "ip")?;
-        monitor
-            .args(["monitor", "route"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = monitor.spawn().map_err(|source| LabError::State {
-            path: "ip monitor route".into(),
-            source,
-        })?;
-        let stdout = child.stdout.take().ok_or_else(|| LabError::State {
-            path: "ip monitor route".into(),
-            source: std::io::Error::other("no stdout"),
-        })?;
-        let (tx, rx) = mpsc::channel::<(String, Instant)>();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains("dev flannel.1") && !line.starts_with("Deleted") {
-                    let dst = line.split_whitespace().next().unwrap_or("").to_string();
-                    if tx.send((dst, Instant::now())).is_err() {
-                        return;
-                    }
-                }
-            }
-        });
+        let (mut child, rx) = route_monitor(&lab, "node-1")?;
         // The bench watches Nodes too: the moment the API server announces a
         // Node (its ADDED event) is when it is "added in the API".
         let (etx, erx) = mpsc::channel::<(String, Instant)>();
