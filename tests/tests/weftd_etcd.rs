@@ -417,3 +417,35 @@ fn tls_client_certificates_and_user_password_against_etcd() {
     assert!(leases(&lab).is_empty(), "nothing in the lab's own etcd");
     matrix_ok(&mut lab);
 }
+
+/// Dual-stack over etcd: flannel's two-family keys (`v4&v6`), the IPv6
+/// public IP and VTEP in the value, and the matrix over both families.
+#[test]
+fn dual_stack_leases_over_etcd() {
+    let cfg = LabConfig {
+        dual_stack: true,
+        subnet_manager: SubnetManager::Etcd,
+        ..LabConfig::with_weftd(&unique_name("etcdds"), 3)
+    };
+    let mut lab = Lab::up(&cfg).unwrap();
+    let held = leases(&lab);
+    assert_eq!(held.len(), 3, "{held:?}");
+    for (key, value) in &held {
+        let (v4, v6) = key.split_once('&').unwrap_or_else(|| panic!("{key}"));
+        assert!(v4.starts_with("10.244.") && v4.ends_with("-24"), "{key}");
+        assert!(
+            v6.starts_with("fd00:10:244:") && v6.ends_with("::-64"),
+            "{key}"
+        );
+        let v: serde_json::Value = serde_json::from_str(value).unwrap();
+        assert!(
+            v["PublicIPv6"]
+                .as_str()
+                .unwrap()
+                .starts_with("fd00:198:51:100::"),
+            "{value}"
+        );
+        assert!(v["BackendV6Data"]["VtepMAC"].is_string(), "{value}");
+    }
+    matrix_ok(&mut lab);
+}

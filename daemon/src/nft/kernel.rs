@@ -13,6 +13,9 @@ use super::wire::{self, Message, Picture, msg};
 
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
+/// Set on a dump's messages when what was dumped changed meanwhile.
+const NLM_F_DUMP_INTR: u16 = 0x10;
+const DUMP_TRIES: usize = 5;
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +75,9 @@ fn os(what: impl Into<String>) -> impl FnOnce(io::Error) -> NftError {
     move |source| NftError::Kernel { what, source }
 }
 
-/// Splits a datagram into (type, seq, payload after the netlink header).
-fn split(mut b: &[u8]) -> Vec<(u16, u32, &[u8])> {
+/// Splits a datagram into (type, flags, seq, payload after the netlink
+/// header).
+fn split(mut b: &[u8]) -> Vec<(u16, u16, u32, &[u8])> {
     let mut out = Vec::new();
     while b.len() >= 16 {
         let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
@@ -81,8 +85,9 @@ fn split(mut b: &[u8]) -> Vec<(u16, u32, &[u8])> {
             break;
         }
         let ty = u16::from_ne_bytes([b[4], b[5]]);
+        let flags = u16::from_ne_bytes([b[6], b[7]]);
         let seq = u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
-        out.push((ty, seq, &b[16..len]));
+        out.push((ty, flags, seq, &b[16..len]));
         b = b.get((len + 3) & !3..).unwrap_or_default();
     }
     out
@@ -144,7 +149,7 @@ impl Nft {
         let mut pending = msgs.len();
         while pending > 0 {
             let data = self.recv("transaction")?;
-            for (ty, s, payload) in split(&data) {
+            for (ty, _, s, payload) in split(&data) {
                 // Only answers to this batch (an earlier failed one may have
                 // left some behind).
                 if ty != NLMSG_ERROR || s < seq || s > seq + 1 + msgs.len() as u32 {
@@ -171,20 +176,40 @@ impl Nft {
 
     /// The payloads (after the nfgenmsg header) of a dump's messages.
     pub fn dump(&mut self, req: &Message) -> Result<Vec<Vec<u8>>, NftError> {
+        // A dump the kernel marks interrupted (the ruleset changed while it
+        // ran: NLM_F_DUMP_INTR) may miss objects; it is asked again.
+        for _ in 0..DUMP_TRIES {
+            let (out, interrupted) = self.dump_once(req)?;
+            if !interrupted {
+                return Ok(out);
+            }
+            tracing::debug!(what = %req.what, "nftables dump interrupted; reading again");
+        }
+        Err(NftError::Kernel {
+            what: req.what.clone(),
+            source: io::Error::other(format!(
+                "every one of {DUMP_TRIES} dumps was interrupted by a change"
+            )),
+        })
+    }
+
+    fn dump_once(&mut self, req: &Message) -> Result<(Vec<Vec<u8>>, bool), NftError> {
+        let mut interrupted = false;
         let seq = self.seqs(1) + 1;
         let buf = wire::encode(std::slice::from_ref(req), seq - 1, false);
         self.sock.send(&buf, 0).map_err(os(req.what.clone()))?;
         let mut out = Vec::new();
         loop {
             let data = self.recv(&req.what)?;
-            for (ty, s, payload) in split(&data) {
+            for (ty, flags, s, payload) in split(&data) {
                 if s != seq {
                     continue;
                 }
+                interrupted |= flags & NLM_F_DUMP_INTR != 0;
                 match ty {
-                    NLMSG_DONE => return Ok(out),
+                    NLMSG_DONE => return Ok((out, interrupted)),
                     NLMSG_ERROR => match errno(payload) {
-                        0 => return Ok(out),
+                        0 => return Ok((out, interrupted)),
                         e => {
                             return Err(NftError::Kernel {
                                 what: req.what.clone(),
