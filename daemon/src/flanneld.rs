@@ -41,9 +41,6 @@ pub enum Effect {
     Acts(&'static str),
     /// Accepted and logged once as ignored, for the reason given.
     Ignored(&'static str),
-    /// Accepted, but weft refuses to start when it is set (what it asks
-    /// for is not in weft yet).
-    Refused(&'static str),
 }
 
 /// One of flanneld's flags.
@@ -222,7 +219,9 @@ pub const FLAGS: &[Flag] = &[
         "ip-blackhole-route",
         Kind::Bool,
         "false",
-        Effect::Refused("a blackhole route for the node's subnet is not in weft yet"),
+        Effect::Acts(
+            "--ip-blackhole-route: a blackhole route for the node's subnets, put back every --iptables-resync",
+        ),
     ),
     flag(
         "net-config-path",
@@ -449,17 +448,6 @@ impl Flanneld {
 
     /// weftd's options, as flanneld would act on these flags.
     pub fn options(&self, node: NodeRef) -> Result<Options, FlagError> {
-        for f in FLAGS {
-            if let Effect::Refused(why) = f.effect
-                && f.kind == Kind::Bool
-                && self.bool(f.name)
-            {
-                return Err(FlagError::Invalid {
-                    flag: f.name,
-                    reason: why.into(),
-                });
-            }
-        }
         let margin = self.int("subnet-lease-renew-margin");
         if !(1..24 * 60).contains(&margin) {
             return Err(FlagError::Invalid {
@@ -545,6 +533,7 @@ impl Flanneld {
             masq_fully_random: !self.bool("ip-masq-fully-random-disable"),
             forward_rules: self.bool("iptables-forward-rules"),
             set_network_unavailable: self.bool("set-node-network-unavailable"),
+            blackhole_route: self.bool("ip-blackhole-route"),
             healthz_addr,
             annotation_prefix: self.str("kube-annotation-prefix"),
             rules_resync: Duration::from_secs(resync),
@@ -655,7 +644,6 @@ pub fn usage() -> String {
         let what = match f.effect {
             Effect::Acts(w) => w.to_string(),
             Effect::Ignored(why) => format!("ignored: {why}"),
-            Effect::Refused(why) => format!("refused when set: {why}"),
         };
         let default = match (f.kind, f.default) {
             (_, "") => String::new(),

@@ -97,6 +97,11 @@ struct Args {
     /// Accept forwarded traffic from and to the Network in weft's table.
     #[arg(long, env = "WEFTD_FORWARD_RULES", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     forward_rules: bool,
+    /// A blackhole route for this node's subnets, put back every
+    /// --rules-resync-seconds (for a CNI setup without the bridge's own
+    /// route; with it, the bridge's route stays and this adds nothing).
+    #[arg(long, env = "WEFTD_IP_BLACKHOLE_ROUTE")]
+    ip_blackhole_route: bool,
     /// Set the Node's NetworkUnavailable condition to False once ready.
     #[arg(long, env = "WEFTD_SET_NODE_NETWORK_UNAVAILABLE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     set_node_network_unavailable: bool,
@@ -402,6 +407,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         masq_fully_random: args.ip_masq_fully_random,
         forward_rules: args.forward_rules,
         set_network_unavailable: args.set_node_network_unavailable,
+        blackhole_route: args.ip_blackhole_route,
         healthz_addr,
         annotation_prefix: args.kube_annotation_prefix,
         resync: Duration::from_secs(args.resync_seconds.max(1)),

@@ -271,3 +271,27 @@ fn iface_can_reach_follows_the_kernel_s_route() {
         assert!(reach("2001:db8::1").await.is_err());
     });
 }
+
+/// `--ip-blackhole-route`: added once, found the next time; not added
+/// over another route of the same prefix (the bridge's), as flanneld's add
+/// fails there too.
+#[test]
+fn blackhole_route_is_added_once_and_yields_to_the_bridge_s_route() {
+    use weftd::netlink::Netlink;
+    in_private_netns(|| async {
+        let nl = Kernel::connect().unwrap();
+        let subnet: IpNetwork = "10.244.7.0/24".parse().unwrap();
+        assert!(nl.ensure_blackhole(subnet).await.unwrap());
+        assert!(!nl.ensure_blackhole(subnet).await.unwrap(), "already there");
+        let routes = sh("ip route show type blackhole");
+        assert_eq!(routes.trim(), "blackhole 10.244.7.0/24");
+        sh("ip route del blackhole 10.244.7.0/24
+            ip link add br-t type bridge && ip link set br-t up
+            ip addr add 10.244.7.1/24 dev br-t");
+        assert!(!nl.ensure_blackhole(subnet).await.unwrap());
+        assert_eq!(sh("ip route show type blackhole").trim(), "");
+        let v6: IpNetwork = "fd00:10:244:7::/64".parse().unwrap();
+        assert!(nl.ensure_blackhole(v6).await.unwrap());
+        assert!(sh("ip -6 route show type blackhole").contains("blackhole fd00:10:244:7::/64"));
+    });
+}

@@ -67,6 +67,10 @@ pub struct Options {
     pub forward_rules: bool,
     /// Set the Node's NetworkUnavailable condition to False once ready.
     pub set_network_unavailable: bool,
+    /// A blackhole route for each of our subnets, put back every
+    /// `rules_resync` (flanneld's `--ip-blackhole-route`, for a CNI setup
+    /// without the bridge's own route).
+    pub blackhole_route: bool,
     pub healthz_addr: Option<SocketAddr>,
     pub annotation_prefix: String,
     pub resync: Duration,
@@ -472,6 +476,29 @@ where
         resync: opts.resync,
         rules_resync: opts.rules_resync,
     };
-    driver::drive(nl, backend.as_mut(), &mut rules, metrics, inputs, shutdown).await;
+    let subnets: Vec<ipnetwork::IpNetwork> =
+        local.families.present().map(|(_, l)| l.subnet).collect();
+    let period = opts.rules_resync;
+    let blackholes = async {
+        if !opts.blackhole_route {
+            return std::future::pending().await;
+        }
+        loop {
+            for s in &subnets {
+                match nl.ensure_blackhole(*s).await {
+                    Ok(true) => tracing::info!(subnet = %s, "blackhole route added"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(subnet = %s, error = %chain(&e), "adding the blackhole route failed")
+                    }
+                }
+            }
+            tokio::time::sleep(period).await;
+        }
+    };
+    tokio::select! {
+        () = driver::drive(nl, backend.as_mut(), &mut rules, metrics, inputs, shutdown) => {}
+        () = blackholes => {}
+    }
     Ok(())
 }

@@ -69,6 +69,7 @@ fn options(dir: &std::path::Path) -> Options {
         masq_fully_random: true,
         forward_rules: true,
         set_network_unavailable: true,
+        blackhole_route: false,
         healthz_addr: None,
         annotation_prefix: crate::annotations::DEFAULT_PREFIX.into(),
         resync: Duration::from_secs(300),
@@ -199,7 +200,8 @@ async fn an_unusable_public_ip_of_our_own_is_a_start_up_error_naming_where_it_ca
 
 /// flanneld's `--set-node-network-unavailable=false`: weftd is ready but
 /// leaves the Node's condition alone; `--ip-masq-fully-random-disable` and
-/// `--iptables-forward-rules=false` reach the ruleset.
+/// `--iptables-forward-rules=false` reach the ruleset; `--ip-blackhole-route`
+/// keeps a blackhole route for our subnet.
 #[tokio::test(start_paused = true)]
 async fn flanneld_switches_reach_the_source_and_the_rules() {
     let nl = Fake::new();
@@ -211,6 +213,7 @@ async fn flanneld_switches_reach_the_source_and_the_rules() {
     opts.set_network_unavailable = false;
     opts.masq_fully_random = false;
     opts.forward_rules = false;
+    opts.blackhole_route = true;
     let cfg = vxlan_conf();
     let metrics = Arc::new(Metrics::default());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -232,6 +235,13 @@ async fn flanneld_switches_reach_the_source_and_the_rules() {
         settle().await;
         assert!(metrics.ready());
         assert!(!source.ready(), "NetworkUnavailable left alone");
+        let subnet: ipnetwork::IpNetwork = "10.244.1.0/24".parse().unwrap();
+        assert_eq!(nl.blackholes(), [subnet], "--ip-blackhole-route");
+        // Gone behind weftd's back: back within one rules period.
+        nl.remove_blackhole(subnet);
+        tokio::time::sleep(opts.rules_resync).await;
+        settle().await;
+        assert_eq!(nl.blackholes(), [subnet]);
         let _ = stop.send(());
     };
     let (served, ()) = tokio::join!(serving, script);

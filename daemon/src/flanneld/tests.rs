@@ -281,10 +281,6 @@ fn bad_input_names_the_flag_or_variable() {
             &["--kube-subnet-mgr", "--iface-can-reach=gw"],
             "iface-can-reach",
         ),
-        (
-            &["--kube-subnet-mgr", "--ip-blackhole-route"],
-            "ip-blackhole-route",
-        ),
     ] {
         match invalid(a) {
             FlagError::Invalid { flag: f, .. } => assert_eq!(f, flag, "{a:?}"),

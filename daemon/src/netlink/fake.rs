@@ -20,6 +20,7 @@ struct Tables {
     neighs: BTreeSet<Neigh>,
     fdb: BTreeSet<Fdb>,
     routes: BTreeSet<Route>,
+    blackholes: BTreeSet<IpNetwork>,
     writes: usize,
     next_index: u32,
     /// Ops of these kinds fail (to test retries and isolation).
@@ -104,6 +105,16 @@ impl Fake {
     }
 
     /// Makes every op of kind `kind` (see `Op::kind`) fail until cleared.
+    /// The blackhole routes in the main table.
+    pub fn blackholes(&self) -> Vec<IpNetwork> {
+        self.with(|t| t.blackholes.iter().copied().collect())
+    }
+
+    /// Removes a blackhole route behind weft's back.
+    pub fn remove_blackhole(&self, dst: IpNetwork) {
+        self.with(|t| t.blackholes.remove(&dst));
+    }
+
     pub fn fail_ops(&self, kinds: &[&'static str]) {
         self.with(|t| t.failing = kinds.to_vec())
     }
@@ -158,6 +169,10 @@ impl Netlink for Fake {
                 .find(|r| r.dst.prefix() == 0 && r.dst.is_ipv6() == ipv6)
                 .map(|r| r.link)
         }))
+    }
+
+    async fn ensure_blackhole(&self, dst: IpNetwork) -> Result<bool, NetlinkError> {
+        Ok(self.with(|t| t.blackholes.insert(dst)))
     }
 
     /// Longest prefix over the routes and the addresses' connected

@@ -16,7 +16,9 @@ use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage,
 };
 use netlink_packet_route::neighbour::NeighbourMessage;
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::Handle;
 
@@ -28,6 +30,7 @@ pub const IN_FLIGHT: usize = 512;
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
+const EEXIST: i32 = 17;
 const ENETUNREACH: i32 = 101;
 const EHOSTUNREACH: i32 = 113;
 
@@ -213,6 +216,45 @@ impl Netlink for Kernel {
             }
             _ => None,
         }))
+    }
+
+    async fn ensure_blackhole(&self, dst: IpNetwork) -> Result<bool, NetlinkError> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = if dst.is_ipv6() {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let routes = self
+            .dump("dump routes", RouteNetlinkMessage::GetRoute(req))
+            .await?;
+        let there = routes.iter().any(|m| match m {
+            RouteNetlinkMessage::NewRoute(r) => {
+                r.header.kind == RouteType::BlackHole
+                    && r.header.table == RouteHeader::RT_TABLE_MAIN
+                    && r.header.destination_prefix_length == dst.prefix()
+                    && r.attributes.iter().any(|a| {
+                        matches!(a, RouteAttribute::Destination(d) if route_ip(d) == Some(dst.network()))
+                    })
+            }
+            _ => false,
+        });
+        if there {
+            return Ok(false);
+        }
+        let desc = format!("add blackhole route {dst}");
+        match self
+            .ack(
+                &desc,
+                RouteNetlinkMessage::NewRoute(blackhole_msg(dst)),
+                NLM_F_CREATE | NLM_F_EXCL,
+            )
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == Some(EEXIST) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     async fn route_to(&self, dst: IpAddr) -> Result<Option<(u32, Option<IpAddr>)>, NetlinkError> {

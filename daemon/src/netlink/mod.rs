@@ -173,6 +173,11 @@ pub trait Netlink {
     async fn default_route_link(&self, ipv6: bool) -> Result<Option<u32>, NetlinkError>;
     /// The link named `name`, if it exists.
     async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>, NetlinkError>;
+    /// `ip route add blackhole <dst>` in the main table unless a blackhole
+    /// route for exactly `dst` is there; whether it was added (false too
+    /// when another route of the same prefix is in the way, as flanneld's
+    /// add then fails: the bridge's own route for a node's subnet).
+    async fn ensure_blackhole(&self, dst: IpNetwork) -> Result<bool, NetlinkError>;
     /// `ip route get <dst>`: the interface the route to `dst` leaves by
     /// and its preferred source address (None: no route).
     async fn route_to(&self, dst: IpAddr) -> Result<Option<(u32, Option<IpAddr>)>, NetlinkError>;

@@ -121,6 +121,22 @@ pub(super) fn route_msg(r: &Route) -> RouteMessage {
     m
 }
 
+/// `ip route add blackhole DST` in the main table.
+pub(super) fn blackhole_msg(dst: IpNetwork) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = family(&dst.ip());
+    m.header.destination_prefix_length = dst.prefix();
+    m.header.table = RouteHeader::RT_TABLE_MAIN;
+    m.header.protocol = RouteProtocol::Boot;
+    m.header.scope = RouteScope::Universe;
+    m.header.kind = RouteType::BlackHole;
+    m.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(
+            dst.network(),
+        )));
+    m
+}
+
 pub(super) fn link_info(m: &LinkMessage) -> LinkInfo {
     let mut info = LinkInfo {
         index: m.header.index,
