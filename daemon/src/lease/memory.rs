@@ -10,36 +10,12 @@ use tokio::sync::watch;
 
 use super::judge::{self, Context, Judged};
 use super::peers::PeerIndex;
-use super::{
-    Claim, Claimed, FieldNames, LeaseError, LeaseSource, OwnLease, Publish, Record, Update,
-};
+use super::{Claim, Claimed, FieldNames, LeaseError, LeaseSource, OwnLease, Publish, Update};
 use crate::family::PerFamily;
 use crate::metrics::Metrics;
 
 /// A peer's lease, owned.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Lease {
-    pub name: String,
-    pub created: String,
-    pub pod_cidrs: Vec<String>,
-    pub backend_type: String,
-    pub public_ip: PerFamily<Option<String>>,
-    pub data: PerFamily<Option<String>>,
-}
-
-impl Lease {
-    fn record(&self) -> Record<'_> {
-        Record {
-            name: &self.name,
-            created: self.created.clone(),
-            managed: true,
-            pod_cidrs: self.pod_cidrs.iter().map(String::as_str).collect(),
-            backend_type: &self.backend_type,
-            public_ip: self.public_ip.map(|_, v| v.as_deref()),
-            data: self.data.map(|_, v| v.as_deref()),
-        }
-    }
-}
+pub use super::OwnedRecord as Lease;
 
 #[derive(Debug, Default)]
 struct State {

@@ -116,6 +116,32 @@ pub struct Record<'a> {
     pub data: PerFamily<Option<&'a str>>,
 }
 
+/// A [`Record`] that owns its text: what a source keeps of each lease
+/// between changes (etcd's leases; the in-memory source's).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OwnedRecord {
+    pub name: String,
+    pub created: String,
+    pub pod_cidrs: Vec<String>,
+    pub backend_type: String,
+    pub public_ip: PerFamily<Option<String>>,
+    pub data: PerFamily<Option<String>>,
+}
+
+impl OwnedRecord {
+    pub fn record(&self) -> Record<'_> {
+        Record {
+            name: &self.name,
+            created: self.created.clone(),
+            managed: true,
+            pod_cidrs: self.pod_cidrs.iter().map(String::as_str).collect(),
+            backend_type: &self.backend_type,
+            public_ip: self.public_ip.map(|_, v| v.as_deref()),
+            data: self.data.map(|_, v| v.as_deref()),
+        }
+    }
+}
+
 /// How a source names a record's fields, for the reasons it gives.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FieldNames {

@@ -14,7 +14,7 @@ use etcd_client::{Client, EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use serde::Serialize;
 
 use super::fill::{count_json, synthetic};
-use super::{NETWORK, bench_err, percentile, route_monitor, rss_mb, say};
+use super::{AddTimes, NETWORK, bench_err, percentile, route_monitor, rss_mb, say};
 use crate::lab::{Lab, LabConfig, LabError, SubnetManager};
 
 const SUBNETS: &str = "/coreos.com/network/subnets/";
@@ -181,7 +181,7 @@ impl EtcdPlaneBench {
             let client = Client::connect([u.as_str()], None)
                 .await
                 .map_err(etcd_err("connecting to etcd"))?;
-            let (mut lat, mut from_event, mut before_event) = (Vec::new(), Vec::new(), 0usize);
+            let mut times = AddTimes::default();
             for i in to_add {
                 let (key, value, cidr) = lease(i);
                 let t = Instant::now();
@@ -190,33 +190,19 @@ impl EtcdPlaneBench {
                     .put(key.as_str(), value, None)
                     .await
                     .map_err(etcd_err("putting a lease"))?;
-                let deadline = t + Duration::from_secs(10);
-                let at = loop {
-                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                        Ok((dst, at)) if dst == cidr => break at,
-                        Ok(_) => continue,
-                        Err(_) => return Err(bench_err(&format!("route {cidr} never appeared"))),
-                    }
-                };
-                lat.push(at.duration_since(t).as_secs_f64() * 1e3);
-                let ev = loop {
-                    match erx.recv_timeout(Duration::from_secs(5)) {
-                        Ok((k, ev)) if k == key => break ev,
-                        Ok(_) => continue,
-                        Err(_) => return Err(bench_err(&format!("no watch event for {key}"))),
-                    }
-                };
-                let d = at.checked_duration_since(ev);
-                before_event += usize::from(d.is_none());
-                from_event.push(d.unwrap_or_default().as_secs_f64() * 1e3);
+                times.wait(&rx, &erx, t, &cidr, &key, "watch event")?;
             }
-            Ok::<_, LabError>((lat, from_event, before_event))
+            Ok::<_, LabError>(times)
         });
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = watcher.join();
         let _ = child.kill();
         let _ = child.wait();
-        let (mut lat, mut from_event, add_to_route_before_event) = measured??;
+        let AddTimes {
+            from_call: mut lat,
+            mut from_event,
+            before_event: add_to_route_before_event,
+        } = measured??;
         lat.sort_by(f64::total_cmp);
         from_event.sort_by(f64::total_cmp);
         let (_, rss_mb_peak) = rss_mb(pid);

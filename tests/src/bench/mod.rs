@@ -145,6 +145,52 @@ fn route_monitor(
     Ok((child, rx))
 }
 
+/// One benchmark's add latencies, in ms: from the write call, and from the
+/// bench's own watch event (0 when the route came first, counted apart).
+#[derive(Debug, Default)]
+struct AddTimes {
+    from_call: Vec<f64>,
+    from_event: Vec<f64>,
+    before_event: usize,
+}
+
+impl AddTimes {
+    /// Waits for `cidr`'s route (written at `t`) on `routes`, then for
+    /// `name`'s watch event (`event`, for the message) on `events`.
+    fn wait(
+        &mut self,
+        routes: &mpsc::Receiver<(String, Instant)>,
+        events: &mpsc::Receiver<(String, Instant)>,
+        t: Instant,
+        cidr: &str,
+        name: &str,
+        event: &str,
+    ) -> Result<(), LabError> {
+        let deadline = t + Duration::from_secs(10);
+        let at = loop {
+            match routes.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok((dst, at)) if dst == cidr => break at,
+                Ok(_) => continue,
+                Err(_) => return Err(bench_err(&format!("route {cidr} never appeared"))),
+            }
+        };
+        self.from_call
+            .push(at.duration_since(t).as_secs_f64() * 1e3);
+        let ev = loop {
+            match events.recv_timeout(Duration::from_secs(5)) {
+                Ok((n, ev)) if n == name => break ev,
+                Ok(_) => continue,
+                Err(_) => return Err(bench_err(&format!("no {event} for {name}"))),
+            }
+        };
+        let d = at.checked_duration_since(ev);
+        self.before_event += usize::from(d.is_none());
+        self.from_event
+            .push(d.unwrap_or_default().as_secs_f64() * 1e3);
+        Ok(())
+    }
+}
+
 fn bench_err(msg: &str) -> LabError {
     LabError::State {
         path: "bench".into(),
@@ -275,9 +321,7 @@ impl ControlPlaneBench {
         let lat = lab.block_on(|| async move {
             let client = cluster::client(&admin).await?;
             let api: Api<Node> = Api::all(client);
-            let mut lat = Vec::with_capacity(adds);
-            let mut from_event = Vec::with_capacity(adds);
-            let mut before_event = 0usize;
+            let mut times = AddTimes::default();
             for k in 0..adds {
                 let i = peers + k;
                 let (name, cidr, _, _) = synthetic(i);
@@ -287,39 +331,19 @@ impl ControlPlaneBench {
                 api.create(&PostParams::default(), &node)
                     .await
                     .map_err(|e| bench_err(&format!("creating {name}: {e}")))?;
-                let deadline = t + Duration::from_secs(10);
-                loop {
-                    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                        Ok((dst, at)) if dst == cidr => {
-                            lat.push(at.duration_since(t).as_secs_f64() * 1e3);
-                            let ev = loop {
-                                match erx.recv_timeout(Duration::from_secs(5)) {
-                                    Ok((n, ev)) if n == name => break ev,
-                                    Ok(_) => continue,
-                                    Err(_) => {
-                                        return Err(bench_err(&format!(
-                                            "no ADDED event for {name}"
-                                        )));
-                                    }
-                                }
-                            };
-                            let d = at.checked_duration_since(ev);
-                            before_event += usize::from(d.is_none());
-                            from_event.push(d.unwrap_or_default().as_secs_f64() * 1e3);
-                            break;
-                        }
-                        Ok(_) => continue,
-                        Err(_) => return Err(bench_err(&format!("route {cidr} never appeared"))),
-                    }
-                }
+                times.wait(&rx, &erx, t, &cidr, &name, "ADDED event")?;
             }
-            Ok::<_, LabError>((lat, from_event, before_event))
+            Ok::<_, LabError>(times)
         });
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let _ = watcher.join();
         let _ = child.kill();
         let _ = child.wait();
-        let (mut lat, mut from_event, add_to_route_before_event) = lat??;
+        let AddTimes {
+            from_call: mut lat,
+            mut from_event,
+            before_event: add_to_route_before_event,
+        } = lat??;
         lat.sort_by(f64::total_cmp);
         from_event.sort_by(f64::total_cmp);
         let (_, rss_mb_peak) = rss_mb(pid);

@@ -31,7 +31,8 @@ use self::codec::{Attrs, SubnetKey};
 use super::judge::{self, Context};
 use super::peers::PeerIndex;
 use super::{
-    Claim, Claimed, FieldNames, LeaseError, LeaseSource, OwnLease, Publish, Record, Update, report,
+    Claim, Claimed, FieldNames, LeaseError, LeaseSource, OwnLease, OwnedRecord, Publish, Update,
+    report,
 };
 use crate::backoff::Backoff;
 use crate::config::{NetConfig, SubnetRange};
@@ -199,61 +200,36 @@ fn random_below(n: usize) -> usize {
     (r % n.max(1) as u64) as usize
 }
 
-/// One lease as read, owned (a [`Record`] borrows from it).
-#[derive(Debug, Clone)]
-struct Lease {
-    name: String,
-    created: String,
-    pod_cidrs: Vec<String>,
-    backend_type: String,
-    public_ip: PerFamily<Option<String>>,
-    data: PerFamily<Option<String>>,
-}
-
-impl Lease {
-    /// The lease of `kv` if its key is a lease's (below `subnets`).
-    fn read(subnets: &str, kv: &KeyValue) -> Option<Lease> {
-        let key = String::from_utf8_lossy(kv.key());
-        let name = key.strip_prefix(subnets)?.to_string();
-        let Some(sk) = SubnetKey::parse(&name) else {
-            tracing::debug!(key = %key, "not a subnet lease; skipped");
-            return None;
-        };
-        let mut pod_cidrs = vec![sk.v4.to_string()];
-        pod_cidrs.extend(sk.v6.map(|n| n.to_string()));
-        let value = String::from_utf8_lossy(kv.value());
-        let attrs = Attrs::decode(&value).unwrap_or_else(|e| {
-            tracing::warn!(key = %key, "unreadable lease value ({e}); the peer will be skipped");
-            Attrs::default()
-        });
-        Some(Lease {
-            name,
-            // Older first, as the Kubernetes source orders by creation.
-            created: format!("{:020}", kv.create_revision()),
-            pod_cidrs,
-            backend_type: attrs.backend_type,
-            public_ip: PerFamily {
-                v4: attrs.public_ip.map(|a| a.to_string()),
-                v6: attrs.public_ipv6.map(|a| a.to_string()),
-            },
-            data: PerFamily {
-                v4: attrs.backend_data,
-                v6: attrs.backend_v6_data,
-            },
-        })
-    }
-
-    fn record(&self) -> Record<'_> {
-        Record {
-            name: &self.name,
-            created: self.created.clone(),
-            managed: true,
-            pod_cidrs: self.pod_cidrs.iter().map(String::as_str).collect(),
-            backend_type: &self.backend_type,
-            public_ip: self.public_ip.map(|_, v| v.as_deref()),
-            data: self.data.map(|_, v| v.as_deref()),
-        }
-    }
+/// The lease of `kv` if its key is a lease's (below `subnets`).
+fn read_lease(subnets: &str, kv: &KeyValue) -> Option<OwnedRecord> {
+    let key = String::from_utf8_lossy(kv.key());
+    let name = key.strip_prefix(subnets)?.to_string();
+    let Some(sk) = SubnetKey::parse(&name) else {
+        tracing::debug!(key = %key, "not a subnet lease; skipped");
+        return None;
+    };
+    let mut pod_cidrs = vec![sk.v4.to_string()];
+    pod_cidrs.extend(sk.v6.map(|n| n.to_string()));
+    let value = String::from_utf8_lossy(kv.value());
+    let attrs = Attrs::decode(&value).unwrap_or_else(|e| {
+        tracing::warn!(key = %key, "unreadable lease value ({e}); the peer will be skipped");
+        Attrs::default()
+    });
+    Some(OwnedRecord {
+        name,
+        // Older first, as the Kubernetes source orders by creation.
+        created: format!("{:020}", kv.create_revision()),
+        pod_cidrs,
+        backend_type: attrs.backend_type,
+        public_ip: PerFamily {
+            v4: attrs.public_ip.map(|a| a.to_string()),
+            v6: attrs.public_ipv6.map(|a| a.to_string()),
+        },
+        data: PerFamily {
+            v4: attrs.backend_data,
+            v6: attrs.backend_v6_data,
+        },
+    })
 }
 
 impl EtcdSource {
@@ -558,10 +534,10 @@ impl LeaseSource for EtcdSource {
                         continue 'list;
                     }
                 };
-                let leases: BTreeMap<String, Lease> = r
+                let leases: BTreeMap<String, OwnedRecord> = r
                     .kvs()
                     .iter()
-                    .filter_map(|kv| Lease::read(&subnets, kv))
+                    .filter_map(|kv| read_lease(&subnets, kv))
                     .map(|l| (l.name.clone(), l))
                     .collect();
                 index.replace_all(
@@ -624,7 +600,7 @@ impl LeaseSource for EtcdSource {
                             metrics.node_event();
                             match ev.event_type() {
                                 EventType::Put => {
-                                    if let Some(l) = Lease::read(&subnets, kv) {
+                                    if let Some(l) = read_lease(&subnets, kv) {
                                         let j = judge::judge(index.context(), &l.record());
                                         index.upsert(&l.name, j);
                                         changed = true;
