@@ -47,6 +47,63 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<String>, CniError> {
     if env.command == "VERSION" {
         return Ok(Some(version_json()));
     }
+    let Request {
+        conf,
+        version,
+        opts,
+    } = decode(stdin)?;
+    let with_version = |e: CniError| CniError {
+        cni_version: if version.is_empty() {
+            e.cni_version.clone()
+        } else {
+            version.clone()
+        },
+        ..e
+    };
+    match env.command.as_str() {
+        "ADD" => add(env, &conf, &opts, &version),
+        "DEL" => del(env, &opts).map(|()| None),
+        "CHECK" => check(env, &conf, &opts, &version).map(|()| None),
+        "STATUS" => status(&opts)
+            .and_then(|()| forward_if_new(env, &conf, "STATUS"))
+            .map(|()| None),
+        "GC" => gc(&conf, &opts)
+            .and_then(|()| forward_if_new(env, &conf, "GC"))
+            .map(|()| None),
+        other => Err(CniError::new(
+            code::INVALID_ENV,
+            format!("unknown CNI_COMMAND: {other}"),
+        )),
+    }
+    .map_err(with_version)
+}
+
+/// A network config from stdin, checked: what every command but VERSION
+/// reads before it touches a file or runs a delegate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub conf: Map<String, Value>,
+    /// `cniVersion` (`0.1.0` when absent, as libcni reads it; may be empty).
+    pub version: String,
+    opts: Options,
+}
+
+impl Request {
+    /// Where subnet.env is read from.
+    pub fn subnet_file(&self) -> &str {
+        &self.opts.subnet_file
+    }
+
+    /// Where delegate configs are saved.
+    pub fn data_dir(&self) -> &str {
+        &self.opts.data_dir
+    }
+}
+
+/// Decodes and checks stdin's network config: a JSON object of at most
+/// [`MAX_INPUT`] bytes, a valid `name`, a supported `cniVersion`, and the
+/// plugin's own keys.
+pub fn decode(stdin: &[u8]) -> Result<Request, CniError> {
     if stdin.len() > MAX_INPUT {
         return Err(invalid(format!(
             "the network config is larger than {MAX_INPUT} bytes"
@@ -90,30 +147,11 @@ pub fn run(env: &CniEnv, stdin: &[u8]) -> Result<Option<String>, CniError> {
         ));
     }
     let opts = Options::from(&conf)?;
-    let with_version = |e: CniError| CniError {
-        cni_version: if version.is_empty() {
-            e.cni_version.clone()
-        } else {
-            version.clone()
-        },
-        ..e
-    };
-    match env.command.as_str() {
-        "ADD" => add(env, &conf, &opts, &version),
-        "DEL" => del(env, &opts).map(|()| None),
-        "CHECK" => check(env, &conf, &opts, &version).map(|()| None),
-        "STATUS" => status(&opts)
-            .and_then(|()| forward_if_new(env, &conf, "STATUS"))
-            .map(|()| None),
-        "GC" => gc(&conf, &opts)
-            .and_then(|()| forward_if_new(env, &conf, "GC"))
-            .map(|()| None),
-        other => Err(CniError::new(
-            code::INVALID_ENV,
-            format!("unknown CNI_COMMAND: {other}"),
-        )),
-    }
-    .map_err(with_version)
+    Ok(Request {
+        conf,
+        version,
+        opts,
+    })
 }
 
 /// The network's `name`, which the CNI spec (and libcni, before any plugin
@@ -148,6 +186,7 @@ pub fn version_json() -> String {
 }
 
 /// The plugin's own keys.
+#[derive(Debug, Clone, PartialEq)]
 struct Options {
     subnet_file: String,
     data_dir: String,

@@ -419,6 +419,22 @@ impl Environ {
         e
     }
 
+    /// From raw entries as `envp` holds them: each entry's bytes up to its
+    /// first NUL, whatever they are (not checked for `=` or UTF-8, as the
+    /// kernel does not check them either).
+    pub fn from_entries<'a>(entries: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        Environ(
+            entries
+                .into_iter()
+                .map(|e| {
+                    let mut v: Vec<u8> = e.iter().copied().take_while(|&b| b != 0).collect();
+                    v.push(0);
+                    v
+                })
+                .collect(),
+        )
+    }
+
     /// From the NUL-terminated `envp` array the kernel passed to the
     /// process.
     ///

@@ -59,7 +59,11 @@ pub fn first_host(subnet: IpNetwork) -> String {
 /// to ask for the same subnets again; none for a missing file or a value
 /// that is not one CIDR.
 pub fn previous_subnets(path: &Path) -> crate::family::PerFamily<Option<IpNetwork>> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    subnets_in(&std::fs::read_to_string(path).unwrap_or_default())
+}
+
+/// The subnets a `subnet.env` text names, as [`previous_subnets`] reads them.
+pub fn subnets_in(text: &str) -> crate::family::PerFamily<Option<IpNetwork>> {
     let get = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))

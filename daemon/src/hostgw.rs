@@ -77,6 +77,15 @@ impl PeerCodec for Codec {
     }
 }
 
+/// The peer codec of host-gw nodes whose external interface `iface` is
+/// connected to the prefixes `onlink`.
+pub fn codec(iface: &str, onlink: Vec<IpNetwork>) -> Arc<dyn PeerCodec> {
+    Arc::new(Codec {
+        iface: iface.to_string(),
+        onlink,
+    })
+}
+
 impl HostGw {
     /// Reads the external interface's subnets; checks that every family
     /// publishes the interface's own address.

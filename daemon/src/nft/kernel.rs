@@ -75,9 +75,10 @@ fn os(what: impl Into<String>) -> impl FnOnce(io::Error) -> NftError {
     move |source| NftError::Kernel { what, source }
 }
 
-/// Splits a datagram into (type, flags, seq, payload after the netlink
-/// header).
-fn split(mut b: &[u8]) -> Vec<(u16, u16, u32, &[u8])> {
+/// Splits a netlink datagram into its messages: (type, flags, seq, payload
+/// after the netlink header). A message whose length runs past the data
+/// ends the list.
+pub fn split(mut b: &[u8]) -> Vec<(u16, u16, u32, &[u8])> {
     let mut out = Vec::new();
     while b.len() >= 16 {
         let len = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;

@@ -14,6 +14,10 @@
 //! a partial checksum the kernel completes (`NEEDS_CSUM`), as its own GRO
 //! would.
 
+use std::net::SocketAddrV4;
+
+use super::forward::{Forwarder, PeerTable, Reason, Verdict};
+
 /// Length of the virtio-net header in front of each TUN packet.
 pub const VNET_HDR_LEN: usize = 10;
 /// virtio-net header flag: the checksum at csum_start + csum_offset is
@@ -355,6 +359,54 @@ pub fn merged_header<P: AsRef<[u8]>>(group: &[P], out: &mut [u8]) -> (VnetHdr, u
         csum_offset: 16,
     };
     (vnet, hl)
+}
+
+/// What becomes of one frame read from the TUN device.
+#[derive(Debug)]
+pub enum FromTun<'a> {
+    /// Not sent: the verdict to count (a drop and its reason).
+    Drop(Verdict),
+    /// Sent as it is, as one datagram.
+    Whole(SocketAddrV4, &'a [u8]),
+    /// A super-packet, sent as these segments.
+    Segments(SocketAddrV4, Split<'a>),
+}
+
+/// Decides one frame read from the TUN device: `vnet` is its virtio-net
+/// header (all zero without offload), `pkt` the packet after it, whose
+/// checksum is completed here when the header asks for it.
+pub fn from_tun<'a>(
+    fwd: &Forwarder,
+    table: &PeerTable,
+    vnet: VnetHdr,
+    pkt: &'a mut [u8],
+) -> FromTun<'a> {
+    let verdict = match vnet.gso_type & !GSO_ECN {
+        GSO_NONE
+            if vnet.flags & NEEDS_CSUM != 0
+                && !complete_checksum(
+                    pkt,
+                    usize::from(vnet.csum_start),
+                    usize::from(vnet.csum_offset),
+                ) =>
+        {
+            Verdict::Drop(Reason::Malformed)
+        }
+        GSO_NONE | GSO_TCPV4 | GSO_UDP_L4 => fwd.outbound(table, pkt),
+        // IPv6 super-packets: this backend carries IPv4 only.
+        _ => Verdict::Drop(Reason::NotIpv4),
+    };
+    let Verdict::Send(to) = verdict else {
+        return FromTun::Drop(verdict);
+    };
+    let pkt: &'a [u8] = pkt;
+    if vnet.gso_type == GSO_NONE {
+        return FromTun::Whole(to, pkt);
+    }
+    match Split::new(pkt, usize::from(vnet.gso_size)) {
+        Some(split) => FromTun::Segments(to, split),
+        None => FromTun::Drop(Verdict::Drop(Reason::Malformed)),
+    }
 }
 
 #[cfg(test)]

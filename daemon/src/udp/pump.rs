@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::forward::{Counters, Forwarder, Reason, SharedTable, Verdict};
-use super::offload::{self, VNET_HDR_LEN, VnetHdr};
+use super::forward::{Counters, Forwarder, SharedTable, Verdict};
+use super::offload::{self, FromTun, VNET_HDR_LEN, VnetHdr};
 
 /// Largest packet a TUN read or UDP receive can bring.
 const BUF: usize = 65_536;
@@ -72,40 +72,18 @@ impl Out {
             };
             let vnet = VnetHdr::parse(&buf[..skip]).unwrap_or_default();
             let pkt = &mut buf[skip..n];
+            let len = pkt.len();
             let table = self.q.table.load();
-            let verdict = match vnet.gso_type & !offload::GSO_ECN {
-                offload::GSO_NONE
-                    if vnet.flags & offload::NEEDS_CSUM != 0
-                        && !offload::complete_checksum(
-                            pkt,
-                            usize::from(vnet.csum_start),
-                            usize::from(vnet.csum_offset),
-                        ) =>
-                {
-                    Verdict::Drop(Reason::Malformed)
+            match offload::from_tun(&self.q.fwd, &table, vnet, pkt) {
+                FromTun::Drop(verdict) => self.q.counters.record(verdict, len),
+                FromTun::Whole(to, pkt) => {
+                    self.q.counters.record(Verdict::Send(to), len);
+                    self.send(&[&[], pkt], 0, to);
                 }
-                offload::GSO_NONE | offload::GSO_TCPV4 | offload::GSO_UDP_L4 => {
-                    self.q.fwd.outbound(&table, pkt)
+                FromTun::Segments(to, split) => {
+                    self.send_split(&split, &mut headers, Verdict::Send(to), to);
                 }
-                // IPv6 super-packets: this backend carries IPv4 only.
-                _ => Verdict::Drop(Reason::NotIpv4),
-            };
-            let Verdict::Send(to) = verdict else {
-                self.q.counters.record(verdict, pkt.len());
-                continue;
-            };
-            if vnet.gso_type == offload::GSO_NONE {
-                self.q.counters.record(verdict, pkt.len());
-                self.send(&[&[], pkt], 0, to);
-                continue;
             }
-            let Some(split) = offload::Split::new(pkt, usize::from(vnet.gso_size)) else {
-                self.q
-                    .counters
-                    .record(Verdict::Drop(Reason::Malformed), pkt.len());
-                continue;
-            };
-            self.send_split(&split, &mut headers, verdict, to);
         }
     }
 
