@@ -26,6 +26,8 @@ pub mod metrics;
 pub mod netlink;
 pub mod nft;
 #[cfg(test)]
+mod planner_props;
+#[cfg(test)]
 pub(crate) mod testing;
 pub mod udp;
 pub mod vxlan;

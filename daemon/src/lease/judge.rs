@@ -31,6 +31,7 @@ pub enum SkipReason {
     BadBackendData,
     Unreachable,
     UnusablePublicIp,
+    DuplicateVtepMac,
 }
 
 impl SkipReason {
@@ -46,10 +47,11 @@ impl SkipReason {
             SkipReason::BadBackendData => "bad_backend_data",
             SkipReason::Unreachable => "unreachable_by_backend",
             SkipReason::UnusablePublicIp => "unusable_public_ip",
+            SkipReason::DuplicateVtepMac => "duplicate_vtep_mac",
         }
     }
 
-    pub const ALL: [SkipReason; 10] = [
+    pub const ALL: [SkipReason; 11] = [
         SkipReason::NoPodCidr,
         SkipReason::BadPodCidr,
         SkipReason::OutsideNetwork,
@@ -60,6 +62,7 @@ impl SkipReason {
         SkipReason::BadBackendData,
         SkipReason::Unreachable,
         SkipReason::UnusablePublicIp,
+        SkipReason::DuplicateVtepMac,
     ];
 }
 

@@ -1,6 +1,9 @@
 //! Overlap arbitration: from every judged node to the complete peer set.
 //! Of two nodes whose podCIDRs overlap, the older keeps its subnet and the
-//! younger is skipped; a node overlapping our own subnet is skipped. Kept up
+//! younger is skipped; a node overlapping our own subnet is skipped. So it
+//! is with two nodes publishing the same VtepMAC in one family: a VXLAN
+//! device's FDB holds one destination per MAC, so both cannot be reached
+//! (a cloned VM, a copied annotation); the older keeps it. Kept up
 //! to date one Node at a time ([`PeerIndex`]), and equal to a full pass over
 //! all nodes ([`derive`]) after any sequence of changes.
 
@@ -11,7 +14,8 @@ use ipnetwork::IpNetwork;
 
 use super::Record;
 use super::judge::{Context, Judged, Skip, SkipReason, Subnets, judge};
-use crate::backend::Peer;
+use crate::annotations::Mac;
+use crate::backend::{Peer, PeerData};
 use crate::family::{Family, PerFamily};
 
 /// The complete peer set, per family, plus what was skipped.
@@ -65,6 +69,8 @@ struct Accepted {
 struct FamilyIndex {
     accepted: BTreeMap<u128, Accepted>,
     start_of: BTreeMap<String, u128>,
+    /// The accepted peers' VTEP MACs: the first address of their subnet.
+    mac_of: BTreeMap<Mac, u128>,
     /// Refused nodes: why, and their entry (the skip's text is made when
     /// the peer set is, from the accepted subnets of that moment).
     refused: BTreeMap<String, (SkipReason, Peer)>,
@@ -80,6 +86,22 @@ impl FamilyIndex {
             .map(|(_, a)| a)
             .filter(|a| a.end >= start)
     }
+
+    /// The accepted peer publishing the VTEP MAC of `data`, if any.
+    fn same_mac(&self, data: &PeerData) -> Option<&Accepted> {
+        let PeerData::VtepMac(mac) = data else {
+            return None;
+        };
+        self.accepted.get(self.mac_of.get(mac)?)
+    }
+}
+
+/// A refusal that a change to another node can lift.
+fn lifted_by_others(reason: SkipReason) -> bool {
+    matches!(
+        reason,
+        SkipReason::OverlapsPeer | SkipReason::DuplicateVtepMac
+    )
 }
 
 /// The peer set, kept up to date one Node at a time: a Node event costs a
@@ -144,12 +166,13 @@ impl PeerIndex {
         let idx = self.fams.get_mut(f);
         let mut rebuild = false;
         if let Some(start) = idx.start_of.remove(name) {
-            idx.accepted.remove(&start);
+            if let Some(gone) = idx.accepted.remove(&start)
+                && let PeerData::VtepMac(mac) = gone.entry.data
+            {
+                idx.mac_of.remove(&mac);
+            }
             // A refused node may have been refused because of this one.
-            rebuild |= idx
-                .refused
-                .values()
-                .any(|(r, _)| *r == SkipReason::OverlapsPeer);
+            rebuild |= idx.refused.values().any(|(r, _)| lifted_by_others(*r));
         }
         idx.refused.remove(name);
         if !rebuild
@@ -157,7 +180,17 @@ impl PeerIndex {
             && let Some(Ok(e)) = j.families.get(f)
         {
             let (created, e) = (j.created.clone(), *e);
-            rebuild = !place(self.fams.get_mut(f), &fam, name, created, e);
+            let idx = self.fams.get_mut(f);
+            rebuild = !place(idx, &fam, name, created, e);
+            // Accepted now, it may be the first reason of a younger node
+            // refused for another (an overlap where a shared MAC was, or
+            // the other way round): the reasons are a full pass's.
+            rebuild |= idx.start_of.contains_key(name)
+                && idx.refused.values().any(|(r, other)| {
+                    lifted_by_others(*r)
+                        && (overlaps(&other.subnet, &e.subnet)
+                            || matches!((other.data, e.data), (PeerData::VtepMac(a), PeerData::VtepMac(b)) if a == b))
+                });
         }
         if rebuild {
             self.rebuild(f);
@@ -212,6 +245,13 @@ impl PeerIndex {
                         "podCIDR {} overlaps {} of older node {}",
                         e.subnet, o.entry.subnet, o.name
                     ),
+                    (SkipReason::DuplicateVtepMac, _) => match idx.same_mac(&e.data) {
+                        Some(o) => format!(
+                            "its VtepMAC is older node {}'s too: a VXLAN device reaches one node per MAC",
+                            o.name
+                        ),
+                        None => "its VtepMAC is an older node's too".into(),
+                    },
                     _ => format!(
                         "podCIDR {} overlaps this node's {}",
                         e.subnet, fam.local_subnet
@@ -239,16 +279,25 @@ fn place(idx: &mut FamilyIndex, fam: &Subnets, name: &str, created: String, e: P
             .insert(name.to_string(), (SkipReason::OverlapsLocal, e));
         return true;
     }
-    if let Some(other) = idx.clash(&e.subnet) {
+    let clash = idx
+        .clash(&e.subnet)
+        .map(|o| (o, SkipReason::OverlapsPeer))
+        .or_else(|| {
+            idx.same_mac(&e.data)
+                .map(|o| (o, SkipReason::DuplicateVtepMac))
+        });
+    if let Some((other, reason)) = clash {
         if (other.created.as_str(), other.name.as_str()) > (created.as_str(), name) {
             return false;
         }
-        idx.refused
-            .insert(name.to_string(), (SkipReason::OverlapsPeer, e));
+        idx.refused.insert(name.to_string(), (reason, e));
         return true;
     }
     let (start, end) = range(&e.subnet);
     idx.start_of.insert(name.to_string(), start);
+    if let PeerData::VtepMac(mac) = e.data {
+        idx.mac_of.insert(mac, start);
+    }
     idx.accepted.insert(
         start,
         Accepted {

@@ -247,6 +247,38 @@ fn of_two_overlapping_peers_the_older_keeps_its_subnet() {
 }
 
 #[test]
+fn of_two_peers_with_one_vtep_mac_the_older_keeps_it_until_it_leaves() {
+    let older = good("older", 2);
+    let mut newer = good("newer", 9);
+    newer.metadata.annotations.as_mut().unwrap().insert(
+        "flannel.alpha.coreos.com/backend-data".into(),
+        r#"{"VNI":1,"VtepMAC":"0a:00:00:00:00:02"}"#.into(),
+    );
+    let set = derive(&ctx(), &[newer.clone(), older.clone()]);
+    assert_eq!(set.peers.v4, vec![entry_of(2)]);
+    assert_eq!(
+        reasons(&set),
+        vec![("newer".to_string(), "duplicate_vtep_mac")]
+    );
+    assert!(
+        set.skipped[0].detail.contains("older node older"),
+        "{:?}",
+        set.skipped
+    );
+    // One node at a time: the newer one comes in once the older leaves.
+    let c = ctx();
+    let mut idx = PeerIndex::new(c.clone());
+    idx.upsert("newer", judge(&c, &newer));
+    idx.upsert("older", judge(&c, &older));
+    assert_eq!(idx.peer_set(), set);
+    idx.remove("older");
+    let mut alone = entry_of(9);
+    alone.data = PeerData::VtepMac(Mac([0x0a, 0, 0, 0, 0, 2]));
+    assert_eq!(idx.peer_set().peers.v4, vec![alone]);
+    assert!(idx.peer_set().skipped.is_empty());
+}
+
+#[test]
 fn one_node_at_a_time_gives_what_a_full_pass_gives() {
     // A deterministic walk of adds, changes (overlaps included) and deletes.
     let c = ctx();
@@ -269,6 +301,14 @@ fn one_node_at_a_time_gives_what_a_full_pass_gives() {
             let mut node = good(&name, n);
             if rnd(4) == 0 {
                 node.spec.pod_cidr = Some(format!("10.244.{}.0/23", n & !1));
+            }
+            if rnd(4) == 0 {
+                // Another node's VtepMAC (maybe its own).
+                let m = rnd(30) + 2;
+                node.metadata.annotations.as_mut().unwrap().insert(
+                    "flannel.alpha.coreos.com/backend-data".into(),
+                    format!(r#"{{"VNI":1,"VtepMAC":"0a:00:00:00:00:{m:02x}"}}"#),
+                );
             }
             node.metadata.creation_timestamp = Some(
                 serde_json::from_value(serde_json::json!(format!(

@@ -18,12 +18,14 @@ pub struct SubnetKey {
 }
 
 impl SubnetKey {
-    /// flannel's `MakeSubnetKey`.
+    /// flannel's `MakeSubnetKey`: the addresses as the key holds them (a
+    /// key written by hand with host bits set names itself with them, so
+    /// that it can be found and deleted).
     pub fn text(&self) -> String {
-        let v4 = format!("{}-{}", self.v4.network(), self.v4.prefix());
+        let v4 = format!("{}-{}", self.v4.ip(), self.v4.prefix());
         match self.v6 {
             None => v4,
-            Some(n) => format!("{v4}&{}-{}", n.network(), n.prefix()),
+            Some(n) => format!("{v4}&{}-{}", n.ip(), n.prefix()),
         }
     }
 
@@ -222,6 +224,14 @@ mod tests {
         };
         assert_eq!(d.text(), "10.5.52.0-24&fc00:0:0:5::-64");
         assert_eq!(SubnetKey::parse("10.5.52.0-24&fc00:0:0:5::-64"), Some(d));
+        // A key written by hand with host bits set names itself as it is
+        // (found by the fuzzer: it printed as 10.24.0.0-24, another key).
+        for odd in ["10.24.0.43-24", "10.24.0.0-24&fc00::5-64"] {
+            assert_eq!(
+                SubnetKey::parse(odd).map(|k| k.text()).as_deref(),
+                Some(odd)
+            );
+        }
         for bad in [
             "config",
             "10.5.52.0-32",
