@@ -27,6 +27,7 @@ pub mod netlink;
 pub mod nft;
 #[cfg(test)]
 mod planner_props;
+pub mod single;
 #[cfg(test)]
 pub(crate) mod testing;
 pub mod udp;

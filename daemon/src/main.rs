@@ -188,8 +188,11 @@ enum LogFormat {
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFTD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // kube's client logs an ERROR per failed connection attempt; weftd
+    // says itself when the API is lost and when it is back.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFTD_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(format!("{default_level},kube_client=off"))
+    });
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -31,6 +31,7 @@ struct Values {
     nft_syncs: BTreeMap<&'static str, u64>,
     nft_restorations: u64,
     nft_errors: u64,
+    file_restorations: BTreeMap<&'static str, u64>,
     allowlist_drops: u64,
     udp: Option<Arc<Counters>>,
 }
@@ -121,6 +122,12 @@ impl Metrics {
         });
     }
 
+    /// A file weftd keeps (subnet.env) was found missing or altered and
+    /// written again.
+    pub fn file_restored(&self, file: &'static str) {
+        self.with(|v| *v.file_restorations.entry(file).or_default() += 1);
+    }
+
     /// The udp backend's data-path counters, read at each scrape.
     pub fn set_udp(&self, counters: Arc<Counters>) {
         self.with(|v| v.udp = Some(counters));
@@ -147,7 +154,7 @@ impl Metrics {
                         .collect()
                 };
             let plain = |x: String| vec![(String::new(), x)];
-            let families: [Family; 15] = [
+            let families: [Family; 16] = [
                 (
                     "weft_ready",
                     "1 once the first full reconcile is done and subnet.env is written.",
@@ -222,6 +229,12 @@ impl Metrics {
                     "Times weft's nftables table was found missing or altered and restored.",
                     "counter",
                     plain(v.nft_restorations.to_string()),
+                ),
+                (
+                    "weft_file_restorations_total",
+                    "Times a file weftd keeps (subnet.env) was found missing or altered and written again.",
+                    "counter",
+                    labelled("file", &v.file_restorations),
                 ),
                 (
                     "weft_nft_errors_total",

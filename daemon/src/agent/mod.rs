@@ -150,6 +150,8 @@ pub enum AgentError {
     Files(#[from] FileError),
     #[error(transparent)]
     Nft(#[from] NftError),
+    #[error(transparent)]
+    Lock(#[from] crate::single::LockError),
     #[error("--public-ip{v6} {ip} is not an IPv{n} address", v6 = if family.is_v6() { "v6" } else { "" }, n = family.number())]
     PublicIpFamily { ip: IpAddr, family: Family },
     #[error("{what} {ip} {why}: other nodes could not reach this one there")]
@@ -220,12 +222,16 @@ async fn node_name(client: &Client, node: &NodeRef) -> Result<String, AgentError
 
 /// Runs until `shutdown` resolves; leaves the data plane in place.
 pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let lock = crate::single::lock_path(&opts.subnet_file);
+    let Some(_held) = crate::single::hold(&lock, &mut shutdown).await? else {
+        return Ok(());
+    };
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = opts.healthz_addr {
         health::serve(addr, metrics.clone()).await?;
     }
     say_flannel_leftovers();
-    let mut shutdown = std::pin::pin!(shutdown);
     match &opts.subnet_manager {
         SubnetManager::Kube => {
             let cfg = NetConfig::load(&opts.net_config_path)?;
@@ -496,9 +502,27 @@ where
             tokio::time::sleep(period).await;
         }
     };
+    // flanneld writes subnet.env once; a deleted or edited file then fails
+    // every pod ADD until it restarts. weftd puts it back within a period.
+    let keep_env = async {
+        loop {
+            tokio::time::sleep(period).await;
+            match env.write(&opts.subnet_file) {
+                Ok(true) => {
+                    tracing::warn!(path = %opts.subnet_file.display(), "subnet.env was missing or altered; written again");
+                    metrics.file_restored("subnet.env");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "writing subnet.env again failed; will retry")
+                }
+            }
+        }
+    };
     tokio::select! {
         () = driver::drive(nl, backend.as_mut(), &mut rules, metrics, inputs, shutdown) => {}
         () = blackholes => {}
+        () = keep_env => {}
     }
     Ok(())
 }

@@ -132,6 +132,20 @@ async fn serve_takes_the_lease_publishes_writes_subnet_env_and_follows_the_sourc
         settle().await;
         assert!(holds(&nl, &[peer(3)]).await, "a departed peer pruned");
         assert_eq!(rules.0.borrow().allowed, Some(vec![peer(3).public_ip]));
+
+        // subnet.env deleted, then edited: back within a rules period.
+        let written = std::fs::read_to_string(&opts.subnet_file).unwrap();
+        std::fs::remove_file(&opts.subnet_file).unwrap();
+        tokio::time::sleep(opts.rules_resync + Duration::from_millis(10)).await;
+        assert_eq!(std::fs::read_to_string(&opts.subnet_file).unwrap(), written);
+        std::fs::write(&opts.subnet_file, "FLANNEL_SUBNET=10.244.9.1/24\n").unwrap();
+        tokio::time::sleep(opts.rules_resync).await;
+        assert_eq!(std::fs::read_to_string(&opts.subnet_file).unwrap(), written);
+        let text = metrics.render();
+        assert!(
+            text.contains("weft_file_restorations_total{file=\"subnet.env\"} 2"),
+            "{text}"
+        );
         let _ = stop.send(());
     };
     let (served, ()) = tokio::join!(serving, script);

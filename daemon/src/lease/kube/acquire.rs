@@ -16,25 +16,40 @@ const WAIT_LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Waits until Node `name` exists and has a podCIDR, logging every few
 /// seconds (flanneld exits instead, and crash-loops until IPAM gets to it).
+/// An error from the API server (unreachable, RBAC refusing) is a warning
+/// and is retried with backoff; "not yet" is polled every 500 ms.
 pub async fn wait_for_pod_cidr(api: &Api<SlimNode>, name: &str) -> SlimNode {
     let start = Instant::now();
     let mut last_log: Option<Instant> = None;
+    let mut backoff = crate::backoff::Backoff::new();
     loop {
-        let why = match api.get_opt(name).await {
+        let (why, failed) = match api.get_opt(name).await {
             Ok(Some(node)) if !node.pod_cidrs().is_empty() => return node,
-            Ok(Some(_)) => "its spec.podCIDR is not assigned yet (is kube-controller-manager running with --allocate-node-cidrs?)".to_string(),
-            Ok(None) => "it does not exist yet".to_string(),
-            Err(e) => format!("the API server answered: {e}"),
+            Ok(Some(_)) => ("its spec.podCIDR is not assigned yet (is kube-controller-manager running with --allocate-node-cidrs?)".to_string(), false),
+            Ok(None) => ("it does not exist yet".to_string(), false),
+            Err(e) => (format!("the API server answered: {e}"), true),
+        };
+        let wait = if failed {
+            backoff.next_wait()
+        } else {
+            backoff = crate::backoff::Backoff::new();
+            Duration::from_millis(500)
         };
         if last_log.is_none_or(|t| t.elapsed() >= WAIT_LOG_EVERY) {
-            tracing::info!(
-                node = name,
-                waited_s = start.elapsed().as_secs(),
-                "waiting for node {name}: {why}"
-            );
+            let waited_s = start.elapsed().as_secs();
+            if failed {
+                tracing::warn!(
+                    node = name,
+                    waited_s,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "reading node {name} failed: {why}"
+                );
+            } else {
+                tracing::info!(node = name, waited_s, "waiting for node {name}: {why}");
+            }
             last_log = Some(Instant::now());
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -35,6 +35,9 @@ pub fn spawn(
         let mut listing: Option<Vec<Judged>> = None;
         let mut listed = false;
         let mut warned: BTreeSet<Skip> = BTreeSet::new();
+        // An outage is one warning when it starts and one line when it
+        // ends, not a line per retry: (since, failed attempts).
+        let mut failing: Option<(std::time::Instant, u32)> = None;
         // Small pages: with 5000 Nodes of ~10 KB a page of 100 is ~1 MB,
         // so memory peaks at a fraction of one big list, and each page is
         // judged while the next is on its way (measured: faster than one
@@ -48,6 +51,25 @@ pub fn spawn(
             // Take every event that is already here before deriving.
             while let Some(ev) = item {
                 metrics.node_event();
+                match (&ev, &mut failing) {
+                    (Err(e), None) => {
+                        tracing::warn!(error = %e, "watching Nodes failed; retrying with backoff (until it is back, further failures are logged at debug level)");
+                        failing = Some((std::time::Instant::now(), 1));
+                    }
+                    (Err(e), Some((_, n))) => {
+                        *n += 1;
+                        tracing::debug!(error = %e, attempt = *n, "watching Nodes failed again");
+                    }
+                    (Ok(_), Some((since, n))) => {
+                        tracing::info!(
+                            failed_attempts = *n,
+                            seconds = since.elapsed().as_secs(),
+                            "watching Nodes again"
+                        );
+                        failing = None;
+                    }
+                    (Ok(_), None) => {}
+                }
                 match ev {
                     // The first list builds the index page by page; a relist
                     // (after 410 Gone) replaces it whole at the end.
@@ -78,7 +100,7 @@ pub fn spawn(
                         index.remove(n.name());
                         changed = true;
                     }
-                    Err(e) => tracing::warn!(error = %e, "watching Nodes"),
+                    Err(_) => {}
                 }
                 item = stream.next().now_or_never().flatten();
             }
