@@ -136,3 +136,106 @@ impl Lab {
         Ok(())
     }
 }
+
+impl Lab {
+    /// `node`'s underlay link (`eth0`) down or up. Up, the default route
+    /// the link lost is put back, as a node's network manager would.
+    pub fn set_underlay(&self, node: &str, up: bool) -> Result<(), LabError> {
+        let state = if up { "up" } else { "down" };
+        self.run(node, &["ip", "link", "set", "eth0", state])?;
+        if up {
+            let gw = self.state.hub_ip.to_string();
+            self.run(node, &["ip", "route", "replace", "default", "via", &gw])?;
+        }
+        Ok(())
+    }
+
+    /// Cuts `node` off from the API server (its packets to the API
+    /// server's port dropped, in a table of the lab's own in the node's
+    /// namespace), or heals the cut. The data plane is untouched.
+    pub fn partition_from_apiserver(&self, node: &str, cut: bool) -> Result<(), LabError> {
+        let port = self
+            .state
+            .apiserver_url
+            .rsplit(':')
+            .next()
+            .unwrap_or("6443")
+            .trim_end_matches('/')
+            .to_string();
+        let hub = self.state.hub_ip;
+        let script = if cut {
+            format!(
+                "nft -f - <<'EOF'\ntable inet weftlab_partition {{\n\tchain output {{\n\t\ttype filter hook output priority filter; policy accept;\n\t\tip daddr {hub} tcp dport {port} drop\n\t}}\n\tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n\t\tip saddr {hub} tcp sport {port} drop\n\t}}\n}}\nEOF\n"
+            )
+        } else {
+            "nft delete table inet weftlab_partition".to_string()
+        };
+        self.by_hand(node, &script)
+    }
+
+    /// Deletes the ClusterRoleBinding weftd runs under (every weftd loses
+    /// its rights at once), or applies weft's manifest again to restore it.
+    pub fn revoke_rbac(&self, revoked: bool) -> Result<(), LabError> {
+        if revoked {
+            let out = self
+                .kubectl()
+                .args(["delete", "clusterrolebinding", "weft"])
+                .output()
+                .map_err(|source| LabError::State {
+                    path: "kubectl".into(),
+                    source,
+                })?;
+            if !out.status.success() {
+                return Err(LabError::State {
+                    path: "kubectl delete clusterrolebinding weft".into(),
+                    source: std::io::Error::other(
+                        String::from_utf8_lossy(&out.stderr).into_owned(),
+                    ),
+                });
+            }
+            Ok(())
+        } else {
+            crate::control_plane::apply_manifest(&self.state.hub_netns, &self.admin_kubeconfig())
+                .map_err(LabError::from)
+        }
+    }
+
+    /// `ip link set flannel.1 address <mac>` on `node`, by hand.
+    pub fn set_vtep_mac(&self, node: &str, mac: &str) -> Result<(), LabError> {
+        self.run(node, &["ip", "link", "set", "flannel.1", "address", mac])
+            .map(drop)
+    }
+
+    /// Deletes `flannel.1` on `node` and creates it again by hand with VNI
+    /// `vni`, everything else as it was (MAC, local address, port, link):
+    /// the kernel cannot change a live device's VNI.
+    pub fn recreate_vxlan(&self, node: &str, vni: u32) -> Result<(), LabError> {
+        let links = self.run(node, &["ip", "-j", "-d", "link", "show", "flannel.1"])?;
+        let v: serde_json::Value = serde_json::from_str(&links).map_err(|e| LabError::State {
+            path: "ip -j -d link show flannel.1".into(),
+            source: std::io::Error::other(e),
+        })?;
+        let l = &v[0];
+        let data = &l["linkinfo"]["info_data"];
+        let mac = l["address"].as_str().unwrap_or_default();
+        let local = data["local"].as_str().unwrap_or_default();
+        let mtu = l["mtu"].to_string();
+        // weftd recreates a deleted device at once: delete and add in one
+        // batch, again if weftd's came first.
+        let batch = format!(
+            "link del flannel.1\nlink add flannel.1 address {mac} mtu {mtu} type vxlan id {vni} local {local} dev eth0 dstport 8472 nolearning\nlink set flannel.1 up\n"
+        );
+        let mut last = None;
+        for _ in 0..10 {
+            match self.by_hand(node, &format!("ip -batch - <<'EOF'\n{batch}EOF\n")) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last.unwrap_or_else(|| LabError::State {
+            path: "ip -batch".into(),
+            source: std::io::Error::other("no attempt made"),
+        }))
+    }
+}

@@ -75,6 +75,21 @@ enum Cmd {
     /// Benchmarks (programs that print a table and write JSON).
     #[command(subcommand)]
     Bench(BenchCmd),
+    /// The fault matrix: faults injected into a running lab whose pods ping
+    /// each other, each judged on recovery, time and packets lost; a table,
+    /// and JSON. Non-zero when a fault is not recovered from, or loses
+    /// packets where the data plane was not touched.
+    Faults {
+        /// Faults to run (comma-separated; default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<weft_lab::matrix::Fault>,
+        /// Short outages (10 s instead of 60, ...), as CI runs them.
+        #[arg(long)]
+        quick: bool,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "faults.json")]
+        json: std::path::PathBuf,
+    },
     /// Remove whatever any lab run left behind (namespaces, processes, files).
     Clean {
         /// Only the leftovers of this lab (default: every lab's).
@@ -363,6 +378,44 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("writing {}", json.display()))?;
             eprintln!("==> JSON written to {}", json.display());
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Faults { only, quick, json } => {
+            use weft_lab::matrix::{self, Durations, Fault, Matrix};
+            watch_ctrl_c()?;
+            let faults = if only.is_empty() {
+                Fault::ALL.to_vec()
+            } else {
+                only
+            };
+            let d = if quick {
+                Durations::QUICK
+            } else {
+                Durations::FULL
+            };
+            let name = if cli.name == "default" {
+                "faults".to_string()
+            } else {
+                cli.name.clone()
+            };
+            eprintln!("==> lab {name}: 3 nodes with a pod each, and a spare");
+            let mut m = Matrix::up(&name)?;
+            let mut rows = Vec::new();
+            for f in faults {
+                eprintln!("==> {}: {}", f.name(), f.describe(&d));
+                let row = m.run(f, &d)?;
+                eprint!("{}", matrix::table(std::slice::from_ref(&row)));
+                rows.push(row);
+            }
+            print!("{}", matrix::table(&rows));
+            let report = serde_json::json!({"durations": d, "faults": rows});
+            std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", json.display()))?;
+            eprintln!("==> JSON written to {}", json.display());
+            Ok(if rows.iter().all(matrix::Row::passed) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Cmd::Clean { lab: only } => {
             let removed = match only {

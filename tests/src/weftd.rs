@@ -144,11 +144,22 @@ impl Lab {
             self.update_node(node, |s| s.weftd_pid = Some(pid))?;
             return Ok(pid);
         }
+        let args = self.agent_args(&n, &agent);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (pid, _) = self.spawn_on(node, "weftd", &args)?;
+        self.update_node(node, |s| s.weftd_pid = Some(pid))?;
+        Ok(pid)
+    }
+
+    /// weftd's command line on node `n`, `agent` being its binary: under
+    /// the DaemonSet's privileges, with the lab's credentials and the
+    /// node's own arguments.
+    fn agent_args(&self, n: &crate::node::NodeState, agent: &Path) -> Vec<String> {
         let kubeconfig = self.node_kubeconfig();
         let healthz = format!("0.0.0.0:{HEALTHZ_PORT}");
         // With the DaemonSet's privileges: uid 0 with CAP_NET_ADMIN alone
         // and no_new_privs (charts/weft/templates/daemonset.yaml).
-        let mut args = vec![
+        let mut args: Vec<String> = [
             "setpriv",
             "--bounding-set=-all,+net_admin",
             "--inh-caps=-all,+net_admin",
@@ -161,7 +172,10 @@ impl Lab {
             "--ip-masq",
             "--healthz-addr",
             &healthz,
-        ];
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
         let etcd_args = [
             "--subnet-manager".to_string(),
             "etcd".into(),
@@ -175,12 +189,29 @@ impl Lab {
                 .iter()
                 .any(|a| a.starts_with("--etcd-endpoints"));
             let take = if own { 2 } else { 4 };
-            args.extend(etcd_args.iter().take(take).map(String::as_str));
+            args.extend(etcd_args.iter().take(take).cloned());
         }
-        args.extend(n.weftd_args.iter().map(String::as_str));
-        let (pid, _) = self.spawn_on(node, "weftd", &args)?;
-        self.update_node(node, |s| s.weftd_pid = Some(pid))?;
+        args.extend(n.weftd_args.iter().cloned());
+        args
+    }
+
+    /// Starts a second weftd on `node` beside the running one, as a
+    /// duplicated DaemonSet pod or a hand-started agent would; its PID.
+    /// Its output goes to the node's `weftd-second` log.
+    pub fn start_second_weftd(&mut self, node: &str) -> Result<u32, LabError> {
+        let n = self.node(node)?.clone();
+        let agent = n.settings.agent.clone().unwrap_or(find_weftd()?);
+        let args = self.agent_args(&n, &agent);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (pid, _) = self.spawn_on(node, "weftd-second", &args)?;
         Ok(pid)
+    }
+
+    /// The last lines the second weftd on `node` wrote.
+    pub fn second_weftd_said(&self, node: &str) -> String {
+        self.node(node)
+            .map(|n| crate::control_plane::log_tail(&n.dir.join("logs/weftd-second.log"), 3))
+            .unwrap_or_default()
     }
 
     /// flannel's network configuration in the lab's etcd, at

@@ -15,101 +15,26 @@ use weft_lab::pods::Pod;
 use weft_lab::probe::{metric, ping_run, within};
 use weft_lab::{Lab, LabConfig, cluster, unique_name};
 
-const PREFIX: &str = "flannel.alpha.coreos.com";
+use weft_lab::judge::{PREFIX, Published, View, expected_view};
 
 fn lab(tag: &str, nodes: usize) -> Lab {
     Lab::up(&LabConfig::with_weftd(&unique_name(tag), nodes)).expect("lab with weftd comes up")
 }
 
-/// Per node, as published in the API: (podCIDR, VtepMAC, public IP).
-fn published(lab: &Lab) -> BTreeMap<String, (String, String, String)> {
-    let admin = lab.admin_kubeconfig();
-    let nodes = lab
-        .block_on(|| async {
-            let client = cluster::client(&admin).await.unwrap();
-            cluster::list_nodes(&client).await.unwrap()
-        })
-        .unwrap();
-    nodes
-        .into_iter()
-        .filter_map(|n| {
-            let ann = n.metadata.annotations.clone().unwrap_or_default();
-            let data: serde_json::Value =
-                serde_json::from_str(ann.get(&format!("{PREFIX}/backend-data"))?).ok()?;
-            Some((
-                n.metadata.name.clone()?,
-                (
-                    n.spec?.pod_cidr?,
-                    data["VtepMAC"].as_str()?.to_string(),
-                    ann.get(&format!("{PREFIX}/public-ip"))?.clone(),
-                ),
-            ))
-        })
-        .collect()
+/// Per node, as published in the API.
+fn published(lab: &Lab) -> BTreeMap<String, Published> {
+    lab.published().unwrap()
 }
 
-type View = (Vec<String>, Vec<String>, Vec<String>);
-
-/// What `node`'s kernel holds on flannel.1: neighbours, FDB, routes; a
-/// failed read (no device, `ip` failing, output that is not JSON) panics, so
-/// that "nothing there" is never mistaken for a read that failed.
+/// What `node`'s kernel holds on flannel.1; a failed read panics, so that
+/// "nothing there" is never mistaken for a read that failed.
 fn kernel_view(lab: &Lab, node: &str) -> View {
     try_kernel_view(lab, node).unwrap_or_else(|| panic!("reading flannel.1 on {node} failed"))
 }
 
 /// The same, `None` when flannel.1 cannot be read (say, while it is gone).
 fn try_kernel_view(lab: &Lab, node: &str) -> Option<View> {
-    let json = |args: &[&str]| -> Option<Vec<serde_json::Value>> {
-        let o = lab.exec(node, args).ok()?;
-        if !o.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&o.stdout).ok()
-    };
-    let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
-    let mut neighs: Vec<String> = json(&["ip", "-j", "-4", "neigh", "show", "dev", "flannel.1"])?
-        .iter()
-        .map(|n| format!("{} {} {}", s(&n["dst"]), s(&n["lladdr"]), s(&n["state"][0])))
-        .collect();
-    let mut fdb: Vec<String> = json(&["bridge", "-j", "fdb", "show", "dev", "flannel.1"])?
-        .iter()
-        .filter(|f| f["dst"].is_string())
-        .map(|f| format!("{} {} {}", s(&f["mac"]), s(&f["dst"]), s(&f["state"])))
-        .collect();
-    let mut routes: Vec<String> = json(&["ip", "-j", "-4", "route", "show", "dev", "flannel.1"])?
-        .iter()
-        .filter(|r| r["protocol"].as_str() != Some("kernel"))
-        .map(|r| {
-            format!(
-                "{} via {} onlink={}",
-                s(&r["dst"]),
-                s(&r["gateway"]),
-                r["flags"].to_string().contains("onlink")
-            )
-        })
-        .collect();
-    neighs.sort();
-    fdb.sort();
-    routes.sort();
-    Some((neighs, fdb, routes))
-}
-
-/// What DESIGN.md prescribes on `node` toward every other published node.
-fn expected_view(all: &BTreeMap<String, (String, String, String)>, node: &str) -> View {
-    let mut v: View = Default::default();
-    for (name, (cidr, mac, ip)) in all {
-        if name == node {
-            continue;
-        }
-        let gw = cidr.split('/').next().unwrap();
-        v.0.push(format!("{gw} {mac} PERMANENT"));
-        v.1.push(format!("{mac} {ip} permanent"));
-        v.2.push(format!("{cidr} via {gw} onlink=true"));
-    }
-    v.0.sort();
-    v.1.sort();
-    v.2.sort();
-    v
+    lab.vxlan_view(node)
 }
 
 fn pods(lab: &Lab) -> Vec<Pod> {
@@ -153,7 +78,7 @@ fn every_node_holds_exactly_flannels_triples_and_pods_ping_across_nodes() {
         let env =
             std::fs::read_to_string(lab.node(node).unwrap().host_path("/run/flannel/subnet.env"))
                 .unwrap();
-        let cidr = &all[node].0;
+        let cidr = &all[node].pod_cidr;
         let first = cidr.replace(".0/", ".1/");
         assert_eq!(
             env,
@@ -296,7 +221,11 @@ fn entries_changed_by_hand_and_a_deleted_device_are_repaired_at_once() {
     // Entries removed or altered by hand come back at once (no polling: the
     // resync interval is minutes).
     let all = published(&lab);
-    let (cidr, mac, ip) = &all["node-2"];
+    let Published {
+        pod_cidr: cidr,
+        vtep_mac: mac,
+        public_ip: ip,
+    } = &all["node-2"];
     let gw = cidr.split('/').next().unwrap();
     for script in [
         format!("ip route del {cidr} dev flannel.1"),
@@ -330,7 +259,7 @@ fn entries_changed_by_hand_and_a_deleted_device_are_repaired_at_once() {
 fn weftd_killed_and_restarted_during_a_10ms_ping_loses_nothing_after_the_restart() {
     let mut lab = lab("restart", 2);
     let pods = pods(&lab);
-    let mac_before = published(&lab)["node-1"].1.clone();
+    let mac_before = published(&lab)["node-1"].vtep_mac.clone();
     let (sent, got) = lab
         .crash_and_restart_under_ping("node-1", &pods[0], &pods[1])
         .unwrap();
@@ -341,7 +270,7 @@ fn weftd_killed_and_restarted_during_a_10ms_ping_loses_nothing_after_the_restart
     assert!(sent2 > 100, "{sent2} pings sent");
     assert_eq!(sent2, got2, "no loss after the restart completed");
     assert_eq!(
-        published(&lab)["node-1"].1,
+        published(&lab)["node-1"].vtep_mac,
         mac_before,
         "the VTEP MAC survives the restart"
     );

@@ -1,0 +1,256 @@
+//! Is a VXLAN lab converged? What the API publishes (every Node's podCIDR,
+//! VtepMAC and public IP) says what each node's kernel must hold, by
+//! DESIGN.md's rules and independently of weftd's own code: per other node a
+//! neighbour, an FDB entry and an onlink route on `flannel.1`; the device
+//! with VNI 1, port 8472 and the published MAC; the allow-list set holding
+//! exactly the other nodes' public IPs; subnet.env naming the node's
+//! subnet; weftd ready. [`Lab::drift`] lists every
+//! difference; an empty list is the converged state.
+//!
+//! Every read that fails is a difference, never an empty list: "nothing
+//! there" and "could not look" must not be confused.
+
+use std::collections::BTreeMap;
+
+use crate::{Lab, LabError, cluster};
+
+/// The annotation prefix the lab's weftd publishes under (flannel's).
+pub const PREFIX: &str = "flannel.alpha.coreos.com";
+
+/// One Node as published in the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub pod_cidr: String,
+    pub vtep_mac: String,
+    pub public_ip: String,
+}
+
+/// `flannel.1`'s neighbours, FDB entries and routes, each a sorted list of
+/// lines (`<ip> <mac> PERMANENT`, `<mac> <dst> permanent`, `<cidr> via
+/// <gw> onlink=true`).
+pub type View = (Vec<String>, Vec<String>, Vec<String>);
+
+impl Lab {
+    /// Every Node with weft's annotations: its podCIDR, VtepMAC and public
+    /// IP, by name.
+    pub fn published(&self) -> Result<BTreeMap<String, Published>, LabError> {
+        let admin = self.admin_kubeconfig();
+        let nodes = self
+            .block_on(|| async {
+                let client = cluster::client(&admin).await?;
+                cluster::list_nodes(&client).await
+            })?
+            .map_err(LabError::from)?;
+        Ok(nodes
+            .into_iter()
+            .filter_map(|n| {
+                let ann = n.metadata.annotations.clone().unwrap_or_default();
+                let data: serde_json::Value =
+                    serde_json::from_str(ann.get(&format!("{PREFIX}/backend-data"))?).ok()?;
+                Some((
+                    n.metadata.name.clone()?,
+                    Published {
+                        pod_cidr: n.spec?.pod_cidr?,
+                        vtep_mac: data["VtepMAC"].as_str()?.to_string(),
+                        public_ip: ann.get(&format!("{PREFIX}/public-ip"))?.clone(),
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    /// What `node`'s kernel holds on `flannel.1`; `None` when it cannot be
+    /// read (no device, `ip` failing, output that is not JSON).
+    pub fn vxlan_view(&self, node: &str) -> Option<View> {
+        let s = |v: &serde_json::Value| v.as_str().unwrap_or("?").to_string();
+        let mut neighs: Vec<String> = self
+            .json_on(
+                node,
+                &["ip", "-j", "-4", "neigh", "show", "dev", "flannel.1"],
+            )?
+            .as_array()?
+            .iter()
+            .map(|n| format!("{} {} {}", s(&n["dst"]), s(&n["lladdr"]), s(&n["state"][0])))
+            .collect();
+        let mut fdb: Vec<String> = self
+            .json_on(node, &["bridge", "-j", "fdb", "show", "dev", "flannel.1"])?
+            .as_array()?
+            .iter()
+            .filter(|f| f["dst"].is_string())
+            .map(|f| format!("{} {} {}", s(&f["mac"]), s(&f["dst"]), s(&f["state"])))
+            .collect();
+        let mut routes: Vec<String> = self
+            .json_on(
+                node,
+                &["ip", "-j", "-4", "route", "show", "dev", "flannel.1"],
+            )?
+            .as_array()?
+            .iter()
+            .filter(|r| r["protocol"].as_str() != Some("kernel"))
+            .map(|r| {
+                format!(
+                    "{} via {} onlink={}",
+                    s(&r["dst"]),
+                    s(&r["gateway"]),
+                    r["flags"].to_string().contains("onlink")
+                )
+            })
+            .collect();
+        neighs.sort();
+        fdb.sort();
+        routes.sort();
+        Some((neighs, fdb, routes))
+    }
+
+    /// `args`' JSON output on `node`; `None` when the command fails or
+    /// prints something else.
+    fn json_on(&self, node: &str, args: &[&str]) -> Option<serde_json::Value> {
+        let o = self.exec(node, args).ok()?;
+        if !o.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&o.stdout).ok()
+    }
+
+    /// Every way `node`'s kernel differs from what `all` (the published
+    /// Nodes) prescribes for it; empty when converged.
+    pub fn drift(&self, all: &BTreeMap<String, Published>, node: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let Some(me) = all.get(node) else {
+            return vec![format!("{node}: its Node carries no weft annotations")];
+        };
+        match self.vxlan_view(node) {
+            None => out.push(format!("{node}: flannel.1 cannot be read")),
+            Some(have) => {
+                let want = expected_view(all, node);
+                for (what, have, want) in [
+                    ("neighbour", have.0, want.0),
+                    ("FDB entry", have.1, want.1),
+                    ("route", have.2, want.2),
+                ] {
+                    diff(&mut out, node, what, &have, &want);
+                }
+            }
+        }
+        match self.json_on(node, &["ip", "-j", "-d", "link", "show", "flannel.1"]) {
+            None => out.push(format!("{node}: flannel.1's attributes cannot be read")),
+            Some(links) => {
+                let l = links.get(0).cloned().unwrap_or_default();
+                let data = &l["linkinfo"]["info_data"];
+                let have = format!(
+                    "mac {} vni {} port {} {}",
+                    l["address"].as_str().unwrap_or("?"),
+                    data["id"],
+                    data["port"],
+                    if l["flags"].to_string().contains("\"UP\"") {
+                        "up"
+                    } else {
+                        "down"
+                    }
+                );
+                let want = format!("mac {} vni 1 port 8472 up", me.vtep_mac);
+                if have != want {
+                    out.push(format!("{node}: flannel.1 is {have}, not {want}"));
+                }
+            }
+        }
+        let set = ["nft", "-j", "list", "set", "inet", "weft", "vxlan_peers_v4"];
+        match self.json_on(node, &set) {
+            None => out.push(format!(
+                "{node}: nftables set inet weft vxlan_peers_v4 cannot be read"
+            )),
+            Some(v) => {
+                let mut have: Vec<String> = v["nftables"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|o| o["set"]["elem"].as_array())
+                    .flatten()
+                    .filter_map(|e| e.as_str().map(str::to_string))
+                    .collect();
+                have.sort();
+                let mut want: Vec<String> = all
+                    .iter()
+                    .filter(|(n, _)| n.as_str() != node)
+                    .map(|(_, p)| p.public_ip.clone())
+                    .collect();
+                want.sort();
+                diff(&mut out, node, "allow-list element", &have, &want);
+            }
+        }
+        // subnet.env: the node's subnet as flannel writes it (the gateway,
+        // first address of the podCIDR, with its length).
+        let want = me
+            .pod_cidr
+            .parse::<ipnetwork::Ipv4Network>()
+            .ok()
+            .and_then(|c| {
+                c.nth(1)
+                    .map(|gw| format!("FLANNEL_SUBNET={gw}/{}", c.prefix()))
+            });
+        match self.exec(node, &["cat", "/run/flannel/subnet.env"]) {
+            Ok(o) if o.status.success() => {
+                let text = String::from_utf8_lossy(&o.stdout);
+                let have = text.lines().find(|l| l.starts_with("FLANNEL_SUBNET="));
+                if want.is_none() || have != want.as_deref() {
+                    out.push(format!(
+                        "{node}: subnet.env says {}, not {}",
+                        have.unwrap_or("no FLANNEL_SUBNET"),
+                        want.as_deref().unwrap_or("(podCIDR unreadable)")
+                    ));
+                }
+            }
+            _ => out.push(format!("{node}: /run/flannel/subnet.env cannot be read")),
+        }
+        out
+    }
+
+    /// [`Lab::drift`] on every node of the lab, against the API's view read
+    /// once, and every weftd ready; the API being unreachable is a
+    /// difference too.
+    pub fn drift_all(&self) -> Vec<String> {
+        let mut out: Vec<String> = match self.published() {
+            Err(e) => vec![format!("the API cannot be read: {e}")],
+            Ok(all) => self
+                .state
+                .nodes
+                .iter()
+                .flat_map(|n| self.drift(&all, &n.name))
+                .collect(),
+        };
+        for n in &self.state.nodes {
+            if !self.weftd_ready(&n.name).unwrap_or(false) {
+                out.push(format!("{}: weftd is not ready", n.name));
+            }
+        }
+        out
+    }
+}
+
+fn diff(out: &mut Vec<String>, node: &str, what: &str, have: &[String], want: &[String]) {
+    for w in want.iter().filter(|w| !have.contains(w)) {
+        out.push(format!("{node}: missing {what} {w}"));
+    }
+    for h in have.iter().filter(|h| !want.contains(h)) {
+        out.push(format!("{node}: stale {what} {h}"));
+    }
+}
+
+/// What DESIGN.md prescribes on `node`'s `flannel.1` toward every other
+/// published node.
+pub fn expected_view(all: &BTreeMap<String, Published>, node: &str) -> View {
+    let mut v: View = Default::default();
+    for (name, p) in all {
+        if name == node {
+            continue;
+        }
+        let gw = p.pod_cidr.split('/').next().unwrap_or("?");
+        v.0.push(format!("{gw} {} PERMANENT", p.vtep_mac));
+        v.1.push(format!("{} {} permanent", p.vtep_mac, p.public_ip));
+        v.2.push(format!("{} via {gw} onlink=true", p.pod_cidr));
+    }
+    v.0.sort();
+    v.1.sort();
+    v.2.sort();
+    v
+}

@@ -1,0 +1,428 @@
+//! The fault matrix: faults injected one after another into a running VXLAN
+//! lab whose pods ping each other across nodes (100 packets/s per pair),
+//! each judged on three things: recovered (every node's kernel equals what
+//! the API prescribes, [`Lab::drift_all`]), the time it took, and the pod
+//! packets lost.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::pods::Pod;
+use crate::probe::{Loss, Pinger};
+use crate::{Lab, LabConfig, LabError};
+
+/// The faults, in the order the matrix runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// kube-apiserver stopped, then started.
+    ApiserverDown,
+    /// One node cut off from the API server while a node joins and one
+    /// leaves, then healed.
+    Partition,
+    /// weftd's ClusterRoleBinding deleted, then restored.
+    RbacRevoked,
+    /// weftd SIGKILLed and started again.
+    WeftdKilled,
+    /// A second weftd started on a node beside the running one.
+    TwoWeftd,
+    /// The underlay link down, then up.
+    UnderlayDown,
+    /// flannel.1's MAC changed by hand.
+    VtepMac,
+    /// flannel.1 recreated by hand with another VNI.
+    Vni,
+    /// `nft flush ruleset`.
+    RulesFlushed,
+    /// `/run/flannel/subnet.env` deleted.
+    SubnetEnvDeleted,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 10] = [
+        Fault::ApiserverDown,
+        Fault::Partition,
+        Fault::RbacRevoked,
+        Fault::WeftdKilled,
+        Fault::TwoWeftd,
+        Fault::UnderlayDown,
+        Fault::VtepMac,
+        Fault::Vni,
+        Fault::RulesFlushed,
+        Fault::SubnetEnvDeleted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::ApiserverDown => "apiserver-down",
+            Fault::Partition => "partition",
+            Fault::RbacRevoked => "rbac-revoked",
+            Fault::WeftdKilled => "weftd-killed",
+            Fault::TwoWeftd => "two-weftd",
+            Fault::UnderlayDown => "underlay-down",
+            Fault::VtepMac => "vtep-mac",
+            Fault::Vni => "vni",
+            Fault::RulesFlushed => "rules-flushed",
+            Fault::SubnetEnvDeleted => "subnet-env-deleted",
+        }
+    }
+
+    /// The fault as injected, with its durations.
+    pub fn describe(self, d: &Durations) -> String {
+        let (outage, rbac, link) = (d.outage.as_secs(), d.rbac.as_secs(), d.link.as_secs());
+        match self {
+            Fault::ApiserverDown => format!("kube-apiserver stopped {outage} s, then started"),
+            Fault::Partition => format!(
+                "a node cut off from the API server {outage} s while a node joins and one leaves"
+            ),
+            Fault::RbacRevoked => format!("weftd's ClusterRoleBinding deleted for {rbac} s"),
+            Fault::WeftdKilled => "weftd SIGKILLed, started again".into(),
+            Fault::TwoWeftd => "a second weftd started beside the running one".into(),
+            Fault::UnderlayDown => format!("the underlay link down {link} s, then up"),
+            Fault::VtepMac => "flannel.1's MAC changed by hand".into(),
+            Fault::Vni => "flannel.1 recreated by hand with VNI 2".into(),
+            Fault::RulesFlushed => "`nft flush ruleset`".into(),
+            Fault::SubnetEnvDeleted => "/run/flannel/subnet.env deleted".into(),
+        }
+    }
+
+    /// Whether the fault leaves the data plane alone, so that no pod packet
+    /// may be lost.
+    pub fn data_plane_untouched(self) -> bool {
+        !matches!(self, Fault::UnderlayDown | Fault::VtepMac | Fault::Vni)
+    }
+}
+
+/// How long the lasting faults last.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Durations {
+    #[serde(serialize_with = "secs")]
+    pub outage: Duration,
+    #[serde(serialize_with = "secs")]
+    pub rbac: Duration,
+    #[serde(serialize_with = "secs")]
+    pub link: Duration,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+impl Durations {
+    /// The figures: a 60 s outage or partition, RBAC gone 30 s,
+    /// the link down 10 s.
+    pub const FULL: Durations = Durations {
+        outage: Duration::from_secs(60),
+        rbac: Duration::from_secs(30),
+        link: Duration::from_secs(10),
+    };
+    /// Short enough for CI.
+    pub const QUICK: Durations = Durations {
+        outage: Duration::from_secs(10),
+        rbac: Duration::from_secs(8),
+        link: Duration::from_secs(3),
+    };
+}
+
+/// One row of the matrix.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub fault: Fault,
+    pub injected: String,
+    /// Every node's kernel equal to the desired state again.
+    pub recovered: bool,
+    /// From the end of the fault (or its injection, for a fault weftd
+    /// must undo itself) to the first converged read.
+    pub recover_seconds: Option<f64>,
+    /// Then a node joins (and is ready) and one leaves: from the leave to
+    /// every node holding the new set. weftd follows the API again.
+    pub follow_seconds: Option<f64>,
+    pub packets: Loss,
+    /// The differences still there when the wait gave up.
+    pub drift: Vec<String>,
+    /// What else was seen (which weftd won, what weftd logged).
+    pub notes: Vec<String>,
+}
+
+impl Row {
+    /// Recovered, and no packet lost where the data plane was not touched.
+    pub fn passed(&self) -> bool {
+        self.recovered && (!self.fault.data_plane_untouched() || self.packets.lost == 0)
+    }
+}
+
+/// How long recovery is waited for.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
+
+/// The matrix's lab: three nodes with a pod each, pinging round the ring,
+/// and a spare node without pods for the churn.
+pub struct Matrix {
+    pub lab: Lab,
+    pods: Vec<Pod>,
+    spare: String,
+}
+
+impl Matrix {
+    pub fn up(name: &str) -> Result<Matrix, LabError> {
+        let mut lab = Lab::up(&LabConfig::with_weftd(name, 3))?;
+        let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
+        let pods = nodes
+            .iter()
+            .map(|n| lab.add_plain_pod(n, &format!("pod-{n}"), 2))
+            .collect::<Result<Vec<_>, _>>()?;
+        let spare = lab.join_node()?.name;
+        Ok(Matrix { lab, pods, spare })
+    }
+
+    /// The node most faults hit: the second pod's.
+    fn target(&self) -> String {
+        self.pods[1].node.clone()
+    }
+
+    /// Runs one fault and judges it.
+    pub fn run(&mut self, fault: Fault, d: &Durations) -> Result<Row, LabError> {
+        let mut notes = Vec::new();
+        // A converged start, or the row says what was off before.
+        if let Err(drift) = self.converge(Duration::from_secs(30)) {
+            return Ok(Row {
+                fault,
+                injected: fault.describe(d),
+                recovered: false,
+                recover_seconds: None,
+                follow_seconds: None,
+                packets: Loss::default(),
+                drift: drift
+                    .into_iter()
+                    .map(|l| format!("before the fault: {l}"))
+                    .collect(),
+                notes,
+            });
+        }
+        let pingers = (0..self.pods.len())
+            .map(|i| {
+                let to = &self.pods[(i + 1) % self.pods.len()];
+                Pinger::start(&self.lab, &self.pods[i], to)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let target = self.target();
+        let log = self.lab.node(&target)?.dir.join("logs/weftd.log");
+        let logged = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(500));
+        let judged = self
+            .inject(fault, d, &mut notes)
+            .map(|healed| (healed, self.converge(RECOVERY_LIMIT)));
+        // Pings go on a second after recovery: the data plane carries again.
+        std::thread::sleep(Duration::from_secs(1));
+        let packets = Loss::total(&pingers.into_iter().map(Pinger::stop).collect::<Vec<_>>());
+        let (mut recovered, recover_seconds, mut drift) = match judged {
+            Ok((healed, Ok(at))) => (
+                true,
+                Some(at.saturating_duration_since(healed).as_secs_f64()),
+                Vec::new(),
+            ),
+            Ok((_, Err(drift))) => (false, None, drift),
+            Err(e) => {
+                notes.push(format!("injecting the fault failed: {e}"));
+                (false, None, Vec::new())
+            }
+        };
+        notes.extend(complaints(&target, &log, logged));
+        // Recovered means following the API again too: a node joins, the
+        // spare leaves, and every node must follow.
+        let mut follow_seconds = None;
+        if recovered {
+            let joined = self.lab.join_node()?.name;
+            self.lab.remove_node(&self.spare)?;
+            self.spare = joined;
+            let t0 = Instant::now();
+            match self.converge(RECOVERY_LIMIT) {
+                Ok(at) => follow_seconds = Some(at.saturating_duration_since(t0).as_secs_f64()),
+                Err(d) => {
+                    recovered = false;
+                    drift = d
+                        .into_iter()
+                        .map(|l| format!("after a node joined and one left: {l}"))
+                        .collect();
+                }
+            }
+        }
+        Ok(Row {
+            fault,
+            injected: fault.describe(d),
+            recovered,
+            recover_seconds,
+            follow_seconds,
+            packets,
+            drift,
+            notes,
+        })
+    }
+
+    /// Polls the judgement until nothing differs; the moment of the first
+    /// converged read, or the differences at the limit.
+    fn converge(&self, limit: Duration) -> Result<Instant, Vec<String>> {
+        let t0 = Instant::now();
+        loop {
+            let drift = self.lab.drift_all();
+            if drift.is_empty() {
+                return Ok(Instant::now());
+            }
+            if t0.elapsed() > limit {
+                return Err(drift);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Injects `fault`; returns once the fault is over (the moment it
+    /// ended, from which recovery is timed).
+    fn inject(
+        &mut self,
+        fault: Fault,
+        d: &Durations,
+        notes: &mut Vec<String>,
+    ) -> Result<Instant, LabError> {
+        let node = self.target();
+        let lab = &mut self.lab;
+        match fault {
+            Fault::ApiserverDown => {
+                lab.stop_apiserver();
+                std::thread::sleep(d.outage);
+                lab.start_apiserver()?;
+            }
+            Fault::Partition => {
+                lab.partition_from_apiserver(&node, true)?;
+                let t0 = Instant::now();
+                let joined = lab.join_node()?.name;
+                lab.remove_node(&self.spare)?;
+                notes.push(format!(
+                    "{joined} joined and {} left while {node} was cut off",
+                    self.spare
+                ));
+                self.spare = joined.clone();
+                std::thread::sleep(d.outage.saturating_sub(t0.elapsed()));
+                // The cut is real: the node has not heard of the joined one.
+                let all = lab.published()?;
+                let cidr = all.get(&joined).map(|p| p.pod_cidr.clone());
+                let unheard = lab.drift(&all, &node).iter().any(|l| {
+                    cidr.as_ref()
+                        .is_some_and(|c| l.contains(&format!("missing route {c}")))
+                });
+                notes.push(format!(
+                    "before healing, {node} {} {joined}",
+                    if unheard {
+                        "had no route to"
+                    } else {
+                        "already had a route to"
+                    }
+                ));
+                lab.partition_from_apiserver(&node, false)?;
+            }
+            Fault::RbacRevoked => {
+                // A running watch was authorized when it began: weftd meets
+                // the refusals when it starts, as after a node reboot.
+                lab.revoke_rbac(true)?;
+                let t0 = Instant::now();
+                lab.kill_agent(&node)?;
+                lab.start_weftd(&node)?;
+                std::thread::sleep(d.rbac.saturating_sub(t0.elapsed()));
+                lab.revoke_rbac(false)?;
+            }
+            Fault::WeftdKilled => {
+                lab.kill_agent(&node)?;
+                lab.start_weftd(&node)?;
+            }
+            Fault::TwoWeftd => {
+                let second = lab.start_second_weftd(&node)?;
+                std::thread::sleep(Duration::from_secs(3));
+                let first = lab.node(&node)?.weftd_pid.unwrap_or(0);
+                let alive = |pid: u32| crate::procs::alive(pid as i32);
+                notes.push(format!(
+                    "after 3 s: first weftd {}, second {}; it said: {}",
+                    if alive(first) { "running" } else { "gone" },
+                    if alive(second) { "running" } else { "exited" },
+                    lab.second_weftd_said(&node).trim()
+                ));
+                crate::procs::terminate(&[second as i32], Duration::from_secs(5));
+            }
+            Fault::UnderlayDown => {
+                lab.set_underlay(&node, false)?;
+                std::thread::sleep(d.link);
+                lab.set_underlay(&node, true)?;
+            }
+            Fault::VtepMac => lab.set_vtep_mac(&node, "02:00:00:00:be:ef")?,
+            Fault::Vni => {
+                // weftd would recreate the deleted device before the hand
+                // could: the edit happens while it is frozen, as if busy.
+                lab.freeze_weftd(&node, true)?;
+                let edited = lab.recreate_vxlan(&node, 2);
+                lab.freeze_weftd(&node, false)?;
+                edited?;
+            }
+            Fault::RulesFlushed => lab.flush_rules(&node)?,
+            Fault::SubnetEnvDeleted => {
+                lab.run(&node, &["rm", "/run/flannel/subnet.env"])?;
+            }
+        }
+        Ok(Instant::now())
+    }
+}
+
+/// What weftd on `node` warned about or logged as an error since byte
+/// `from` of its log: how many lines, and the first few messages.
+fn complaints(node: &str, log: &std::path::Path, from: u64) -> Option<String> {
+    let bytes = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(bytes.get(from as usize..)?);
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    let mut firsts: Vec<&str> = Vec::new();
+    for l in &lines {
+        // Past the timestamp: level, target and message.
+        let m = l.split_once(' ').map_or(*l, |(_, m)| m).trim();
+        if !firsts.contains(&m) && firsts.len() < 2 {
+            firsts.push(m);
+        }
+    }
+    (!lines.is_empty()).then(|| {
+        format!(
+            "weftd on {node} logged {} warnings/errors, first: {}",
+            lines.len(),
+            firsts.join(" | ")
+        )
+    })
+}
+
+/// The rows as a table.
+pub fn table(rows: &[Row]) -> String {
+    let mut s = format!(
+        "{:<20} {:<9} {:>9} {:>8} {:>8} {:>6} {:>7}  {}\n",
+        "FAULT", "RECOVERED", "SECONDS", "FOLLOW s", "SENT", "LOST", "GAP ms", "RESULT"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:<20} {:<9} {:>9} {:>8} {:>8} {:>6} {:>7}  {}\n",
+            r.fault.name(),
+            if r.recovered { "yes" } else { "NO" },
+            r.recover_seconds
+                .map(|t| format!("{t:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            r.follow_seconds
+                .map(|t| format!("{t:.2}"))
+                .unwrap_or_else(|| "-".into()),
+            r.packets.sent,
+            r.packets.lost,
+            r.packets.longest_gap_ms,
+            if r.passed() { "pass" } else { "FAIL" }
+        ));
+        for n in &r.notes {
+            s.push_str(&format!("    note: {n}\n"));
+        }
+        for l in r.drift.iter().take(10) {
+            s.push_str(&format!("    drift: {l}\n"));
+        }
+    }
+    s
+}
