@@ -196,6 +196,7 @@ async fn client(opts: &Options) -> Result<Client, AgentError> {
     if let Some(url) = &opts.api_url {
         cfg.cluster_url = url.parse().map_err(|e| err(Box::new(e)))?;
     }
+    cfg.read_timeout = Some(crate::lease::kube::watch::READ_TIMEOUT);
     Client::try_from(cfg).map_err(|e| err(Box::new(e)))
 }
 

@@ -27,7 +27,7 @@ pub async fn wait_for_pod_cidr(api: &Api<SlimNode>, name: &str) -> SlimNode {
             Ok(Some(node)) if !node.pod_cidrs().is_empty() => return node,
             Ok(Some(_)) => ("its spec.podCIDR is not assigned yet (is kube-controller-manager running with --allocate-node-cidrs?)".to_string(), false),
             Ok(None) => ("it does not exist yet".to_string(), false),
-            Err(e) => (format!("the API server answered: {e}"), true),
+            Err(e) => (answer(&e), true),
         };
         let wait = if failed {
             backoff.next_wait()
@@ -50,6 +50,19 @@ pub async fn wait_for_pod_cidr(api: &Api<SlimNode>, name: &str) -> SlimNode {
             last_log = Some(Instant::now());
         }
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// What a failed request came back with, in one line: the API server's
+/// code, reason and message (kube's own text adds the whole Status), or
+/// why there was no answer.
+pub fn answer(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!(
+            "the API server answered {} {}: {}",
+            s.code, s.reason, s.message
+        ),
+        e => format!("no answer from the API server: {e}"),
     }
 }
 
