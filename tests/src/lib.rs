@@ -13,6 +13,7 @@ pub mod bench_dataplane;
 pub mod check;
 pub mod cluster;
 pub mod cmd;
+pub mod cni_faults;
 pub mod container;
 pub mod control_plane;
 pub mod faults;

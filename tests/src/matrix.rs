@@ -21,6 +21,9 @@ pub enum Fault {
     /// One node cut off from the API server while a node joins and one
     /// leaves, then healed.
     Partition,
+    /// Nodes change and etcd is compacted while one weftd is frozen and
+    /// the API server restarts: its watch comes back 410 Gone.
+    WatchExpired,
     /// weftd's ClusterRoleBinding deleted, then restored.
     RbacRevoked,
     /// weftd SIGKILLed and started again.
@@ -37,12 +40,16 @@ pub enum Fault {
     RulesFlushed,
     /// `/run/flannel/subnet.env` deleted.
     SubnetEnvDeleted,
+    /// 50 pods added and deleted at once through a delegate that fails one
+    /// call in five; then an ADD on a full `/var/lib/cni`.
+    CniChurn,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 10] = [
+    pub const ALL: [Fault; 12] = [
         Fault::ApiserverDown,
         Fault::Partition,
+        Fault::WatchExpired,
         Fault::RbacRevoked,
         Fault::WeftdKilled,
         Fault::TwoWeftd,
@@ -51,12 +58,14 @@ impl Fault {
         Fault::Vni,
         Fault::RulesFlushed,
         Fault::SubnetEnvDeleted,
+        Fault::CniChurn,
     ];
 
     pub fn name(self) -> &'static str {
         match self {
             Fault::ApiserverDown => "apiserver-down",
             Fault::Partition => "partition",
+            Fault::WatchExpired => "watch-expired",
             Fault::RbacRevoked => "rbac-revoked",
             Fault::WeftdKilled => "weftd-killed",
             Fault::TwoWeftd => "two-weftd",
@@ -65,6 +74,7 @@ impl Fault {
             Fault::Vni => "vni",
             Fault::RulesFlushed => "rules-flushed",
             Fault::SubnetEnvDeleted => "subnet-env-deleted",
+            Fault::CniChurn => "cni-churn",
         }
     }
 
@@ -76,6 +86,7 @@ impl Fault {
             Fault::Partition => format!(
                 "a node cut off from the API server {outage} s while a node joins and one leaves"
             ),
+            Fault::WatchExpired => "a node joins and one leaves, etcd is compacted and kube-apiserver restarted while a weftd is frozen".into(),
             Fault::RbacRevoked => format!("weftd's ClusterRoleBinding deleted for {rbac} s"),
             Fault::WeftdKilled => "weftd SIGKILLed, started again".into(),
             Fault::TwoWeftd => "a second weftd started beside the running one".into(),
@@ -84,6 +95,7 @@ impl Fault {
             Fault::Vni => "flannel.1 recreated by hand with VNI 2".into(),
             Fault::RulesFlushed => "`nft flush ruleset`".into(),
             Fault::SubnetEnvDeleted => "/run/flannel/subnet.env deleted".into(),
+            Fault::CniChurn => "50 concurrent pod ADD+DEL, the delegate failing one call in five; an ADD on a full /var/lib/cni".into(),
         }
     }
 
@@ -209,12 +221,31 @@ impl Matrix {
         let log = self.lab.node(&target)?.dir.join("logs/weftd.log");
         let logged = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         std::thread::sleep(Duration::from_millis(500));
+        let mut problems = Vec::new();
         let judged = self
-            .inject(fault, d, &mut notes)
+            .inject(fault, d, &mut notes, &mut problems)
             .map(|healed| (healed, self.converge(RECOVERY_LIMIT)));
         // Pings go on a second after recovery: the data plane carries again.
         std::thread::sleep(Duration::from_secs(1));
-        let packets = Loss::total(&pingers.into_iter().map(Pinger::stop).collect::<Vec<_>>());
+        let names: Vec<String> = pingers
+            .iter()
+            .map(|p| format!("{} -> {}", p.from, p.to))
+            .collect();
+        let each: Vec<Loss> = pingers.into_iter().map(Pinger::stop).collect();
+        let packets = Loss::total(&each);
+        if packets.lost > 0 {
+            let per: Vec<String> = names
+                .iter()
+                .zip(&each)
+                .map(|(n, l)| {
+                    format!(
+                        "{n}: {} of {} lost, {} ms",
+                        l.lost, l.sent, l.longest_gap_ms
+                    )
+                })
+                .collect();
+            notes.push(format!("per pair: {}", per.join("; ")));
+        }
         let (mut recovered, recover_seconds, mut drift) = match judged {
             Ok((healed, Ok(at))) => (
                 true,
@@ -228,6 +259,10 @@ impl Matrix {
             }
         };
         notes.extend(complaints(&target, &log, logged));
+        if !problems.is_empty() {
+            recovered = false;
+            drift.extend(problems);
+        }
         // Recovered means following the API again too: a node joins, the
         // spare leaves, and every node must follow.
         let mut follow_seconds = None;
@@ -282,6 +317,7 @@ impl Matrix {
         fault: Fault,
         d: &Durations,
         notes: &mut Vec<String>,
+        problems: &mut Vec<String>,
     ) -> Result<Instant, LabError> {
         let node = self.target();
         let lab = &mut self.lab;
@@ -318,6 +354,31 @@ impl Matrix {
                     }
                 ));
                 lab.partition_from_apiserver(&node, false)?;
+            }
+            Fault::WatchExpired => {
+                lab.freeze_weftd(&node, true)?;
+                let joined = lab.join_node()?.name;
+                lab.remove_node(&self.spare)?;
+                self.spare = joined;
+                lab.stop_apiserver();
+                // etcd moves on (other objects change) and is compacted: the
+                // frozen weftd's resourceVersion is gone for good.
+                for i in 0..3 {
+                    lab.etcdctl(&["put", "/weft-lab-fault/bump", &i.to_string()])?;
+                }
+                let status: serde_json::Value =
+                    serde_json::from_str(&lab.etcdctl(&["endpoint", "status", "-w", "json"])?)
+                        .map_err(|e| LabError::State {
+                            path: "etcdctl endpoint status".into(),
+                            source: std::io::Error::other(e),
+                        })?;
+                let revision = status[0]["Status"]["header"]["revision"]
+                    .as_i64()
+                    .unwrap_or(0);
+                lab.etcdctl(&["compact", &revision.to_string()])?;
+                lab.start_apiserver()?;
+                lab.freeze_weftd(&node, false)?;
+                notes.push(format!("etcd compacted at revision {revision}"));
             }
             Fault::RbacRevoked => {
                 // A running watch was authorized when it began: weftd meets
@@ -364,16 +425,18 @@ impl Matrix {
             Fault::SubnetEnvDeleted => {
                 lab.run(&node, &["rm", "/run/flannel/subnet.env"])?;
             }
+            Fault::CniChurn => crate::cni_faults::churn(lab, &node, notes, problems)?,
         }
         Ok(Instant::now())
     }
 }
 
 /// What weftd on `node` warned about or logged as an error since byte
-/// `from` of its log: how many lines, and the first few messages.
-fn complaints(node: &str, log: &std::path::Path, from: u64) -> Option<String> {
-    let bytes = std::fs::read(log).ok()?;
-    let text = String::from_utf8_lossy(bytes.get(from as usize..)?);
+/// `from` of its log (how many lines, and the first few messages), and how
+/// often it listed every Node again.
+fn complaints(node: &str, log: &std::path::Path, from: u64) -> Vec<String> {
+    let bytes = std::fs::read(log).unwrap_or_default();
+    let text = String::from_utf8_lossy(bytes.get(from as usize..).unwrap_or_default());
     let lines: Vec<&str> = text
         .lines()
         .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
@@ -386,13 +449,21 @@ fn complaints(node: &str, log: &std::path::Path, from: u64) -> Option<String> {
             firsts.push(m);
         }
     }
-    (!lines.is_empty()).then(|| {
-        format!(
+    let relists = text.matches("listing every Node again").count();
+    let mut said = Vec::new();
+    if relists > 0 {
+        said.push(format!(
+            "weftd on {node} listed every Node again {relists} time(s)"
+        ));
+    }
+    if !lines.is_empty() {
+        said.push(format!(
             "weftd on {node} logged {} warnings/errors, first: {}",
             lines.len(),
             firsts.join(" | ")
-        )
-    })
+        ));
+    }
+    said
 }
 
 /// The rows as a table.

@@ -44,7 +44,8 @@ fn subnet_env(lab: &Lab, node: &str) -> Result<(Ipv4Network, u32), LabError> {
 
 impl Lab {
     /// Adds pod `name` on `node` with host number `host` in the node's
-    /// subnet (2 and up; 1 is the bridge).
+    /// subnet (2 and up; 1 is the bridge). Its address is marked taken in
+    /// host-local's store, so that pods from the conflist never get it.
     pub fn add_plain_pod(&self, node: &str, name: &str, host: u8) -> Result<Pod, LabError> {
         let (gw_net, mtu) = subnet_env(self, node)?;
         let gw = gw_net.ip();
@@ -62,6 +63,9 @@ impl Lab {
             "set -eu
              if ! ip link show cni0 >/dev/null 2>&1; then
                ip link add cni0 type bridge
+               # As the bridge plugin does when it gives the bridge its
+               # address: the MAC set to itself, so it stays as ports churn.
+               ip link set cni0 address $(cat /sys/class/net/cni0/address)
                ip addr add {gw}/{prefix} dev cni0
                ip link set cni0 mtu {mtu} up
                sysctl -qw net.ipv4.ip_forward=1
@@ -72,7 +76,9 @@ impl Lab {
              ip -n {name} link set lo up
              ip -n {name} addr add {ip}/{prefix} dev eth0
              ip -n {name} link set eth0 up
-             ip -n {name} route add default via {gw}"
+             ip -n {name} route add default via {gw}
+             mkdir -p /var/lib/cni/networks/cbr0
+             echo {name} > /var/lib/cni/networks/cbr0/{ip}"
         );
         self.run(node, &["bash", "-c", &script])?;
         Ok(Pod {

@@ -197,6 +197,41 @@ impl Lab {
         save_state(&self.state)
     }
 
+    /// Tears a pod down as kubelet does until it succeeds: the conflist's
+    /// DEL in reverse (with the cached result, if any), again after a
+    /// failure, up to `attempts` times; then its namespace, if it is still
+    /// there. How many attempts it took. Works for a pod whose ADD failed
+    /// too (DEL must succeed whatever ADD left).
+    pub fn release_pod(&self, node: &str, pod: &str, attempts: u32) -> Result<u32, LabError> {
+        let list = self.conflist(node)?;
+        let net = list["name"].as_str().unwrap_or("cbr0").to_string();
+        let cache = self.cache_path(node, pod, &net)?;
+        let cached: Option<Value> = std::fs::read_to_string(&cache)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .map(|v| v["result"].clone());
+        let with_prev = version_at_least(list["cniVersion"].as_str().unwrap_or("0.3.1"), (0, 4));
+        let plugins = list["plugins"].as_array().cloned().unwrap_or_default();
+        let mut last = None;
+        for attempt in 1..=attempts.max(1) {
+            let failed = plugins.iter().rev().find_map(|p| {
+                let prev = if with_prev { cached.as_ref() } else { None };
+                self.run_plugin(node, pod, "DEL", &Self::plugin_conf(&list, p, prev))
+                    .err()
+            });
+            match failed {
+                None => {
+                    let _ = std::fs::remove_file(&cache);
+                    let _ = self.exec(node, &["ip", "netns", "del", pod]);
+                    return Ok(attempt);
+                }
+                Some(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err(last.unwrap_or_else(|| cni_err(pod, "no DEL attempted".into())))
+    }
+
     /// Deletes a pod without touching the lab's records (thread-safe); on a
     /// failed DEL the namespace and the cached result stay for a retry.
     pub fn destroy_pod(&self, node: &str, pod: &str) -> Result<(), LabError> {

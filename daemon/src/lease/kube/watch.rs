@@ -108,7 +108,14 @@ pub fn spawn(
                 match ev {
                     // The first list builds the index page by page; a relist
                     // (after 410 Gone) replaces it whole at the end.
-                    Ok(watcher::Event::Init) => listing = listed.then(Vec::new),
+                    Ok(watcher::Event::Init) => {
+                        if listed {
+                            tracing::info!(
+                                "listing every Node again (the watch's resourceVersion expired: 410 Gone)"
+                            );
+                        }
+                        listing = listed.then(Vec::new);
+                    }
                     Ok(watcher::Event::InitApply(n)) => {
                         let j = judge::judge(index.context(), &n.record(&names));
                         match listing.as_mut() {
