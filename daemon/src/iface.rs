@@ -55,6 +55,38 @@ pub struct ExtIface {
     pub ipv6: Option<IpAddr>,
 }
 
+impl ExtIface {
+    /// What differs in `now` from this choice (another interface, another
+    /// address, another MTU), in words; `None` when nothing does.
+    pub fn changed_to(&self, now: &ExtIface) -> Option<String> {
+        let show = |ip: &Option<IpAddr>| ip.map_or("none".to_string(), |ip| ip.to_string());
+        if now.index != self.index {
+            Some(format!("interface {} instead of {}", now.name, self.name))
+        } else if now.ipv4 != self.ipv4 {
+            Some(format!(
+                "{}'s IPv4 address is {}, was {}",
+                now.name,
+                show(&now.ipv4),
+                show(&self.ipv4)
+            ))
+        } else if now.ipv6 != self.ipv6 {
+            Some(format!(
+                "{}'s IPv6 address is {}, was {}",
+                now.name,
+                show(&now.ipv6),
+                show(&self.ipv6)
+            ))
+        } else if now.mtu != self.mtu {
+            Some(format!(
+                "{}'s MTU is {}, was {}",
+                now.name, now.mtu, self.mtu
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 fn global(a: &IpNetwork) -> bool {
     match a.ip() {
         IpAddr::V4(v) => !v.is_loopback() && !v.is_link_local(),

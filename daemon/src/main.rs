@@ -188,10 +188,13 @@ enum LogFormat {
 }
 
 fn init_logging(format: LogFormat, default_level: &str) {
-    // kube's client logs an ERROR per failed connection attempt; weftd
-    // says itself when the API is lost and when it is back.
+    // kube's client logs an ERROR per failed connection attempt (weftd
+    // says itself when the API is lost and when it is back); netlink's
+    // warns about messages for a subscription weftd closed.
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEFTD_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default_level},kube_client=off"))
+        tracing_subscriber::EnvFilter::new(format!(
+            "{default_level},kube_client=off,netlink_proto=error"
+        ))
     });
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -3,6 +3,7 @@
 //! freeze an agent (stopping the API server is [`Lab::stop_apiserver`]). Each acts inside the lab's own
 //! namespaces only.
 
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -148,6 +149,60 @@ impl Lab {
             self.run(node, &["ip", "route", "replace", "default", "via", &gw])?;
         }
         Ok(())
+    }
+
+    /// Moves `node`'s underlay address to `new` (same prefix), as a DHCP
+    /// renewal or a renumbering would, and updates its Node's InternalIP
+    /// as kubelet would. The lab's record follows.
+    pub fn move_underlay_address(&mut self, node: &str, new: Ipv4Addr) -> Result<(), LabError> {
+        let old = self.node(node)?.underlay_ip;
+        let len = self.state.underlay.prefix();
+        let gw = self.state.hub_ip;
+        self.by_hand(
+            node,
+            &format!(
+                "set -e; ip addr del {old}/{len} dev eth0; ip addr add {new}/{len} dev eth0; ip route replace default via {gw}"
+            ),
+        )?;
+        let patch = serde_json::json!({"status": {"addresses": [
+            {"type": "InternalIP", "address": new.to_string()},
+            {"type": "Hostname", "address": node},
+        ]}});
+        let out = self
+            .kubectl()
+            .args([
+                "patch",
+                "node",
+                node,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+            ])
+            .arg(patch.to_string())
+            .output()
+            .map_err(|source| LabError::State {
+                path: "kubectl patch".into(),
+                source,
+            })?;
+        if !out.status.success() {
+            return Err(LabError::State {
+                path: format!("kubectl patch node {node} --subresource=status").into(),
+                source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
+            });
+        }
+        if let Some(n) = self.state.nodes.iter_mut().find(|n| n.name == node) {
+            n.underlay_ip = new;
+        }
+        crate::lab::save_state(&self.state)
+    }
+
+    /// `ip link set eth0 mtu <mtu>` on `node`.
+    pub fn set_underlay_mtu(&self, node: &str, mtu: u32) -> Result<(), LabError> {
+        self.run(
+            node,
+            &["ip", "link", "set", "eth0", "mtu", &mtu.to_string()],
+        )
+        .map(drop)
     }
 
     /// Cuts `node` off from the API server (its packets to the API

@@ -4,7 +4,9 @@
 //! neighbour, an FDB entry and an onlink route on `flannel.1`; the device
 //! with VNI 1, port 8472 and the published MAC; the allow-list set holding
 //! exactly the other nodes' public IPs; subnet.env naming the node's
-//! subnet; weftd ready. [`Lab::drift`] lists every
+//! subnet; the device's local address the published public IP, which the
+//! underlay holds, and its MTU (and subnet.env's) the underlay's less 50;
+//! weftd ready. [`Lab::drift`] lists every
 //! difference; an empty list is the converged state.
 //!
 //! Every read that fails is a difference, never an empty list: "nothing
@@ -132,23 +134,48 @@ impl Lab {
                 }
             }
         }
+        // The underlay: its MTU and addresses, which the device, subnet.env
+        // and the published public IP must agree with.
+        let eth0 = self.json_on(node, &["ip", "-j", "-4", "addr", "show", "eth0"]);
+        let eth0 = eth0.as_ref().and_then(|v| v.get(0));
+        let underlay_mtu = eth0.and_then(|l| l["mtu"].as_u64());
+        let underlay_ips: Vec<String> = eth0
+            .and_then(|l| l["addr_info"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a["local"].as_str().map(str::to_string))
+            .collect();
+        if !underlay_ips.contains(&me.public_ip) {
+            out.push(format!(
+                "{node}: publishes public IP {}, its underlay holds {underlay_ips:?}",
+                me.public_ip
+            ));
+        }
+        let want_mtu = underlay_mtu.map(|m| m.saturating_sub(50));
         match self.json_on(node, &["ip", "-j", "-d", "link", "show", "flannel.1"]) {
             None => out.push(format!("{node}: flannel.1's attributes cannot be read")),
             Some(links) => {
                 let l = links.get(0).cloned().unwrap_or_default();
                 let data = &l["linkinfo"]["info_data"];
                 let have = format!(
-                    "mac {} vni {} port {} {}",
+                    "mac {} vni {} port {} local {} mtu {} {}",
                     l["address"].as_str().unwrap_or("?"),
                     data["id"],
                     data["port"],
+                    data["local"].as_str().unwrap_or("?"),
+                    l["mtu"],
                     if l["flags"].to_string().contains("\"UP\"") {
                         "up"
                     } else {
                         "down"
                     }
                 );
-                let want = format!("mac {} vni 1 port 8472 up", me.vtep_mac);
+                let want = format!(
+                    "mac {} vni 1 port 8472 local {} mtu {} up",
+                    me.vtep_mac,
+                    me.public_ip,
+                    want_mtu.map_or("?".into(), |m| m.to_string())
+                );
                 if have != want {
                     out.push(format!("{node}: flannel.1 is {have}, not {want}"));
                 }
@@ -197,6 +224,15 @@ impl Lab {
                         "{node}: subnet.env says {}, not {}",
                         have.unwrap_or("no FLANNEL_SUBNET"),
                         want.as_deref().unwrap_or("(podCIDR unreadable)")
+                    ));
+                }
+                let mtu = want_mtu.map(|m| format!("FLANNEL_MTU={m}"));
+                let have = text.lines().find(|l| l.starts_with("FLANNEL_MTU="));
+                if mtu.is_none() || have != mtu.as_deref() {
+                    out.push(format!(
+                        "{node}: subnet.env says {}, not {}",
+                        have.unwrap_or("no FLANNEL_MTU"),
+                        mtu.as_deref().unwrap_or("(underlay MTU unreadable)")
                     ));
                 }
             }

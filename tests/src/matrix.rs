@@ -40,13 +40,17 @@ pub enum Fault {
     RulesFlushed,
     /// `/run/flannel/subnet.env` deleted.
     SubnetEnvDeleted,
+    /// The underlay's MTU lowered to 1400.
+    MtuLowered,
+    /// The underlay address changed (and the Node's InternalIP with it).
+    AddressChanged,
     /// 50 pods added and deleted at once through a delegate that fails one
     /// call in five; then an ADD on a full `/var/lib/cni`.
     CniChurn,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 12] = [
+    pub const ALL: [Fault; 14] = [
         Fault::ApiserverDown,
         Fault::Partition,
         Fault::WatchExpired,
@@ -58,6 +62,8 @@ impl Fault {
         Fault::Vni,
         Fault::RulesFlushed,
         Fault::SubnetEnvDeleted,
+        Fault::MtuLowered,
+        Fault::AddressChanged,
         Fault::CniChurn,
     ];
 
@@ -74,6 +80,8 @@ impl Fault {
             Fault::Vni => "vni",
             Fault::RulesFlushed => "rules-flushed",
             Fault::SubnetEnvDeleted => "subnet-env-deleted",
+            Fault::MtuLowered => "mtu-lowered",
+            Fault::AddressChanged => "address-changed",
             Fault::CniChurn => "cni-churn",
         }
     }
@@ -95,6 +103,8 @@ impl Fault {
             Fault::Vni => "flannel.1 recreated by hand with VNI 2".into(),
             Fault::RulesFlushed => "`nft flush ruleset`".into(),
             Fault::SubnetEnvDeleted => "/run/flannel/subnet.env deleted".into(),
+            Fault::MtuLowered => "the underlay MTU lowered from 1500 to 1400".into(),
+            Fault::AddressChanged => "the underlay address changed, the Node's InternalIP with it".into(),
             Fault::CniChurn => "50 concurrent pod ADD+DEL, the delegate failing one call in five; an ADD on a full /var/lib/cni".into(),
         }
     }
@@ -102,7 +112,10 @@ impl Fault {
     /// Whether the fault leaves the data plane alone, so that no pod packet
     /// may be lost.
     pub fn data_plane_untouched(self) -> bool {
-        !matches!(self, Fault::UnderlayDown | Fault::VtepMac | Fault::Vni)
+        !matches!(
+            self,
+            Fault::UnderlayDown | Fault::VtepMac | Fault::Vni | Fault::AddressChanged
+        )
     }
 }
 
@@ -424,6 +437,13 @@ impl Matrix {
             Fault::RulesFlushed => lab.flush_rules(&node)?,
             Fault::SubnetEnvDeleted => {
                 lab.run(&node, &["rm", "/run/flannel/subnet.env"])?;
+            }
+            Fault::MtuLowered => lab.set_underlay_mtu(&node, 1400)?,
+            Fault::AddressChanged => {
+                let old = lab.node(&node)?.underlay_ip;
+                let new = std::net::Ipv4Addr::from(u32::from(old) + 100);
+                lab.move_underlay_address(&node, new)?;
+                notes.push(format!("{node} moved from {old} to {new}"));
             }
             Fault::CniChurn => crate::cni_faults::churn(lab, &node, notes, problems)?,
         }

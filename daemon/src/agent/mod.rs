@@ -233,16 +233,43 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
         health::serve(addr, metrics.clone()).await?;
     }
     say_flannel_leftovers();
+    let nl = Kernel::connect()?;
+    let mut rules = Firewall::new;
+    let said = |why: String| {
+        tracing::warn!(%why, "the external interface changed; setting up again");
+    };
     match &opts.subnet_manager {
         SubnetManager::Kube => {
             let cfg = NetConfig::load(&opts.net_config_path)?;
             let names = Names::new(&opts.annotation_prefix).map_err(AgentError::Prefix)?;
-            let client = client(&opts).await?;
-            let node = node_name(&client, &opts.node).await?;
-            let api: Api<SlimNode> = Api::all(client);
-            let source = KubeSource::new(api, names, node);
-            let nl = Kernel::connect()?;
-            serve(&nl, &source, &cfg, &opts, &metrics, Firewall::new, shutdown).await
+            let mut node: Option<String> = None;
+            // Each turn connects afresh: after the external interface
+            // changed, a pooled connection may be bound to an address the
+            // node no longer has (its next request would hang until the
+            // read timeout).
+            loop {
+                let client = client(&opts).await?;
+                let name = match &node {
+                    Some(n) => n.clone(),
+                    None => node_name(&client, &opts.node).await?,
+                };
+                node = Some(name.clone());
+                let api: Api<SlimNode> = Api::all(client);
+                let source = KubeSource::new(api, names.clone(), name);
+                let turn = serve_once(
+                    &nl,
+                    &source,
+                    &cfg,
+                    &opts,
+                    &metrics,
+                    &mut rules,
+                    shutdown.as_mut(),
+                );
+                match turn.await? {
+                    None => return Ok(()),
+                    Some(why) => said(why),
+                }
+            }
         }
         SubnetManager::Etcd(eo) => {
             let mut backoff = Backoff::new();
@@ -266,9 +293,23 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
                 NodeRef::Name(n) => n.clone(),
                 NodeRef::Pod { name, .. } => name.clone(),
             };
+            // One source for the process: its lease renewer runs as long.
             let source = lease::etcd::EtcdSource::new(client, eo.clone(), &cfg, name)?;
-            let nl = Kernel::connect()?;
-            serve(&nl, &source, &cfg, &opts, &metrics, Firewall::new, shutdown).await
+            loop {
+                let turn = serve_once(
+                    &nl,
+                    &source,
+                    &cfg,
+                    &opts,
+                    &metrics,
+                    &mut rules,
+                    shutdown.as_mut(),
+                );
+                match turn.await? {
+                    None => return Ok(()),
+                    Some(why) => said(why),
+                }
+            }
         }
     }
 }
@@ -297,13 +338,18 @@ fn say_flannel_leftovers() {
 /// Everything after the connections, over the netlink port `nl` and the
 /// lease source: our lease, the external interface, the backend, what we
 /// publish, subnet.env, then the reconcile loop until `shutdown`.
+///
+/// When the external interface changes under it (its address, its MTU,
+/// another interface chosen), everything from the lease on is set up again
+/// from the new facts (flanneld keeps what it found at start until it is
+/// restarted): the data plane stays meanwhile and is corrected in place.
 pub async fn serve<N, L, R, E>(
     nl: &N,
     source: &L,
     cfg: &NetConfig,
     opts: &Options,
     metrics: &Arc<Metrics>,
-    rules: impl FnOnce(nft::RulesetInput) -> Result<R, E>,
+    mut rules: impl FnMut(nft::RulesetInput) -> Result<R, E>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), AgentError>
 where
@@ -313,11 +359,49 @@ where
     AgentError: From<E>,
 {
     let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let changed = serve_once(
+            nl,
+            source,
+            cfg,
+            opts,
+            metrics,
+            &mut rules,
+            shutdown.as_mut(),
+        );
+        match changed.await? {
+            None => return Ok(()),
+            Some(why) => tracing::warn!(%why, "the external interface changed; setting up again"),
+        }
+    }
+}
+
+/// How often the external interface is looked at again.
+const UNDERLAY_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// [`serve`] until shutdown (`None`) or until the external interface is no
+/// longer what it was at the start (`Some`: what changed).
+async fn serve_once<N, L, R, E>(
+    nl: &N,
+    source: &L,
+    cfg: &NetConfig,
+    opts: &Options,
+    metrics: &Arc<Metrics>,
+    rules: &mut impl FnMut(nft::RulesetInput) -> Result<R, E>,
+    mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Result<Option<String>, AgentError>
+where
+    N: Netlink + 'static,
+    L: LeaseSource,
+    R: driver::Rules,
+    AgentError: From<E>,
+{
     let own = tokio::select! {
         l = source.acquire() => l,
-        () = &mut shutdown => return Ok(()),
+        () = &mut shutdown => return Ok(None),
     };
-    let ext = iface::select(nl, &opts.iface, &own.internal_ips, cfg.ipv4.is_none()).await?;
+    let prefer_v6 = cfg.ipv4.is_none();
+    let ext = iface::select(nl, &opts.iface, &own.internal_ips, prefer_v6).await?;
     tracing::info!(iface = %ext.name, mtu = ext.mtu, "external interface chosen");
 
     // Per enabled family: the address we are reached at and the one we
@@ -372,7 +456,7 @@ where
     let mut own = own;
     let claimed = tokio::select! {
         c = source.claim(&claim) => c?,
-        () = &mut shutdown => return Ok(()),
+        () = &mut shutdown => return Ok(None),
     };
     if let Some(c) = claimed {
         tracing::info!(lease = %c.name, subnets = ?c.pod_cidrs, "lease claimed");
@@ -424,7 +508,7 @@ where
                 tracing::warn!(error = %chain(&e), "publishing our lease; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(backoff.next_wait()) => {}
-                    () = &mut shutdown => return Ok(()),
+                    () = &mut shutdown => return Ok(None),
                 }
             }
         }
@@ -460,7 +544,7 @@ where
         }),
         codec: backend.codec(),
     };
-    let mut rules = rules(nft::RulesetInput {
+    let mut rules = (*rules)(nft::RulesetInput {
         families: local
             .families
             .present()
@@ -520,10 +604,23 @@ where
             }
         }
     };
+    let underlay = async {
+        loop {
+            tokio::time::sleep(UNDERLAY_POLL).await;
+            // An interface that cannot be chosen now (its link down, say)
+            // is waited for: only a different choice is a change.
+            let Ok(now) = iface::select(nl, &opts.iface, &own.internal_ips, prefer_v6).await else {
+                continue;
+            };
+            if let Some(why) = local.ext.changed_to(&now) {
+                return why;
+            }
+        }
+    };
     tokio::select! {
-        () = driver::drive(nl, backend.as_mut(), &mut rules, metrics, inputs, shutdown) => {}
-        () = blackholes => {}
-        () = keep_env => {}
+        () = driver::drive(nl, backend.as_mut(), &mut rules, metrics, inputs, shutdown) => Ok(None),
+        () = blackholes => Ok(None),
+        () = keep_env => Ok(None),
+        why = underlay => Ok(Some(why)),
     }
-    Ok(())
 }

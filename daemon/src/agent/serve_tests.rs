@@ -316,3 +316,49 @@ async fn a_source_with_its_own_allocator_is_claimed_from_with_our_addresses() {
     served.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The underlay's MTU lowered under a running agent: the device and
+/// subnet.env follow (flanneld keeps its start-up MTU until restarted), and
+/// the peers stay programmed throughout.
+#[tokio::test(start_paused = true)]
+async fn a_changed_underlay_mtu_is_followed_by_the_device_and_subnet_env() {
+    use crate::netlink::Netlink;
+    let nl = Fake::new();
+    let eth0 = add_eth0(&nl).await;
+    let source = MemorySource::new(own_lease(PerFamily::default()));
+    source.set(lease(2));
+    let dir = std::env::temp_dir().join(format!("weftd-serve-mtu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let opts = options(&dir);
+    let cfg = vxlan_conf();
+    let metrics = Arc::new(Metrics::default());
+    let rules = FakeRules::default();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let serving = super::serve(
+        &nl,
+        &source,
+        &cfg,
+        &opts,
+        &metrics,
+        |_: nft::RulesetInput| Ok::<_, AgentError>(rules.clone()),
+        async {
+            let _ = stopped.await;
+        },
+    );
+    let device_mtu = || async { nl.link_by_name("flannel.1").await.unwrap().map(|l| l.mtu) };
+    let script = async {
+        settle().await;
+        let env = || std::fs::read_to_string(&opts.subnet_file).unwrap();
+        assert!(env().contains("FLANNEL_MTU=1450\n"), "{}", env());
+        assert_eq!(device_mtu().await, Some(1450));
+        nl.set_link(eth0, 1400, true).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(env().contains("FLANNEL_MTU=1350\n"), "{}", env());
+        assert_eq!(device_mtu().await, Some(1350));
+        assert!(holds(&nl, &[peer(2)]).await, "the peer stays");
+        let _ = stop.send(());
+    };
+    let (served, ()) = tokio::join!(serving, script);
+    served.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

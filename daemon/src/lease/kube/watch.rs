@@ -80,7 +80,16 @@ pub fn spawn(
             .timeout(WATCH_SECONDS);
         let stream = watcher(api, config).backoff(watch_backoff());
         let mut stream = std::pin::pin!(stream);
-        while let Some(first) = stream.next().await {
+        loop {
+            // Nobody listening any more (the agent set up again after an
+            // underlay change): stop watching.
+            let first = tokio::select! {
+                ev = stream.next() => match ev {
+                    Some(ev) => ev,
+                    None => break,
+                },
+                () = tx.closed() => return,
+            };
             let mut changed = false;
             let mut item = Some(first);
             // Take every event that is already here before deriving.
