@@ -57,19 +57,20 @@ pub struct ExtIface {
 
 impl ExtIface {
     /// What differs in `now` from this choice (another interface, another
-    /// address, another MTU), in words; `None` when nothing does.
-    pub fn changed_to(&self, now: &ExtIface) -> Option<String> {
+    /// address of a family in use, another MTU), in words; `None` when
+    /// nothing does.
+    pub fn changed_to(&self, now: &ExtIface, v4: bool, v6: bool) -> Option<String> {
         let show = |ip: &Option<IpAddr>| ip.map_or("none".to_string(), |ip| ip.to_string());
         if now.index != self.index {
             Some(format!("interface {} instead of {}", now.name, self.name))
-        } else if now.ipv4 != self.ipv4 {
+        } else if v4 && now.ipv4 != self.ipv4 {
             Some(format!(
                 "{}'s IPv4 address is {}, was {}",
                 now.name,
                 show(&now.ipv4),
                 show(&self.ipv4)
             ))
-        } else if now.ipv6 != self.ipv6 {
+        } else if v6 && now.ipv6 != self.ipv6 {
             Some(format!(
                 "{}'s IPv6 address is {}, was {}",
                 now.name,

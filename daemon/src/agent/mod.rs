@@ -612,7 +612,8 @@ where
             let Ok(now) = iface::select(nl, &opts.iface, &own.internal_ips, prefer_v6).await else {
                 continue;
             };
-            if let Some(why) = local.ext.changed_to(&now) {
+            let (v4, v6) = (cfg.ipv4.is_some(), cfg.ipv6.is_some());
+            if let Some(why) = local.ext.changed_to(&now, v4, v6) {
                 return why;
             }
         }
