@@ -28,6 +28,9 @@ pub enum Fault {
     RbacRevoked,
     /// weftd SIGKILLed and started again.
     WeftdKilled,
+    /// weftd SIGKILLed in the middle of its first list of many Nodes,
+    /// started again.
+    KilledMidList,
     /// A second weftd started on a node beside the running one.
     TwoWeftd,
     /// The underlay link down, then up.
@@ -50,12 +53,13 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 14] = [
+    pub const ALL: [Fault; 15] = [
         Fault::ApiserverDown,
         Fault::Partition,
         Fault::WatchExpired,
         Fault::RbacRevoked,
         Fault::WeftdKilled,
+        Fault::KilledMidList,
         Fault::TwoWeftd,
         Fault::UnderlayDown,
         Fault::VtepMac,
@@ -74,6 +78,7 @@ impl Fault {
             Fault::WatchExpired => "watch-expired",
             Fault::RbacRevoked => "rbac-revoked",
             Fault::WeftdKilled => "weftd-killed",
+            Fault::KilledMidList => "killed-mid-list",
             Fault::TwoWeftd => "two-weftd",
             Fault::UnderlayDown => "underlay-down",
             Fault::VtepMac => "vtep-mac",
@@ -97,6 +102,10 @@ impl Fault {
             Fault::WatchExpired => "a node joins and one leaves, etcd is compacted and kube-apiserver restarted while a weftd is frozen".into(),
             Fault::RbacRevoked => format!("weftd's ClusterRoleBinding deleted for {rbac} s"),
             Fault::WeftdKilled => "weftd SIGKILLed, started again".into(),
+            Fault::KilledMidList => format!(
+                "{} Nodes created while weftd is stopped; weftd started, SIGKILLed in its first list, started again",
+                d.nodes
+            ),
             Fault::TwoWeftd => "a second weftd started beside the running one".into(),
             Fault::UnderlayDown => format!("the underlay link down {link} s, then up"),
             Fault::VtepMac => "flannel.1's MAC changed by hand".into(),
@@ -128,6 +137,8 @@ pub struct Durations {
     pub rbac: Duration,
     #[serde(serialize_with = "secs")]
     pub link: Duration,
+    /// Nodes in the cluster for the kill in the middle of a list.
+    pub nodes: usize,
 }
 
 fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -136,17 +147,19 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 impl Durations {
     /// The issue's figures: a 60 s outage or partition, RBAC gone 30 s,
-    /// the link down 10 s.
+    /// the link down 10 s, 5000 Nodes.
     pub const FULL: Durations = Durations {
         outage: Duration::from_secs(60),
         rbac: Duration::from_secs(30),
         link: Duration::from_secs(10),
+        nodes: 5000,
     };
     /// Short enough for CI.
     pub const QUICK: Durations = Durations {
         outage: Duration::from_secs(10),
         rbac: Duration::from_secs(8),
         link: Duration::from_secs(3),
+        nodes: 1000,
     };
 }
 
@@ -177,6 +190,14 @@ impl Row {
     }
 }
 
+/// The matrix's net-conf.json: VXLAN over the bench's Network.
+fn net_conf() -> String {
+    format!(
+        r#"{{"Network":"{}","Backend":{{"Type":"vxlan"}}}}"#,
+        crate::bench::NETWORK
+    )
+}
+
 /// How long recovery is waited for.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 
@@ -192,12 +213,44 @@ impl Matrix {
     pub fn up(name: &str) -> Result<Matrix, LabError> {
         let mut lab = Lab::up(&LabConfig::with_weftd(name, 3))?;
         let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
+        // A Network wide enough for thousands of Nodes (flannel's default
+        // /16 holds 256), which the lab's podCIDRs lie in.
+        for n in &nodes {
+            lab.set_node(n, |s| s.net_conf = Some(net_conf()))?;
+            lab.restart_weftd(n, Duration::from_secs(30))?;
+        }
         let pods = nodes
             .iter()
             .map(|n| lab.add_plain_pod(n, &format!("pod-{n}"), 2))
             .collect::<Result<Vec<_>, _>>()?;
-        let spare = lab.join_node()?.name;
-        Ok(Matrix { lab, pods, spare })
+        let mut m = Matrix {
+            lab,
+            pods,
+            spare: String::new(),
+        };
+        m.spare = m.join()?;
+        Ok(m)
+    }
+
+    /// A node joins and the spare leaves; the joined one is the new spare.
+    /// (joined, left).
+    fn churn(&mut self) -> Result<(String, String), LabError> {
+        let joined = self.join()?;
+        let left = std::mem::replace(&mut self.spare, joined.clone());
+        self.lab.remove_node(&left)?;
+        Ok((joined, left))
+    }
+
+    /// A node joins with the matrix's Network: its Node, then its agent,
+    /// waited for until ready.
+    fn join(&mut self) -> Result<String, LabError> {
+        let name = self.lab.add_node(true)?.name;
+        self.lab
+            .set_node(&name, |s| s.net_conf = Some(net_conf()))?;
+        self.lab.start_weftd(&name)?;
+        self.lab
+            .wait_weftd_ready(&[&name], Duration::from_secs(30))?;
+        Ok(name)
     }
 
     /// The node most faults hit: the second pod's.
@@ -272,19 +325,24 @@ impl Matrix {
             }
         };
         notes.extend(complaints(&target, &log, logged));
-        if !problems.is_empty() {
-            recovered = false;
-            drift.extend(problems);
-        }
         // Recovered means following the API again too: a node joins, the
         // spare leaves, and every node must follow.
         let mut follow_seconds = None;
         if recovered {
-            let joined = self.lab.join_node()?.name;
-            self.lab.remove_node(&self.spare)?;
-            self.spare = joined;
+            self.churn()?;
             let t0 = Instant::now();
-            match self.converge(RECOVERY_LIMIT) {
+            let followed = self.converge(RECOVERY_LIMIT);
+            if fault == Fault::KilledMidList {
+                notes.push(self.peak_rss(&target));
+                crate::bench::fill::drain_api(&self.lab)?;
+                if let Err(d) = self.converge(RECOVERY_LIMIT) {
+                    problems.extend(
+                        d.into_iter()
+                            .map(|l| format!("after the synthetic Nodes left: {l}")),
+                    );
+                }
+            }
+            match followed {
                 Ok(at) => follow_seconds = Some(at.saturating_duration_since(t0).as_secs_f64()),
                 Err(d) => {
                     recovered = false;
@@ -294,6 +352,10 @@ impl Matrix {
                         .collect();
                 }
             }
+        }
+        if !problems.is_empty() {
+            recovered = false;
+            drift.extend(problems);
         }
         Ok(Row {
             fault,
@@ -305,6 +367,33 @@ impl Matrix {
             drift,
             notes,
         })
+    }
+
+    /// `node`'s weftd's peak resident memory (VmHWM), in words.
+    fn peak_rss(&self, node: &str) -> String {
+        let pid = self
+            .lab
+            .node(node)
+            .ok()
+            .and_then(|n| n.weftd_pid)
+            .unwrap_or(0);
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let kb: Option<u64> = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
+        match kb {
+            Some(kb) => format!(
+                "weftd on {node}: peak RSS {:.1} MiB with every Node programmed ({} build; the chart requests 50Mi and sets no limit)",
+                kb as f64 / 1024.0,
+                match crate::weftd::find_weftd() {
+                    Ok(p) if p.to_string_lossy().contains("/debug/") => "debug",
+                    Ok(_) => "release",
+                    Err(_) => "unknown",
+                }
+            ),
+            None => format!("weftd on {node}: peak RSS unreadable"),
+        }
     }
 
     /// Polls the judgement until nothing differs; the moment of the first
@@ -333,28 +422,24 @@ impl Matrix {
         problems: &mut Vec<String>,
     ) -> Result<Instant, LabError> {
         let node = self.target();
-        let lab = &mut self.lab;
         match fault {
             Fault::ApiserverDown => {
-                lab.stop_apiserver();
+                self.lab.stop_apiserver();
                 std::thread::sleep(d.outage);
-                lab.start_apiserver()?;
+                self.lab.start_apiserver()?;
             }
             Fault::Partition => {
-                lab.partition_from_apiserver(&node, true)?;
+                self.lab.partition_from_apiserver(&node, true)?;
                 let t0 = Instant::now();
-                let joined = lab.join_node()?.name;
-                lab.remove_node(&self.spare)?;
+                let (joined, left) = self.churn()?;
                 notes.push(format!(
-                    "{joined} joined and {} left while {node} was cut off",
-                    self.spare
+                    "{joined} joined and {left} left while {node} was cut off"
                 ));
-                self.spare = joined.clone();
                 std::thread::sleep(d.outage.saturating_sub(t0.elapsed()));
                 // The cut is real: the node has not heard of the joined one.
-                let all = lab.published()?;
+                let all = self.lab.published()?;
                 let cidr = all.get(&joined).map(|p| p.pod_cidr.clone());
-                let unheard = lab.drift(&all, &node).iter().any(|l| {
+                let unheard = self.lab.drift(&all, &node).iter().any(|l| {
                     cidr.as_ref()
                         .is_some_and(|c| l.contains(&format!("missing route {c}")))
                 });
@@ -366,21 +451,20 @@ impl Matrix {
                         "already had a route to"
                     }
                 ));
-                lab.partition_from_apiserver(&node, false)?;
+                self.lab.partition_from_apiserver(&node, false)?;
             }
             Fault::WatchExpired => {
-                lab.freeze_weftd(&node, true)?;
-                let joined = lab.join_node()?.name;
-                lab.remove_node(&self.spare)?;
-                self.spare = joined;
-                lab.stop_apiserver();
+                self.lab.freeze_weftd(&node, true)?;
+                self.churn()?;
+                self.lab.stop_apiserver();
                 // etcd moves on (other objects change) and is compacted: the
                 // frozen weftd's resourceVersion is gone for good.
                 for i in 0..3 {
-                    lab.etcdctl(&["put", "/weft-lab-fault/bump", &i.to_string()])?;
+                    self.lab
+                        .etcdctl(&["put", "/weft-lab-fault/bump", &i.to_string()])?;
                 }
                 let status: serde_json::Value =
-                    serde_json::from_str(&lab.etcdctl(&["endpoint", "status", "-w", "json"])?)
+                    serde_json::from_str(&self.lab.etcdctl(&["endpoint", "status", "-w", "json"])?)
                         .map_err(|e| LabError::State {
                             path: "etcdctl endpoint status".into(),
                             source: std::io::Error::other(e),
@@ -388,64 +472,94 @@ impl Matrix {
                 let revision = status[0]["Status"]["header"]["revision"]
                     .as_i64()
                     .unwrap_or(0);
-                lab.etcdctl(&["compact", &revision.to_string()])?;
-                lab.start_apiserver()?;
-                lab.freeze_weftd(&node, false)?;
+                self.lab.etcdctl(&["compact", &revision.to_string()])?;
+                self.lab.start_apiserver()?;
+                self.lab.freeze_weftd(&node, false)?;
                 notes.push(format!("etcd compacted at revision {revision}"));
             }
             Fault::RbacRevoked => {
                 // A running watch was authorized when it began: weftd meets
                 // the refusals when it starts, as after a node reboot.
-                lab.revoke_rbac(true)?;
+                self.lab.revoke_rbac(true)?;
                 let t0 = Instant::now();
-                lab.kill_agent(&node)?;
-                lab.start_weftd(&node)?;
+                self.lab.kill_agent(&node)?;
+                self.lab.start_weftd(&node)?;
                 std::thread::sleep(d.rbac.saturating_sub(t0.elapsed()));
-                lab.revoke_rbac(false)?;
+                self.lab.revoke_rbac(false)?;
             }
             Fault::WeftdKilled => {
-                lab.kill_agent(&node)?;
-                lab.start_weftd(&node)?;
+                self.lab.kill_agent(&node)?;
+                self.lab.start_weftd(&node)?;
+            }
+            Fault::KilledMidList => {
+                self.lab
+                    .stop_weftd(&node, nix::sys::signal::Signal::SIGTERM)?;
+                let t0 = Instant::now();
+                crate::bench::fill::fill_api(&self.lab, 0..d.nodes)?;
+                notes.push(format!(
+                    "{} Nodes created in {:.1} s",
+                    d.nodes,
+                    t0.elapsed().as_secs_f64()
+                ));
+                self.lab.start_weftd(&node)?;
+                // Killed once its first list has begun: a page seen.
+                let t0 = Instant::now();
+                let mut seen = 0.0;
+                while t0.elapsed() < Duration::from_secs(30) {
+                    match crate::probe::metric(&self.lab, &node, "weft_node_events_total") {
+                        Some(n) if n > 0.0 => {
+                            seen = n;
+                            break;
+                        }
+                        _ => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+                self.lab.kill_agent(&node)?;
+                notes.push(format!(
+                    "weftd on {node} SIGKILLed after {seen} Node events of its first list ({} Nodes)",
+                    self.lab.state.nodes.len() + d.nodes
+                ));
+                self.lab.start_weftd(&node)?;
             }
             Fault::TwoWeftd => {
-                let second = lab.start_second_weftd(&node)?;
+                let second = self.lab.start_second_weftd(&node)?;
                 std::thread::sleep(Duration::from_secs(3));
-                let first = lab.node(&node)?.weftd_pid.unwrap_or(0);
+                let first = self.lab.node(&node)?.weftd_pid.unwrap_or(0);
                 let alive = |pid: u32| crate::procs::alive(pid as i32);
                 notes.push(format!(
                     "after 3 s: first weftd {}, second {}; it said: {}",
                     if alive(first) { "running" } else { "gone" },
                     if alive(second) { "running" } else { "exited" },
-                    lab.second_weftd_said(&node).trim()
+                    self.lab.second_weftd_said(&node).trim()
                 ));
                 crate::procs::terminate(&[second as i32], Duration::from_secs(5));
             }
             Fault::UnderlayDown => {
-                lab.set_underlay(&node, false)?;
+                self.lab.set_underlay(&node, false)?;
                 std::thread::sleep(d.link);
-                lab.set_underlay(&node, true)?;
+                self.lab.set_underlay(&node, true)?;
             }
-            Fault::VtepMac => lab.set_vtep_mac(&node, "02:00:00:00:be:ef")?,
+            Fault::VtepMac => self.lab.set_vtep_mac(&node, "02:00:00:00:be:ef")?,
             Fault::Vni => {
                 // weftd would recreate the deleted device before the hand
                 // could: the edit happens while it is frozen, as if busy.
-                lab.freeze_weftd(&node, true)?;
-                let edited = lab.recreate_vxlan(&node, 2);
-                lab.freeze_weftd(&node, false)?;
+                self.lab.freeze_weftd(&node, true)?;
+                let edited = self.lab.recreate_vxlan(&node, 2);
+                self.lab.freeze_weftd(&node, false)?;
                 edited?;
             }
-            Fault::RulesFlushed => lab.flush_rules(&node)?,
+            Fault::RulesFlushed => self.lab.flush_rules(&node)?,
             Fault::SubnetEnvDeleted => {
-                lab.run(&node, &["rm", "/run/flannel/subnet.env"])?;
+                self.lab.run(&node, &["rm", "/run/flannel/subnet.env"])?;
             }
-            Fault::MtuLowered => lab.set_underlay_mtu(&node, 1400)?,
+            Fault::MtuLowered => self.lab.set_underlay_mtu(&node, 1400)?,
             Fault::AddressChanged => {
-                let old = lab.node(&node)?.underlay_ip;
+                let old = self.lab.node(&node)?.underlay_ip;
                 let new = std::net::Ipv4Addr::from(u32::from(old) + 100);
-                lab.move_underlay_address(&node, new)?;
+                self.lab.move_underlay_address(&node, new)?;
                 notes.push(format!("{node} moved from {old} to {new}"));
             }
-            Fault::CniChurn => crate::cni_faults::churn(lab, &node, notes, problems)?,
+            Fault::CniChurn => crate::cni_faults::churn(&self.lab, &node, notes, problems)?,
         }
         Ok(Instant::now())
     }

@@ -42,7 +42,7 @@ pub(super) fn realistic_node(i: usize) -> serde_json::Value {
             "name": name,
             "labels": {
                 "kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64",
-                "node.kubernetes.io/instance-type": "m5.large", "topology.kubernetes.io/zone": format!("zone-{}", i % 3),
+                "node.kubernetes.io/instance-type": "m5.large", "weft-lab/synthetic": "true", "topology.kubernetes.io/zone": format!("zone-{}", i % 3),
                 "topology.kubernetes.io/region": "region-1",
             },
             "annotations": {
@@ -74,8 +74,26 @@ pub(super) fn realistic_node(i: usize) -> serde_json::Value {
     })
 }
 
+/// Deletes every Node [`fill_api`] created, in one request.
+pub fn drain_api(lab: &Lab) -> Result<(), LabError> {
+    let admin = lab.admin_kubeconfig();
+    lab.block_on(|| async move {
+        let client = cluster::client(&admin).await?;
+        let api: Api<Node> = Api::all(client);
+        let lp = kube::api::ListParams::default().labels("weft-lab/synthetic=true");
+        api.delete_collection(&kube::api::DeleteParams::default(), &lp)
+            .await
+            .map(drop)
+            .map_err(|source| cluster::ClusterError::DeleteNode {
+                name: "labelled weft-lab/synthetic=true".into(),
+                source,
+            })
+    })?
+    .map_err(LabError::from)
+}
+
 /// Creates `count` realistic Nodes, many requests in flight.
-pub(super) fn fill_api(lab: &Lab, range: std::ops::Range<usize>) -> Result<(), LabError> {
+pub fn fill_api(lab: &Lab, range: std::ops::Range<usize>) -> Result<(), LabError> {
     let admin = lab.admin_kubeconfig();
     lab.block_on(|| async move {
         let client = cluster::client(&admin).await?;

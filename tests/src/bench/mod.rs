@@ -25,14 +25,14 @@ use crate::lab::{Lab, LabConfig, LabError};
 use crate::{cluster, procs};
 
 mod etcd;
-mod fill;
+pub mod fill;
 
 pub use etcd::{EtcdPlaneBench, EtcdPlaneReport, print_comparison};
 
 use fill::{count_json, fill_api, ip_batch_yardstick, realistic_node, synthetic};
 
 /// The bench's pod network: room for 32768 /24s.
-const NETWORK: &str = "10.128.0.0/9";
+pub const NETWORK: &str = "10.128.0.0/9";
 
 /// Options of the control-plane benchmark.
 #[derive(Debug, Clone)]
