@@ -197,12 +197,14 @@ impl Lab {
         save_state(&self.state)
     }
 
-    /// Tears a pod down as kubelet does until it succeeds: the conflist's
-    /// DEL in reverse (with the cached result, if any), again after a
-    /// failure, up to `attempts` times; then its namespace, if it is still
-    /// there. How many attempts it took. Works for a pod whose ADD failed
-    /// too (DEL must succeed whatever ADD left).
-    pub fn release_pod(&self, node: &str, pod: &str, attempts: u32) -> Result<u32, LabError> {
+    /// What a DEL of `pod` on `node` runs: the conflist, the cached
+    /// result's path, and the prevResult each plugin gets (the cached
+    /// result from 0.4.0 on).
+    fn del_plan(
+        &self,
+        node: &str,
+        pod: &str,
+    ) -> Result<(Value, std::path::PathBuf, Option<Value>), LabError> {
         let list = self.conflist(node)?;
         let net = list["name"].as_str().unwrap_or("cbr0").to_string();
         let cache = self.cache_path(node, pod, &net)?;
@@ -211,21 +213,40 @@ impl Lab {
             .and_then(|t| serde_json::from_str::<Value>(&t).ok())
             .map(|v| v["result"].clone());
         let with_prev = version_at_least(list["cniVersion"].as_str().unwrap_or("0.3.1"), (0, 4));
+        Ok((list, cache, cached.filter(|_| with_prev)))
+    }
+
+    /// The conflist's DEL in reverse; the first failure.
+    fn del_all(
+        &self,
+        node: &str,
+        pod: &str,
+        list: &Value,
+        prev: Option<&Value>,
+    ) -> Result<(), LabError> {
         let plugins = list["plugins"].as_array().cloned().unwrap_or_default();
+        for p in plugins.iter().rev() {
+            self.run_plugin(node, pod, "DEL", &Self::plugin_conf(list, p, prev))?;
+        }
+        Ok(())
+    }
+
+    /// Tears a pod down as kubelet does until it succeeds: the conflist's
+    /// DEL in reverse (with the cached result, if any), again after a
+    /// failure, up to `attempts` times; then its namespace, if it is still
+    /// there. How many attempts it took. Works for a pod whose ADD failed
+    /// too (DEL must succeed whatever ADD left).
+    pub fn release_pod(&self, node: &str, pod: &str, attempts: u32) -> Result<u32, LabError> {
+        let (list, cache, prev) = self.del_plan(node, pod)?;
         let mut last = None;
         for attempt in 1..=attempts.max(1) {
-            let failed = plugins.iter().rev().find_map(|p| {
-                let prev = if with_prev { cached.as_ref() } else { None };
-                self.run_plugin(node, pod, "DEL", &Self::plugin_conf(&list, p, prev))
-                    .err()
-            });
-            match failed {
-                None => {
+            match self.del_all(node, pod, &list, prev.as_ref()) {
+                Ok(()) => {
                     let _ = std::fs::remove_file(&cache);
                     let _ = self.exec(node, &["ip", "netns", "del", pod]);
                     return Ok(attempt);
                 }
-                Some(e) => last = Some(e),
+                Err(e) => last = Some(e),
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -235,19 +256,8 @@ impl Lab {
     /// Deletes a pod without touching the lab's records (thread-safe); on a
     /// failed DEL the namespace and the cached result stay for a retry.
     pub fn destroy_pod(&self, node: &str, pod: &str) -> Result<(), LabError> {
-        let list = self.conflist(node)?;
-        let net = list["name"].as_str().unwrap_or("cbr0").to_string();
-        let cache = self.cache_path(node, pod, &net)?;
-        let cached: Option<Value> = std::fs::read_to_string(&cache)
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .map(|v| v["result"].clone());
-        let with_prev = version_at_least(list["cniVersion"].as_str().unwrap_or("0.3.1"), (0, 4));
-        let plugins = list["plugins"].as_array().cloned().unwrap_or_default();
-        for p in plugins.iter().rev() {
-            let prev = if with_prev { cached.as_ref() } else { None };
-            self.run_plugin(node, pod, "DEL", &Self::plugin_conf(&list, p, prev))?;
-        }
+        let (list, cache, prev) = self.del_plan(node, pod)?;
+        self.del_all(node, pod, &list, prev.as_ref())?;
         let _ = std::fs::remove_file(&cache);
         self.run(node, &["ip", "netns", "del", pod])?;
         Ok(())

@@ -235,9 +235,6 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     say_flannel_leftovers();
     let nl = Kernel::connect()?;
     let mut rules = Firewall::new;
-    let said = |why: String| {
-        tracing::warn!(%why, "the external interface changed; setting up again");
-    };
     match &opts.subnet_manager {
         SubnetManager::Kube => {
             let cfg = NetConfig::load(&opts.net_config_path)?;
@@ -265,9 +262,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
                     &mut rules,
                     shutdown.as_mut(),
                 );
-                match turn.await? {
-                    None => return Ok(()),
-                    Some(why) => said(why),
+                if !again(turn.await?) {
+                    return Ok(());
                 }
             }
         }
@@ -305,9 +301,8 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
                     &mut rules,
                     shutdown.as_mut(),
                 );
-                match turn.await? {
-                    None => return Ok(()),
-                    Some(why) => said(why),
+                if !again(turn.await?) {
+                    return Ok(());
                 }
             }
         }
@@ -369,9 +364,20 @@ where
             &mut rules,
             shutdown.as_mut(),
         );
-        match changed.await? {
-            None => return Ok(()),
-            Some(why) => tracing::warn!(%why, "the external interface changed; setting up again"),
+        if !again(changed.await?) {
+            return Ok(());
+        }
+    }
+}
+
+/// Whether a turn of [`serve_once`] ended with a change to set up again
+/// for (said in the log), rather than with shutdown.
+fn again(changed: Option<String>) -> bool {
+    match changed {
+        None => false,
+        Some(why) => {
+            tracing::warn!(%why, "the external interface changed; setting up again");
+            true
         }
     }
 }
