@@ -264,11 +264,18 @@ impl Lab {
 }
 
 fn diff(out: &mut Vec<String>, node: &str, what: &str, have: &[String], want: &[String]) {
-    for w in want.iter().filter(|w| !have.contains(w)) {
-        out.push(format!("{node}: missing {what} {w}"));
+    use std::collections::BTreeSet;
+    let (h, w): (BTreeSet<&String>, BTreeSet<&String>) =
+        (have.iter().collect(), want.iter().collect());
+    for x in w.difference(&h) {
+        out.push(format!("{node}: missing {what} {x}"));
     }
-    for h in have.iter().filter(|h| !want.contains(h)) {
-        out.push(format!("{node}: stale {what} {h}"));
+    for x in h.difference(&w) {
+        out.push(format!("{node}: stale {what} {x}"));
+    }
+    // Twice the same entry is one too many.
+    if h.len() < have.len() {
+        out.push(format!("{node}: a {what} is there twice"));
     }
 }
 

@@ -207,6 +207,8 @@ pub struct Matrix {
     pub lab: Lab,
     pods: Vec<Pod>,
     spare: String,
+    /// The longest judgement read of the row, when one was slow.
+    slow_reads: std::cell::Cell<Duration>,
 }
 
 impl Matrix {
@@ -227,6 +229,7 @@ impl Matrix {
             lab,
             pods,
             spare: String::new(),
+            slow_reads: std::cell::Cell::new(Duration::ZERO),
         };
         m.spare = m.join()?;
         Ok(m)
@@ -277,6 +280,7 @@ impl Matrix {
                 notes,
             });
         }
+        self.slow_reads.set(Duration::ZERO);
         let pingers = (0..self.pods.len())
             .map(|i| {
                 let to = &self.pods[(i + 1) % self.pods.len()];
@@ -357,6 +361,13 @@ impl Matrix {
             recovered = false;
             drift.extend(problems);
         }
+        let slow = self.slow_reads.replace(Duration::ZERO);
+        if !slow.is_zero() {
+            notes.push(format!(
+                "one read of every node took up to {:.2} s: the times are that coarse",
+                slow.as_secs_f64()
+            ));
+        }
         Ok(Row {
             fault,
             injected: fault.describe(d),
@@ -398,10 +409,17 @@ impl Matrix {
 
     /// Polls the judgement until nothing differs; the moment of the first
     /// converged read, or the differences at the limit.
+    /// A read takes ~0.1 s on a small lab and seconds with thousands of
+    /// Nodes; one that takes longer than 0.5 s is said in `slow_reads`.
     fn converge(&self, limit: Duration) -> Result<Instant, Vec<String>> {
         let t0 = Instant::now();
         loop {
+            let read = Instant::now();
             let drift = self.lab.drift_all();
+            let took = read.elapsed();
+            if took > Duration::from_millis(500) {
+                self.slow_reads.set(self.slow_reads.get().max(took));
+            }
             if drift.is_empty() {
                 return Ok(Instant::now());
             }
