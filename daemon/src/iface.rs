@@ -60,31 +60,27 @@ impl ExtIface {
     /// address of a family in use, another MTU), in words; `None` when
     /// nothing does.
     pub fn changed_to(&self, now: &ExtIface, v4: bool, v6: bool) -> Option<String> {
-        let show = |ip: &Option<IpAddr>| ip.map_or("none".to_string(), |ip| ip.to_string());
         if now.index != self.index {
-            Some(format!("interface {} instead of {}", now.name, self.name))
-        } else if v4 && now.ipv4 != self.ipv4 {
-            Some(format!(
-                "{}'s IPv4 address is {}, was {}",
-                now.name,
-                show(&now.ipv4),
-                show(&self.ipv4)
-            ))
-        } else if v6 && now.ipv6 != self.ipv6 {
-            Some(format!(
-                "{}'s IPv6 address is {}, was {}",
-                now.name,
-                show(&now.ipv6),
-                show(&self.ipv6)
-            ))
-        } else if now.mtu != self.mtu {
-            Some(format!(
-                "{}'s MTU is {}, was {}",
-                now.name, now.mtu, self.mtu
-            ))
-        } else {
-            None
+            return Some(format!("interface {} instead of {}", now.name, self.name));
         }
+        let show = |ip: &Option<IpAddr>| ip.map_or("none".to_string(), |ip| ip.to_string());
+        let families = [
+            ("IPv4", v4, &now.ipv4, &self.ipv4),
+            ("IPv6", v6, &now.ipv6, &self.ipv6),
+        ];
+        if let Some((fam, _, is, was)) = families
+            .iter()
+            .find(|(_, used, is, was)| *used && is != was)
+        {
+            return Some(format!(
+                "{}'s {fam} address is {}, was {}",
+                now.name,
+                show(is),
+                show(was)
+            ));
+        }
+        (now.mtu != self.mtu)
+            .then(|| format!("{}'s MTU is {}, was {}", now.name, now.mtu, self.mtu))
     }
 }
 

@@ -26,7 +26,6 @@ pub struct LockError {
 #[derive(Debug)]
 pub struct Held {
     _lock: Flock<std::fs::File>,
-    pub path: PathBuf,
 }
 
 /// The lock file for a node whose subnet.env is `subnet_file`.
@@ -65,10 +64,7 @@ pub async fn hold(
                 if said {
                     tracing::info!(path = %path.display(), "the other weftd is gone; taking over");
                 }
-                return Ok(Some(Held {
-                    _lock: lock,
-                    path: path.to_path_buf(),
-                }));
+                return Ok(Some(Held { _lock: lock }));
             }
             Err((_, Errno::EWOULDBLOCK)) => {
                 if !said {

@@ -33,15 +33,8 @@ const SAVED: &str = "/var/lib/cni/flannel";
 const PODS: usize = 50;
 
 /// An error with its causes, in one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
+fn chain(e: LabError) -> String {
+    format!("{:#}", anyhow::Error::new(e))
 }
 
 /// Whether a failed ADD's text carries a CNI error JSON (code and msg).
@@ -132,8 +125,8 @@ pub fn churn(
             .map(|i| {
                 s.spawn(move || {
                     let pod = format!("churn-{i}");
-                    let added = lab.create_pod(node, &pod).map(drop).map_err(|e| chain(&e));
-                    let released = lab.release_pod(node, &pod, 10).map_err(|e| chain(&e));
+                    let added = lab.create_pod(node, &pod).map(drop).map_err(chain);
+                    let released = lab.release_pod(node, &pod, 10).map_err(chain);
                     (added, released)
                 })
             })
@@ -210,7 +203,7 @@ fn full_disk(
     match lab.create_pod(node, "full-1") {
         Ok(_) => problems.push("an ADD on a full /var/lib/cni succeeded".into()),
         Err(e) => {
-            let e = chain(&e);
+            let e = chain(e);
             if !is_cni_error(&e) {
                 problems.push(format!(
                     "the ADD on a full disk failed without a CNI error: {e}"
@@ -227,7 +220,7 @@ fn full_disk(
     if let Err(e) = lab.release_pod(node, "full-1", 3) {
         problems.push(format!(
             "DEL after the failed ADD on a full disk: {}",
-            chain(&e)
+            chain(e)
         ));
     }
     // Nothing but the filler and empty directories.
@@ -240,10 +233,10 @@ fn full_disk(
     }
     lab.run(node, &["rm", "/var/lib/cni/filler"])?;
     match lab.create_pod(node, "full-2") {
-        Err(e) => problems.push(format!("ADD with space again failed: {}", chain(&e))),
+        Err(e) => problems.push(format!("ADD with space again failed: {}", chain(e))),
         Ok(_) => {
             if let Err(e) = lab.release_pod(node, "full-2", 3) {
-                problems.push(format!("DEL with space again failed: {}", chain(&e)));
+                problems.push(format!("DEL with space again failed: {}", chain(e)));
             }
         }
     }

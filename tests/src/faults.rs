@@ -168,28 +168,18 @@ impl Lab {
             {"type": "InternalIP", "address": new.to_string()},
             {"type": "Hostname", "address": node},
         ]}});
-        let out = self
-            .kubectl()
-            .args([
-                "patch",
-                "node",
-                node,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-            ])
-            .arg(patch.to_string())
-            .output()
-            .map_err(|source| LabError::State {
-                path: "kubectl patch".into(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(LabError::State {
-                path: format!("kubectl patch node {node} --subresource=status").into(),
-                source: std::io::Error::other(String::from_utf8_lossy(&out.stderr).into_owned()),
-            });
-        }
+        crate::cmd::run(
+            self.kubectl()
+                .args([
+                    "patch",
+                    "node",
+                    node,
+                    "--subresource=status",
+                    "--type=merge",
+                    "-p",
+                ])
+                .arg(patch.to_string()),
+        )?;
         if let Some(n) = self.state.nodes.iter_mut().find(|n| n.name == node) {
             n.underlay_ip = new;
         }
@@ -232,22 +222,10 @@ impl Lab {
     /// its rights at once), or applies weft's manifest again to restore it.
     pub fn revoke_rbac(&self, revoked: bool) -> Result<(), LabError> {
         if revoked {
-            let out = self
-                .kubectl()
-                .args(["delete", "clusterrolebinding", "weft"])
-                .output()
-                .map_err(|source| LabError::State {
-                    path: "kubectl".into(),
-                    source,
-                })?;
-            if !out.status.success() {
-                return Err(LabError::State {
-                    path: "kubectl delete clusterrolebinding weft".into(),
-                    source: std::io::Error::other(
-                        String::from_utf8_lossy(&out.stderr).into_owned(),
-                    ),
-                });
-            }
+            crate::cmd::run(
+                self.kubectl()
+                    .args(["delete", "clusterrolebinding", "weft"]),
+            )?;
             Ok(())
         } else {
             crate::control_plane::apply_manifest(&self.state.hub_netns, &self.admin_kubeconfig())

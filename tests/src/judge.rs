@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{Lab, LabError, cluster};
+use crate::{Lab, LabError};
 
 /// The annotation prefix the lab's weftd publishes under (flannel's).
 pub const PREFIX: &str = "flannel.alpha.coreos.com";
@@ -36,14 +36,8 @@ impl Lab {
     /// Every Node with weft's annotations: its podCIDR, VtepMAC and public
     /// IP, by name.
     pub fn published(&self) -> Result<BTreeMap<String, Published>, LabError> {
-        let admin = self.admin_kubeconfig();
-        let nodes = self
-            .block_on(|| async {
-                let client = cluster::client(&admin).await?;
-                cluster::list_nodes(&client).await
-            })?
-            .map_err(LabError::from)?;
-        Ok(nodes
+        Ok(self
+            .api_nodes()?
             .into_iter()
             .filter_map(|n| {
                 let ann = n.metadata.annotations.clone().unwrap_or_default();
@@ -187,7 +181,7 @@ impl Lab {
                 "{node}: nftables set inet weft vxlan_peers_v4 cannot be read"
             )),
             Some(v) => {
-                let mut have: Vec<String> = v["nftables"]
+                let have: Vec<String> = v["nftables"]
                     .as_array()
                     .into_iter()
                     .flatten()
@@ -195,13 +189,11 @@ impl Lab {
                     .flatten()
                     .filter_map(|e| e.as_str().map(str::to_string))
                     .collect();
-                have.sort();
-                let mut want: Vec<String> = all
+                let want: Vec<String> = all
                     .iter()
                     .filter(|(n, _)| n.as_str() != node)
                     .map(|(_, p)| p.public_ip.clone())
                     .collect();
-                want.sort();
                 diff(&mut out, node, "allow-list element", &have, &want);
             }
         }

@@ -505,12 +505,8 @@ struct StatusView {
 }
 
 fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
-    let admin = lab.admin_kubeconfig();
     let api_nodes = lab
-        .block_on(|| async {
-            let client = cluster::client(&admin).await?;
-            cluster::list_nodes(&client).await
-        })?
+        .api_nodes()
         .context("listing Nodes from the lab's API server")?;
     let rows: Vec<NodeRow> = lab
         .state
@@ -543,7 +539,7 @@ fn print_status(lab: &Lab, json: bool) -> anyhow::Result<()> {
         name: lab.name().to_string(),
         backend: lab.state.backend,
         apiserver: lab.state.apiserver_url.clone(),
-        admin_kubeconfig: admin.display().to_string(),
+        admin_kubeconfig: lab.admin_kubeconfig().display().to_string(),
         node_kubeconfig: lab.node_kubeconfig().display().to_string(),
         nodes: rows,
     };

@@ -388,15 +388,10 @@ impl Matrix {
             .ok()
             .and_then(|n| n.weftd_pid)
             .unwrap_or(0);
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let kb: Option<u64> = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok());
-        match kb {
-            Some(kb) => format!(
-                "weftd on {node}: peak RSS {:.1} MiB with every Node programmed ({} build; the chart requests 50Mi and sets no limit)",
-                kb as f64 / 1024.0,
+        let (_, peak_mb) = crate::bench::rss_mb(pid);
+        match (peak_mb > 0.0).then_some(peak_mb) {
+            Some(mb) => format!(
+                "weftd on {node}: peak RSS {mb:.1} MiB with every Node programmed ({} build; the chart requests 50Mi and sets no limit)",
                 match crate::weftd::find_weftd() {
                     Ok(p) if p.to_string_lossy().contains("/debug/") => "debug",
                     Ok(_) => "release",

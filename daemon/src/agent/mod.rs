@@ -291,20 +291,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             };
             // One source for the process: its lease renewer runs as long.
             let source = lease::etcd::EtcdSource::new(client, eo.clone(), &cfg, name)?;
-            loop {
-                let turn = serve_once(
-                    &nl,
-                    &source,
-                    &cfg,
-                    &opts,
-                    &metrics,
-                    &mut rules,
-                    shutdown.as_mut(),
-                );
-                if !again(turn.await?) {
-                    return Ok(());
-                }
-            }
+            serve(&nl, &source, &cfg, &opts, &metrics, &mut rules, shutdown).await
         }
     }
 }
@@ -576,12 +563,12 @@ where
     let subnets: Vec<ipnetwork::IpNetwork> =
         local.families.present().map(|(_, l)| l.subnet).collect();
     let period = opts.rules_resync;
-    let blackholes = async {
-        if !opts.blackhole_route {
-            return std::future::pending().await;
-        }
+    // Every rules period: flanneld's blackhole route, when asked for, and
+    // subnet.env, which flanneld writes once (deleted or edited, it then
+    // fails every pod ADD until a restart); weftd puts it back.
+    let every_period = async {
         loop {
-            for s in &subnets {
+            for s in subnets.iter().filter(|_| opts.blackhole_route) {
                 match nl.ensure_blackhole(*s).await {
                     Ok(true) => tracing::info!(subnet = %s, "blackhole route added"),
                     Ok(false) => {}
@@ -590,14 +577,6 @@ where
                     }
                 }
             }
-            tokio::time::sleep(period).await;
-        }
-    };
-    // flanneld writes subnet.env once; a deleted or edited file then fails
-    // every pod ADD until it restarts. weftd puts it back within a period.
-    let keep_env = async {
-        loop {
-            tokio::time::sleep(period).await;
             match env.write(&opts.subnet_file) {
                 Ok(true) => {
                     tracing::warn!(path = %opts.subnet_file.display(), "subnet.env was missing or altered; written again");
@@ -608,8 +587,10 @@ where
                     tracing::warn!(error = %chain(&e), "writing subnet.env again failed; will retry")
                 }
             }
+            tokio::time::sleep(period).await;
         }
     };
+    let (v4, v6) = (cfg.ipv4.is_some(), cfg.ipv6.is_some());
     let underlay = async {
         loop {
             tokio::time::sleep(UNDERLAY_POLL).await;
@@ -618,7 +599,6 @@ where
             let Ok(now) = iface::select(nl, &opts.iface, &own.internal_ips, prefer_v6).await else {
                 continue;
             };
-            let (v4, v6) = (cfg.ipv4.is_some(), cfg.ipv6.is_some());
             if let Some(why) = local.ext.changed_to(&now, v4, v6) {
                 return why;
             }
@@ -626,8 +606,7 @@ where
     };
     tokio::select! {
         () = driver::drive(nl, backend.as_mut(), &mut rules, metrics, inputs, shutdown) => Ok(None),
-        () = blackholes => Ok(None),
-        () = keep_env => Ok(None),
+        () = every_period => Ok(None),
         why = underlay => Ok(Some(why)),
     }
 }

@@ -79,7 +79,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// VmRSS and VmHWM of `pid`, in MB.
-fn rss_mb(pid: u32) -> (f64, f64) {
+pub(crate) fn rss_mb(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let kb = |k: &str| {
         status

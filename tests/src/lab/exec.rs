@@ -112,6 +112,16 @@ impl Lab {
         Ok(cmd::run(&mut c)?)
     }
 
+    /// Every Node in the lab's API server, read as admin.
+    pub fn api_nodes(&self) -> Result<Vec<k8s_openapi::api::core::v1::Node>, LabError> {
+        let admin = self.admin_kubeconfig();
+        self.block_on(|| async {
+            let client = crate::cluster::client(&admin).await?;
+            crate::cluster::list_nodes(&client).await
+        })?
+        .map_err(LabError::from)
+    }
+
     /// A `kubectl` command with the admin kubeconfig, run in the hub.
     pub fn kubectl(&self) -> Command {
         let mut c = self.hub_command("kubectl");
