@@ -146,30 +146,45 @@ def build(weftd: Path, weft: Path, out: Path, name: str, version: str) -> dict:
     if len(arches) != 1:
         raise ImageError(f"weftd and weft are built for different architectures: {sorted(arches)}")
     arch = arches.pop()
-    epoch = source_date_epoch()
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
-
-    layer = layer_tar({"weftd": weftd.read_bytes(), "weft": weft.read_bytes()}, epoch)
-    layer_gz = _gzip(layer)
+    layer = layer_tar({"weftd": weftd.read_bytes(), "weft": weft.read_bytes()}, source_date_epoch())
     labels = {
         "org.opencontainers.image.title": "weft",
         "org.opencontainers.image.description": "weftd (node agent) and weft (CNI plugin), statically linked",
         "org.opencontainers.image.version": version,
         "org.opencontainers.image.licenses": "Apache-2.0",
     }
+    return write_archive(
+        out,
+        layer,
+        {
+            "User": IMAGE_USER,
+            "Entrypoint": [f"/{BIN_DIR}/weftd"],
+            "Env": [f"PATH=/{BIN_DIR}"],
+            "Labels": labels,
+        },
+        arch,
+        name,
+        version,
+        "scripts/build-image: weftd, weft",
+    )
+
+
+def write_archive(out: Path, layer: bytes, run_config: dict, arch: str, name: str, version: str,
+                  created_by: str) -> dict:
+    """Writes a one-layer image (`layer` an uncompressed tar, `run_config`
+    the config's `config` object) as an OCI layout archive named
+    `name:version`; returns a summary (digests, sizes)."""
+    epoch = source_date_epoch()
+    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    layer_gz = _gzip(layer)
     config = _json(
         {
             "created": created,
             "architecture": arch,
             "os": "linux",
-            "config": {
-                "User": IMAGE_USER,
-                "Entrypoint": [f"/{BIN_DIR}/weftd"],
-                "Env": [f"PATH=/{BIN_DIR}"],
-                "Labels": labels,
-            },
+            "config": run_config,
             "rootfs": {"type": "layers", "diff_ids": [_digest(layer)]},
-            "history": [{"created": created, "created_by": "scripts/build-image: weftd, weft"}],
+            "history": [{"created": created, "created_by": created_by}],
         }
     )
     manifest = _json(

@@ -16,6 +16,8 @@ PACKAGES=(
   golang-github-modern-go-reflect2-dev procps util-linux ethtool python3
   iptables  # the tests make flanneld's iptables rules the way flanneld does
   protobuf-compiler libprotobuf-dev  # etcd-client compiles etcd's v3 API (.proto) when built
+  gcc libc6-dev  # the pause binary of the real-node lab's sandboxes
+  containerd runc busybox-static  # the real-node lab: each node's runtime and its workload image
 )
 
 # kubectl: this machine image may carry a newer one; otherwise Debian's.
@@ -71,5 +73,6 @@ modprobe vxlan 2>/dev/null || true
 modprobe tun 2>/dev/null || true
 modprobe br_netfilter 2>/dev/null || true
 
-# kube-apiserver (cached per machine, keyed by the source version).
-"$(dirname "$0")/build-kube-apiserver.sh"
+# kube-apiserver and the real-node lab's components and images (cached per machine, keyed
+# by the source version).
+"$(dirname "$0")/build-lab-images" >/dev/null

@@ -70,11 +70,7 @@ pub fn find_apiserver() -> Result<PathBuf, ControlPlaneError> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(&cache)
         .map(|rd| {
             rd.filter_map(|e| e.ok())
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .starts_with("kube-apiserver-")
-                })
+                .filter(|e| e.file_name().to_string_lossy().starts_with("kubernetes-"))
                 .map(|e| e.path().join("kube-apiserver"))
                 .filter(|p| p.is_file())
                 .collect()
@@ -175,6 +171,11 @@ pub struct ApiserverSpec<'a> {
     pub binary: &'a Path,
     pub pki: &'a Pki,
     pub log: &'a Path,
+    /// Kubelets will run (`weft-lab up --kubelet`): the `kubernetes`
+    /// Service's endpoint is kept (kube-proxy leads pods to it), the API
+    /// server reaches kubelets by InternalIP with its client certificate,
+    /// and NodeRestriction limits each kubelet to its own Node.
+    pub real_nodes: bool,
 }
 
 /// Starts kube-apiserver (TLS, token authentication, Node,RBAC authorization).
@@ -205,10 +206,23 @@ pub fn start_apiserver(spec: &ApiserverSpec<'_>) -> Result<u32, ControlPlaneErro
         .arg("--feature-gates=IPv6DualStack=true")
         .arg("--authorization-mode=Node,RBAC")
         .arg("--anonymous-auth=false")
-        .arg("--endpoint-reconciler-type=none")
         .arg("--allow-privileged=true")
         .arg("--profiling=false")
         .arg("--v=1");
+    if spec.real_nodes {
+        cmd.arg("--enable-admission-plugins=NodeRestriction")
+            .arg("--kubelet-preferred-address-types=InternalIP")
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                p(pki.kubelet_client_cert())
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                p(pki.kubelet_client_key())
+            ));
+    } else {
+        cmd.arg("--endpoint-reconciler-type=none");
+    }
     procs::spawn(spec.lab, &mut cmd, spec.log).map_err(|source| ControlPlaneError::Start {
         what: "kube-apiserver",
         source,

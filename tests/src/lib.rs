@@ -28,6 +28,7 @@ pub mod pki;
 pub mod pods;
 pub mod probe;
 pub mod procs;
+pub mod real;
 pub mod runtime;
 pub mod weftd;
 

@@ -45,6 +45,12 @@ enum Cmd {
         /// etcd, flannel's etcd subnet manager).
         #[arg(long, value_enum, default_value_t = weft_lab::SubnetManager::Kube)]
         subnet_manager: weft_lab::SubnetManager,
+        /// Real nodes: containerd, kubelet and kube-proxy on every node,
+        /// kube-controller-manager and kube-scheduler on the hub; weft is
+        /// installed by `kubectl apply -f manifests/weft.yaml` and the pods
+        /// are a busybox Deployment (pods-per-node × nodes replicas).
+        #[arg(long)]
+        kubelet: bool,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -178,6 +184,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dual_stack,
             direct_routing,
             subnet_manager,
+            kubelet,
             json,
         } => {
             watch_ctrl_c()?;
@@ -191,10 +198,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 dual_stack,
                 direct_routing,
                 subnet_manager,
+                kubelet,
             })?;
             let mut lab = lab;
+            if kubelet && pods_per_node > 0 {
+                let replicas = nodes * pods_per_node;
+                eprintln!(
+                    "==> kubectl apply: Deployment {} with {replicas} replicas",
+                    weft_lab::lab::WORKLOAD
+                );
+                if let Err(e) = lab.deploy_workload(replicas) {
+                    lab.detach();
+                    return Err(e.into());
+                }
+            }
             let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
-            for n in &nodes {
+            for n in nodes.iter().filter(|_| !kubelet) {
                 for k in 1..=pods_per_node {
                     let pod = format!("{n}-pod-{k}");
                     eprintln!("==> creating {pod} through the node's conflist");
@@ -217,13 +236,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Check { json } => {
             let lab = Lab::open(&cli.name)?;
-            if lab.state.pods.len() < 2 {
+            if !lab.state.real_nodes && lab.state.pods.len() < 2 {
                 bail!(
                     "lab {} has fewer than 2 pods: `weft-lab up --pods-per-node 2`",
                     cli.name
                 );
             }
-            let results = lab.connectivity()?;
+            let results = if lab.state.real_nodes {
+                lab.real_connectivity()?
+            } else {
+                lab.connectivity()?
+            };
             let failed: Vec<&weft_lab::check::PairResult> =
                 results.iter().filter(|r| !r.ok()).collect();
             if json {

@@ -150,6 +150,8 @@ pub struct NodeSpec<'a> {
     pub prefix_len: u8,
     pub gateway: Ipv4Addr,
     pub dir: &'a Path,
+    /// A real node (kubelet, containerd): see `start_real_holder`.
+    pub real: bool,
 }
 
 /// Creates the node's namespaces, wires `eth0` onto the hub's bridge with a
@@ -166,7 +168,11 @@ pub fn create(spec: &NodeSpec<'_>) -> Result<NodeState, NodeError> {
             std::fs::create_dir_all(&path).map_err(|source| NodeError::Dir { path, source })?;
         }
     }
-    let holder_pid = start_holder(spec)?;
+    let holder_pid = if spec.real {
+        start_real_holder(spec)?
+    } else {
+        start_holder(spec)?
+    };
     Ok(NodeState {
         name: spec.name.to_string(),
         netns: spec.netns.to_string(),
@@ -179,7 +185,7 @@ pub fn create(spec: &NodeSpec<'_>) -> Result<NodeState, NodeError> {
     })
 }
 
-fn wire(spec: &NodeSpec<'_>) -> Result<(), CmdError> {
+pub(crate) fn wire(spec: &NodeSpec<'_>) -> Result<(), CmdError> {
     let ip_cidr = format!("{}/{}", spec.underlay_ip, spec.prefix_len);
     let gw = spec.gateway.to_string();
     let hub_side = spec.name;
@@ -201,10 +207,6 @@ fn wire(spec: &NodeSpec<'_>) -> Result<(), CmdError> {
 }
 
 fn start_holder(spec: &NodeSpec<'_>) -> Result<u32, NodeError> {
-    let dir = spec.dir;
-    let ready = dir.join("mounted");
-    let log = dir.join("holder.log");
-    let _ = std::fs::remove_file(&ready);
     let mut script = String::from("set -eu\nhostname \"$WEFT_NODE\"\n");
     for d in OVERLAID {
         script.push_str(&format!(
@@ -222,9 +224,93 @@ fn start_holder(spec: &NodeSpec<'_>) -> Result<u32, NodeError> {
 
     let mut c = Command::new("ip");
     c.args(["netns", "exec", spec.netns, "unshare", "--uts", "--"])
-        .args(["bash", "-c", &script])
-        .env("WEFT_NODE", spec.name)
-        .env("WEFT_NODE_DIR", dir);
+        .args(["bash", "-c", &script]);
+    spawn_holder(spec, c)
+}
+
+/// The kubelet's sysctls that are not namespaced, with the values it
+/// insists on (`protectKernelDefaults` makes it check instead of write).
+/// A real node sees files holding these values in their place, so the
+/// host's own settings are never read as wrong nor changed.
+pub const KUBELET_SYSCTLS: [(&str, &str); 6] = [
+    ("vm/overcommit_memory", "1"),
+    ("vm/panic_on_oom", "0"),
+    ("kernel/panic", "10"),
+    ("kernel/panic_on_oops", "1"),
+    ("kernel/keys/root_maxkeys", "1000000"),
+    ("kernel/keys/root_maxbytes", "25000000"),
+];
+
+/// The holder of a real node (kubelet, containerd, kube-proxy). Unlike
+/// `ip netns exec`, which remounts /sys and loses the cgroup hierarchies
+/// under it, it joins the network namespace with nsenter, takes a private
+/// mount namespace, mounts a sysfs of that network namespace and binds the
+/// host's cgroup hierarchies back under it. `/etc`, `/opt`, `/var/lib` and
+/// `/var/log` are overlays on the node's directories; `/run` is a fresh
+/// tmpfs (containerd's state and shim sockets, runc's state, the pods'
+/// namespace pins, the xtables lock), gone with the node.
+fn start_real_holder(spec: &NodeSpec<'_>) -> Result<u32, NodeError> {
+    let sysctl_dir = spec.dir.join("sysctl");
+    for layer in ["root", "work"] {
+        let path = spec.dir.join(layer).join("var/log");
+        std::fs::create_dir_all(&path).map_err(|source| NodeError::Dir { path, source })?;
+    }
+    std::fs::create_dir_all(&sysctl_dir).map_err(|source| NodeError::Dir {
+        path: sysctl_dir.clone(),
+        source,
+    })?;
+    let mut script = String::from(
+        "set -eu\nhostname \"$WEFT_NODE\"\n\
+         mkdir -p \"$WEFT_NODE_DIR/cgroup\"\n\
+         mount --rbind /sys/fs/cgroup \"$WEFT_NODE_DIR/cgroup\"\n\
+         mount -t sysfs \"weftlab-$WEFT_LAB\" /sys\n\
+         mount --rbind \"$WEFT_NODE_DIR/cgroup\" /sys/fs/cgroup\n\
+         umount -l \"$WEFT_NODE_DIR/cgroup\"\n",
+    );
+    for d in OVERLAID.iter().filter(|d| **d != "run").chain(&["var/log"]) {
+        script.push_str(&format!(
+            "mount -t overlay \"weftlab-$WEFT_LAB\" -o \"lowerdir=/{d},upperdir=$WEFT_NODE_DIR/root/{d},workdir=$WEFT_NODE_DIR/work/{d}\" /{d}\n"
+        ));
+    }
+    script.push_str("mount -t tmpfs -o mode=0755 \"weftlab-$WEFT_LAB\" /run\n");
+    for (key, value) in KUBELET_SYSCTLS {
+        let file = sysctl_dir.join(key.replace('/', "."));
+        std::fs::write(&file, format!("{value}\n")).map_err(|source| NodeError::Dir {
+            path: file.clone(),
+            source,
+        })?;
+        script.push_str(&format!(
+            "mount --bind '{}' /proc/sys/{key}\n",
+            file.display()
+        ));
+    }
+    for d in NODE_DIRS {
+        script.push_str(&format!("mkdir -p {d}\n"));
+    }
+    script.push_str(": > \"$WEFT_NODE_DIR/mounted\"\n");
+    script.push_str("exec -a \"weft-lab-node $WEFT_LAB/$WEFT_NODE\" sleep infinity\n");
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", netns::path(spec.netns).display()))
+        .args([
+            "--",
+            "unshare",
+            "--mount",
+            "--uts",
+            "--propagation",
+            "private",
+            "--",
+        ])
+        .args(["bash", "-c", &script]);
+    spawn_holder(spec, c)
+}
+
+/// Starts a holder and waits until its script has mounted everything.
+fn spawn_holder(spec: &NodeSpec<'_>, mut c: Command) -> Result<u32, NodeError> {
+    let dir = spec.dir;
+    let ready = dir.join("mounted");
+    let log = dir.join("holder.log");
+    let _ = std::fs::remove_file(&ready);
+    c.env("WEFT_NODE", spec.name).env("WEFT_NODE_DIR", dir);
     let pid = procs::spawn(spec.lab, &mut c, &log).map_err(|source| NodeError::Holder {
         node: spec.name.to_string(),
         source,

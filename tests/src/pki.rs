@@ -45,6 +45,14 @@ impl Pki {
     pub fn server_key(&self) -> PathBuf {
         self.dir.join("apiserver.key")
     }
+    /// The API server's client certificate towards kubelets (`logs`,
+    /// `exec`), in group system:masters.
+    pub fn kubelet_client_cert(&self) -> PathBuf {
+        self.dir.join("kubelet-client.crt")
+    }
+    pub fn kubelet_client_key(&self) -> PathBuf {
+        self.dir.join("kubelet-client.key")
+    }
     pub fn sa_key(&self) -> PathBuf {
         self.dir.join("sa.key")
     }
@@ -103,11 +111,30 @@ impl Pki {
             .signed_by(&server_key, &issuer)
             .map_err(gen_err("API server certificate"))?;
 
+        let client_key = KeyPair::generate().map_err(gen_err("kubelet client key"))?;
+        let mut client_params =
+            CertificateParams::new(Vec::<String>::new()).map_err(gen_err("kubelet client"))?;
+        client_params
+            .distinguished_name
+            .push(DnType::CommonName, "kube-apiserver-kubelet-client");
+        client_params
+            .distinguished_name
+            .push(DnType::OrganizationName, "system:masters");
+        client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client_cert = client_params
+            .signed_by(&client_key, &issuer)
+            .map_err(gen_err("kubelet client certificate"))?;
+
         let sa_key = KeyPair::generate().map_err(gen_err("ServiceAccount key"))?;
 
         write(&pki.ca_cert(), ca_cert.pem().as_bytes())?;
         write(&pki.server_cert(), server_cert.pem().as_bytes())?;
         write(&pki.server_key(), server_key.serialize_pem().as_bytes())?;
+        write(&pki.kubelet_client_cert(), client_cert.pem().as_bytes())?;
+        write(
+            &pki.kubelet_client_key(),
+            client_key.serialize_pem().as_bytes(),
+        )?;
         write(&pki.sa_key(), sa_key.serialize_pem().as_bytes())?;
         write(&pki.sa_pub(), sa_key.public_key_pem().as_bytes())?;
         Ok(pki)

@@ -28,6 +28,7 @@ pub(super) fn start_apiserver(state: &mut LabState) -> Result<(), LabError> {
         binary: &state.apiserver_bin,
         pki: &pki,
         log: &api_log,
+        real_nodes: state.real_nodes,
     })?;
     save_state(state)?;
     cp::wait_apiserver(
@@ -131,7 +132,12 @@ pub(super) fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab
 
     say("generating CA, serving certificate, tokens and kubeconfigs");
     let hub_ip = IpAddr::V4(HUB_IP);
-    let pki = Pki::generate(&dir.join("pki"), &[hub_ip])?;
+    // The `kubernetes` Service's ClusterIP too: pods reach the API server
+    // there through kube-proxy on real nodes.
+    let pki = Pki::generate(
+        &dir.join("pki"),
+        &[hub_ip, IpAddr::V4(KUBERNETES_SERVICE_IP)],
+    )?;
     let server = format!("https://{HUB_IP}:{}", cp::APISERVER_PORT);
     let ca_pem = std::fs::read_to_string(pki.ca_cert()).map_err(|source| LabError::State {
         path: pki.ca_cert(),
@@ -158,15 +164,21 @@ pub(super) fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab
         uid: "weft-lab-nobody".into(),
         groups: vec![],
     };
-    pki::write_token_file(
-        &pki.token_file(),
-        &[admin.clone(), weft.clone(), nobody.clone()],
-    )?;
-    for (file, user) in [
-        ("admin.kubeconfig", &admin),
-        ("weft.kubeconfig", &weft),
-        ("nobody.kubeconfig", &nobody),
-    ] {
+    let mut users = vec![
+        ("admin.kubeconfig".to_string(), admin),
+        ("weft.kubeconfig".to_string(), weft),
+        ("nobody.kubeconfig".to_string(), nobody),
+    ];
+    if cfg.kubelet {
+        let names: Vec<String> = (1..=cfg.nodes).map(|i| format!("node-{i}")).collect();
+        for n in &names {
+            mkdir(&dir.join("nodes").join(n))?;
+        }
+        users.extend(crate::real::identities(&names)?);
+    }
+    let tokens: Vec<TokenUser> = users.iter().map(|(_, u)| u.clone()).collect();
+    pki::write_token_file(&pki.token_file(), &tokens)?;
+    for (file, user) in &users {
         let kc = pki::kubeconfig(
             &format!("weft-lab-{name}"),
             &server,
@@ -188,6 +200,7 @@ pub(super) fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab
         dual_stack: cfg.dual_stack,
         direct_routing: cfg.direct_routing,
         subnet_manager: cfg.subnet_manager,
+        real_nodes: cfg.kubelet,
         hub_netns: hub_ns.clone(),
         hub_ip: HUB_IP,
         underlay,
@@ -227,6 +240,7 @@ pub(super) fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab
         binary: apiserver,
         pki: &pki,
         log: &api_log,
+        real_nodes: cfg.kubelet,
     })?;
     save_state(&state)?;
     let t0 = Instant::now();
@@ -243,6 +257,18 @@ pub(super) fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab
         "kube-apiserver ready after {:.1} s",
         t0.elapsed().as_secs_f64()
     ));
+
+    if cfg.kubelet {
+        let mut lab = Lab {
+            state,
+            detached: false,
+            verbose: cfg.verbose,
+        };
+        // On failure the caller tears the lab down by name; don't do it twice.
+        lab.up_real_nodes(cfg.nodes)
+            .inspect_err(|_| lab.detached = true)?;
+        return Ok(lab);
+    }
 
     say("applying weft's manifest (Namespace, ServiceAccount, RBAC, ConfigMap, DaemonSet)");
     cp::apply_manifest(&hub_ns, &admin_kc)?;

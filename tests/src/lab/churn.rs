@@ -27,6 +27,7 @@ impl Lab {
             prefix_len: self.state.underlay.prefix(),
             gateway: self.state.hub_ip,
             dir: &dir,
+            real: false,
         })?;
         self.state.next_node_index += 1;
         self.state.nodes.push(node.clone());

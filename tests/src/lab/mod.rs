@@ -27,10 +27,12 @@ use crate::procs;
 mod build;
 mod churn;
 mod exec;
+mod real_nodes;
 mod teardown;
 
 pub use build::save_state;
 use build::{build, start_apiserver};
+pub use real_nodes::{RealPod, WORKLOAD};
 pub use teardown::{Removed, clean_all, lab_netns, teardown};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -49,6 +51,8 @@ fn interrupted() -> bool {
 pub const UNDERLAY: &str = "198.51.100.0/24";
 pub const HUB_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// The `kubernetes` Service's ClusterIP (first of 10.96.0.0/16).
+pub const KUBERNETES_SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 1);
 const HUB_BRIDGE: &str = "br0";
 /// A host beyond the underlay's router (the hub routes to it): not a node,
 /// with no route to any pod network, so it can reply to a pod only when the
@@ -191,6 +195,11 @@ pub struct LabConfig {
     /// underlay subnet, so every peer is routed directly).
     pub direct_routing: bool,
     pub subnet_manager: SubnetManager,
+    /// Real nodes: containerd, kubelet and kube-proxy on every node, the
+    /// controller-manager and scheduler on the hub, and weft installed by
+    /// `kubectl apply` of its manifest (see `real`). `weftd` is ignored:
+    /// the DaemonSet runs it.
+    pub kubelet: bool,
 }
 
 impl LabConfig {
@@ -204,6 +213,7 @@ impl LabConfig {
             dual_stack: false,
             direct_routing: false,
             subnet_manager: SubnetManager::Kube,
+            kubelet: false,
         }
     }
 
@@ -244,6 +254,9 @@ pub struct LabState {
     pub direct_routing: bool,
     #[serde(default)]
     pub subnet_manager: SubnetManager,
+    /// Real nodes (`LabConfig::kubelet`).
+    #[serde(default)]
+    pub real_nodes: bool,
 }
 
 /// The hub's IPv6 underlay address (dual-stack labs).

@@ -34,10 +34,17 @@ pub fn teardown(name: &str) -> Removed {
     }
     pids.sort_unstable();
     pids.dedup();
-    remove(pids, namespaces, vec![lab_dir(name)])
+    remove(Some(name), pids, namespaces, vec![lab_dir(name)])
 }
 
-fn remove(pids: Vec<i32>, namespaces: Vec<String>, dirs: Vec<PathBuf>) -> Removed {
+/// Stops `pids`, then whatever still runs in the lab's cgroups (a real
+/// node's containers), removes those cgroups, the namespaces and `dirs`.
+fn remove(
+    lab: Option<&str>,
+    pids: Vec<i32>,
+    namespaces: Vec<String>,
+    dirs: Vec<PathBuf>,
+) -> Removed {
     let described: Vec<(i32, String)> = pids.iter().map(|&p| (p, procs::cmdline(p))).collect();
     let killed = procs::terminate(&pids, Duration::from_secs(3));
     let mut removed = Removed {
@@ -48,6 +55,7 @@ fn remove(pids: Vec<i32>, namespaces: Vec<String>, dirs: Vec<PathBuf>) -> Remove
             .collect(),
         ..Default::default()
     };
+    removed.directories.extend(crate::real::remove_cgroups(lab));
     for ns in namespaces {
         if netns::delete(&ns).is_ok() {
             removed.namespaces.push(ns);
@@ -74,5 +82,5 @@ pub fn clean_all() -> Removed {
     let dirs = std::fs::read_dir(state_root())
         .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
-    remove(pids, namespaces, dirs)
+    remove(None, pids, namespaces, dirs)
 }

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver from Debian's own `kubernetes` source package, once per
-# machine, and caches the binary outside the work tree.
+# Builds the Kubernetes components the lab runs from Debian's own `kubernetes`
+# source package, once per machine, and caches them outside the work tree:
+# kube-apiserver (every lab), and for the real-node lab kubelet, kube-proxy,
+# kube-controller-manager, kube-scheduler and the `pause` sandbox binary.
 #
 # Why from source: Debian 12 ships Kubernetes only as a source package; no
-# kube-apiserver binary package exists in its archive, and nothing outside the
-# Debian archive is reachable here. The lab needs a real API server (RBAC,
-# watches, status subresources), so we build exactly `cmd/kube-apiserver` from
-# that package's sources, offline, with Debian's Go.
+# binary package of these exists in its archive, and nothing outside the
+# Debian archive is reachable here. So we build exactly these `cmd/`s from
+# that package's sources, offline, with Debian's Go (and pause.c with gcc).
 #
-# Output: $WEFT_LAB_CACHE/kube-apiserver-<debian version>/kube-apiserver
-# (default cache: /var/cache/weft-lab). Prints the binary's path on stdout.
+# Output: $WEFT_LAB_CACHE/kubernetes-<debian version>/{kube-apiserver,kubelet,
+# kube-proxy,kube-controller-manager,kube-scheduler,pause} (default cache:
+# /var/cache/weft-lab). Prints the directory's path on stdout.
 set -euo pipefail
 
 CACHE=${WEFT_LAB_CACHE:-/var/cache/weft-lab}
 say() { printf '==> %s\n' "$*" >&2; }
-die() { printf 'build-kube-apiserver: %s\n' "$*" >&2; exit 1; }
+die() { printf 'build-kube: %s\n' "$*" >&2; exit 1; }
 
 command -v go >/dev/null || die "golang-go is not installed (run scripts/setup-host.sh)"
 command -v dpkg-source >/dev/null || die "dpkg-dev is not installed (run scripts/setup-host.sh)"
@@ -22,14 +24,20 @@ command -v dpkg-source >/dev/null || die "dpkg-dev is not installed (run scripts
 VERSION=$(apt-cache showsrc kubernetes 2>/dev/null | sed -n 's/^Version: //p' | sort -V | tail -n1)
 [ -n "$VERSION" ] || die "apt knows no source package 'kubernetes': is a deb-src entry configured and 'apt-get update' run? (scripts/setup-host.sh does both)"
 
-OUT_DIR="$CACHE/kube-apiserver-$VERSION"
-BIN="$OUT_DIR/kube-apiserver"
-if [ -x "$BIN" ] && "$BIN" --version >/dev/null 2>&1; then
-  echo "$BIN"
+COMPONENTS=(kube-apiserver kubelet kube-proxy kube-controller-manager kube-scheduler)
+OUT_DIR="$CACHE/kubernetes-$VERSION"
+complete=1
+for c in "${COMPONENTS[@]}"; do
+  "$OUT_DIR/$c" --version >/dev/null 2>&1 || complete=0
+done
+[ -x "$OUT_DIR/pause" ] || complete=0
+if [ "$complete" -eq 1 ]; then
+  echo "$OUT_DIR"
   exit 0
 fi
+command -v gcc >/dev/null || die "gcc is not installed (run scripts/setup-host.sh)"
 
-say "building kube-apiserver from Debian source package kubernetes $VERSION (once per machine, a few minutes)"
+say "building ${COMPONENTS[*]} and pause from Debian source package kubernetes $VERSION (once per machine, several minutes)"
 WORK="$CACHE/build-$VERSION"
 rm -rf "$WORK"
 mkdir -p "$WORK"
@@ -78,7 +86,7 @@ if ! diff -q "$WORK/violations.report" api/api-rules/violation_exceptions.list >
   die "openapi-gen's API rule report differs from api/api-rules/violation_exceptions.list: the package selection is wrong"
 fi
 
-say "compiling cmd/kube-apiserver"
+say "compiling ${COMPONENTS[*]}"
 V=k8s.io/kubernetes/vendor/k8s.io
 major=$(echo "$VERSION" | sed -E 's/.*really([0-9]+)\..*/\1/; t; s/^([0-9]+)\..*/\1/')
 gitver=v$(echo "$VERSION" | sed -E 's/.*really([0-9.]+)-.*/\1/; t; s/^([0-9.]+).*/\1/')
@@ -87,11 +95,22 @@ ldflags=""
 for pkg in "$V/component-base/version" "$V/client-go/pkg/version"; do
   ldflags="$ldflags -X $pkg.gitVersion=$gitver -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
-go build -tags=selinux,notest -ldflags "-s -w $ldflags" -o "$WORK/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
+mkdir -p "$WORK/bin"
+pkgs=()
+for c in "${COMPONENTS[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+go build -tags=selinux,notest -ldflags "-s -w $ldflags" -o "$WORK/bin/" "${pkgs[@]}"
 
-"$WORK/kube-apiserver" --version >&2
+# The pod sandbox's process, as upstream's build/pause builds it.
+say "compiling build/pause/linux/pause.c"
+gcc -Os -Wall -Werror -static -DVERSION="$gitver-weft" -o "$WORK/bin/pause" build/pause/linux/pause.c
+strip "$WORK/bin/pause"
+
 mkdir -p "$OUT_DIR"
-install -m 0755 "$WORK/kube-apiserver" "$BIN.tmp"
-mv "$BIN.tmp" "$BIN"
-say "cached $BIN"
-echo "$BIN"
+for c in "${COMPONENTS[@]}"; do
+  "$WORK/bin/$c" --version >&2
+  install -m 0755 "$WORK/bin/$c" "$OUT_DIR/$c.tmp"
+  mv "$OUT_DIR/$c.tmp" "$OUT_DIR/$c"
+done
+install -m 0755 "$WORK/bin/pause" "$OUT_DIR/pause"
+say "cached in $OUT_DIR"
+echo "$OUT_DIR"
