@@ -128,7 +128,11 @@ fn weft_installed_by_kubectl_apply_wires_every_pod_and_deletes_leave_nothing() {
             veth: true
         }
     );
-    weft_lab::cmd::run(lab.kubectl().args(["delete", "pod", &victim.name, "--wait"])).unwrap();
+    weft_lab::cmd::run(
+        lab.kubectl()
+            .args(["delete", "pod", &victim.name, "--wait"]),
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let now = traces(&lab, &victim, &id, &veth);
