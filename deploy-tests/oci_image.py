@@ -9,7 +9,7 @@ The archive is a tar of an OCI image layout (image-spec, image-layout.md):
     blobs/sha256/<hex>         the manifest, the config and the layer
 
 The single layer (gzip) holds usr/local/bin/weftd and usr/local/bin/weft,
-owned by root, mode 0755, and opt/bin/flanneld and opt/bin/install-conf,
+stripped of symbols and debug sections, owned by root, mode 0755, and opt/bin/flanneld and opt/bin/install-conf,
 symbolic links to weftd: kube-flannel.yml runs those two from flannel's
 image, and weftd takes their command lines under their names. The config runs weftd as uid/gid 65532 by default
 (the DaemonSet sets uid 0 itself; see the chart). Every timestamp comes from
@@ -26,7 +26,10 @@ import hashlib
 import io
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import tarfile
 import time
 import tomllib
@@ -74,6 +77,38 @@ def elf_info(path: Path) -> tuple[str, bool]:
         for i in range(phnum)
     )
     return arch, not interp
+
+
+def section_names(data: bytes) -> list[str]:
+    """Names of an ELF64 file's sections (from its section header table)."""
+    shoff = int.from_bytes(data[40:48], "little")
+    shentsize = int.from_bytes(data[58:60], "little")
+    shnum = int.from_bytes(data[60:62], "little")
+    shstrndx = int.from_bytes(data[62:64], "little")
+    if shoff == 0 or shnum == 0:
+        return []
+    def header(i: int) -> tuple[int, int, int]:
+        h = data[shoff + i * shentsize : shoff + (i + 1) * shentsize]
+        return int.from_bytes(h[0:4], "little"), int.from_bytes(h[24:32], "little"), int.from_bytes(h[32:40], "little")
+    _, str_off, str_size = header(shstrndx)
+    strtab = data[str_off : str_off + str_size]
+    names = []
+    for i in range(shnum):
+        name_off = header(i)[0]
+        names.append(strtab[name_off : strtab.index(b"\0", name_off)].decode())
+    return names
+
+
+def stripped(path: Path) -> bytes:
+    """The executable without its symbol table and debug sections (weftd's
+    line tables alone are most of its size): `strip --strip-all` of a copy."""
+    tool = shutil.which("strip")
+    if tool is None:
+        raise ImageError("`strip` (binutils) is not installed: run scripts/setup-host.sh")
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / path.name
+        subprocess.run([tool, "--strip-all", "-o", str(out), str(path)], check=True, capture_output=True)
+        return out.read_bytes()
 
 
 def workspace_version() -> str:
@@ -146,7 +181,7 @@ def build(weftd: Path, weft: Path, out: Path, name: str, version: str) -> dict:
     if len(arches) != 1:
         raise ImageError(f"weftd and weft are built for different architectures: {sorted(arches)}")
     arch = arches.pop()
-    layer = layer_tar({"weftd": weftd.read_bytes(), "weft": weft.read_bytes()}, source_date_epoch())
+    layer = layer_tar({"weftd": stripped(weftd), "weft": stripped(weft)}, source_date_epoch())
     labels = {
         "org.opencontainers.image.title": "weft",
         "org.opencontainers.image.description": "weftd (node agent) and weft (CNI plugin), statically linked",

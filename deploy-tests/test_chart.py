@@ -252,15 +252,19 @@ def test_root_is_explicit_not_implicit(every_render):
 # --- DaemonSet: containers ----------------------------------------------------
 
 
-def test_install_cni_runs_weftd_install_cni_with_the_mounted_dirs(default):
+def test_install_cni_installs_only_the_plugin(default):
     c = default.container("install-cni")
     assert c["command"] == ["/usr/local/bin/weftd", "install-cni"]
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-    assert c["args"] == [
-        f"--bin-dir={mounts['cni-bin']}",
-        f"--conf-dir={mounts['cni-conf']}",
-        f"--cni-conf={mounts['weft-config']}/cni-conf.json",
-    ]
+    assert c["args"] == [f"--bin-dir={mounts['cni-bin']}", "--skip-conflist"]
+
+
+def test_weftd_writes_the_conflist_from_the_mounted_dirs(default):
+    c = default.container("weftd")
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert f"--cni-conf-dir={mounts['cni-conf']}" in c["args"]
+    assert f"--cni-bin-dir={mounts['cni-bin']}" in c["args"]
+    assert f"--cni-conf={mounts['weft-config']}/cni-conf.json" in c["args"]
 
 
 def test_weftd_gets_its_node_name_from_the_downward_api(agent_render):
@@ -278,6 +282,9 @@ def test_weftd_default_args(default):
         "--log-format=text",
         "--vxlan-allow-list=true",
         "--ip-masq",
+        "--cni-conf-dir=/host/cni/net.d",
+        "--cni-bin-dir=/host/cni/bin",
+        "--cni-conf=/etc/kube-flannel/cni-conf.json",
     ]
 
 
@@ -295,6 +302,8 @@ def test_every_weftd_option_reaches_its_flag(all_options):
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["WEFTD_LOG"] == "info,weftd=debug"
     assert env["KUBERNETES_SERVICE_HOST"] == "192.0.2.10"
+    assert env["KUBERNETES_SERVICE_PORT"] == "16443"
+    assert env["WEFT_EXAMPLE"] == "1"
     assert c["image"] == "registry.example.test/net/weft:0.1.0-test"
     assert c["imagePullPolicy"] == "Always"
     assert all_options.pod["imagePullSecrets"] == [{"name": "regcred"}]
@@ -342,10 +351,12 @@ def test_host_paths_are_exactly_flannels_three(default):
 
 
 def test_each_container_mounts_only_what_it_writes(default):
-    assert set(mounts(default, "weftd")) == {"run-flannel", "weft-config"}
-    assert set(mounts(default, "install-cni")) == {"cni-bin", "cni-conf", "weft-config"}
-    for c in ("weftd", "install-cni"):
-        assert mounts(default, c)["weft-config"]["readOnly"] is True
+    assert set(mounts(default, "weftd")) == {"run-flannel", "weft-config", "cni-conf", "cni-bin"}
+    assert set(mounts(default, "install-cni")) == {"cni-bin"}
+    assert mounts(default, "weftd")["weft-config"]["readOnly"] is True
+    # weftd reads the delegates' versions there; install-cni writes the plugin.
+    assert mounts(default, "weftd")["cni-bin"]["readOnly"] is True
+    assert "readOnly" not in mounts(default, "install-cni")["cni-bin"]
 
 
 def test_tun_device_only_for_the_udp_backend(default, udp, host_gw):
@@ -360,7 +371,9 @@ def test_custom_cni_dirs_and_no_host_conf_dir_without_install_config(all_options
     paths = host_paths(all_options)
     assert paths["cni-bin"]["path"] == "/home/kubernetes/bin"
     assert "cni-conf" not in paths
-    assert {"name": "cni-conf", "emptyDir": {}} in all_options.pod["volumes"]
+    assert "cni-conf" not in {v["name"] for v in all_options.pod["volumes"]}
+    # Nobody writes a conflist.
+    assert not [a for a in all_options.container("weftd")["args"] if a.startswith("--cni-conf")]
 
 
 def test_rendering_twice_gives_the_same_text():
@@ -371,28 +384,37 @@ def test_rendering_twice_gives_the_same_text():
 # --- cleanup mode (uninstall) -------------------------------------------------
 
 
+CLEANUP_ARGS = [
+    "--net-config-path=/etc/kube-flannel/net-conf.json",
+    "--subnet-file=/run/flannel/subnet.env",
+    "--log-format=text",
+    "cleanup",
+    "--conf-dir=/host/cni/net.d",
+    "--bin-dir=/host/cni/bin",
+    "--data-dir=/host/cni/data/flannel",
+]
+
+
 def test_cleanup_runs_weftd_cleanup_with_weftds_privileges(cleanup):
     c = cleanup.container("cleanup")
     assert c["command"] == ["/usr/local/bin/weftd"]
-    assert c["args"] == [
-        "--net-config-path=/etc/kube-flannel/net-conf.json",
-        "--subnet-file=/run/flannel/subnet.env",
-        "--log-format=text",
-        "cleanup",
-        "--conf-dir=/host/cni/net.d",
-    ]
+    assert c["args"] == CLEANUP_ARGS
     assert c["securityContext"]["capabilities"]["add"] == ["NET_ADMIN"]
-    assert set(mounts(cleanup, "cleanup")) == {"run-flannel", "cni-conf", "weft-config"}
+    assert set(mounts(cleanup, "cleanup")) == {"run-flannel", "cni-conf", "cni-bin", "cni-data", "weft-config"}
+    assert mounts(cleanup, "cleanup")["cni-data"]["readOnly"] is True
     assert [x["name"] for x in cleanup.pod["initContainers"]] == ["cleanup"]
 
 
-def test_cleanup_pods_idle_unprivileged_and_all_at_once(cleanup):
-    (done,) = cleanup.pod["containers"]
-    sc = done["securityContext"]
-    assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0
-    assert "add" not in sc["capabilities"] and "volumeMounts" not in done
+def test_cleanup_then_waits_for_the_pods_with_weft_s_own_image_all_at_once(cleanup):
+    (finish,) = cleanup.pod["containers"]
+    assert finish["name"] == "finish"
+    # weft's image: nothing outside it is pulled (no pause image).
+    assert finish["image"] == cleanup.container("cleanup")["image"]
+    assert finish["args"] == CLEANUP_ARGS + ["--wait"]
+    assert finish["securityContext"] == cleanup.container("cleanup")["securityContext"]
     assert cleanup.one("DaemonSet")["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == "100%"
-    assert {h["path"] for h in host_paths(cleanup).values()} == {"/run/flannel", "/etc/cni/net.d"}
+    assert {h["path"] for h in host_paths(cleanup).values()} == {
+        "/run/flannel", "/etc/cni/net.d", "/opt/cni/bin", "/var/lib/cni"}
 
 
 def test_cleanup_keeps_the_names_so_it_replaces_the_agent(default, cleanup):
@@ -428,3 +450,10 @@ def test_values_schema_and_readme_table_cover_every_value():
     readme = (weftchart.CHART / "README.md").read_text()
     documented = set(re.findall(r"^\| `([A-Za-z0-9.]+)` \|", readme, re.M))
     assert documented == leaves
+
+
+def test_the_api_server_address_is_the_services_unless_given(default):
+    # kubelet sets KUBERNETES_SERVICE_HOST/PORT to the `kubernetes` Service;
+    # only apiServer.host overrides them.
+    names = {e["name"] for e in default.container("weftd")["env"]}
+    assert not names & {"KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"}, names

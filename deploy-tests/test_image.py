@@ -205,6 +205,15 @@ def test_weftd_parses_the_rendered_net_conf(bins, name, tmp_path):
     assert "Kubernetes API" in out.stderr, out.stderr
 
 
+def test_the_binaries_are_shipped_stripped(bins):
+    for name in ("weftd", "weft"):
+        sections = oci_image.section_names((bins / name).read_bytes())
+        assert ".text" in sections, f"{name}: {sections}"
+        # .debug_gdb_scripts is loaded (a few bytes naming pretty-printers).
+        left = [s for s in sections if s == ".symtab" or (s.startswith(".debug") and s != ".debug_gdb_scripts")]
+        assert not left, f"{name} ships {left}"
+
+
 def test_install_cni_installs_the_rendered_conflist_once(bins, default, tmp_path):
     conf = tmp_path / "cni-conf.json"
     conf.write_text(default.one("ConfigMap")["data"]["cni-conf.json"])
@@ -213,7 +222,7 @@ def test_install_cni_installs_the_rendered_conflist_once(bins, default, tmp_path
     subprocess.run(argv, capture_output=True, timeout=10, check=True)
     installed = conf_dir / "10-weft.conflist"
     assert installed.read_text() == conf.read_text()
-    assert (bin_dir / "weft").read_bytes() == (bins / "weft").read_bytes()
+    assert (bin_dir / "weft").read_bytes() == (bins / "weft").read_bytes()  # the image's own copy
     assert os.stat(bin_dir / "weft").st_mode & 0o777 == 0o755
     inodes = (installed.stat().st_ino, (bin_dir / "weft").stat().st_ino)
     subprocess.run(argv, capture_output=True, timeout=10, check=True)

@@ -118,11 +118,21 @@ def lint(values: dict | None = None) -> dict:
     return helm.lint(str(CHART), values, strict=True, namespace=NAMESPACE)
 
 
+def render_text(values: dict) -> str:
+    """The chart rendered with `values` over its defaults, as one
+    multi-document YAML text (what `helm template` prints)."""
+    return "".join(f"---\n# Source: {d.source}\n{d.text}" for d in render(values or None))
+
+
 def main(argv: list[str]) -> int:
     if len(argv) in (2, 3) and argv[1] == "manifest" and (argv[2:] or ["weft.yaml"])[0] in MANIFESTS:
         sys.stdout.write(manifest_text(*argv[2:]))
         return 0
-    print(f"usage: weftchart.py manifest [{' | '.join(MANIFESTS)}]", file=sys.stderr)
+    if len(argv) == 3 and argv[1] == "render":
+        with open(argv[2]) as f:
+            sys.stdout.write(render_text(yaml.safe_load(f) or {}))
+        return 0
+    print(f"usage: weftchart.py manifest [{' | '.join(MANIFESTS)}] | weftchart.py render VALUES.yaml", file=sys.stderr)
     return 2
 
 

@@ -16,6 +16,7 @@ PACKAGES=(
   golang-github-modern-go-reflect2-dev procps util-linux ethtool python3
   iptables  # the tests make flanneld's iptables rules the way flanneld does
   protobuf-compiler libprotobuf-dev  # etcd-client compiles etcd's v3 API (.proto) when built
+  binutils  # strip: the image ships weftd and weft without symbols
   gcc libc6-dev  # the pause binary of the real-node lab's sandboxes
   containerd runc busybox-static  # the real-node lab: each node's runtime and its workload image
 )

@@ -1,9 +1,14 @@
 //! `weftd cleanup`: removes from a node what weftd put there, for uninstall
 //! (the chart's uninstall path runs it on every node): weft's nftables
 //! table, what the backend put there (its devices, whose routes, neighbour
-//! and FDB entries go with them; host-gw's routes), subnet.env and the
-//! conflist. The `weft` plugin binary and the
-//! plugin's saved configs stay: pods still running must remain removable.
+//! and FDB entries go with them; host-gw's routes) and what other backends
+//! left from before a switch, subnet.env, the conflist and (given its
+//! directory) the `weft` plugin. Pods still running must remain removable:
+//! while any pod on the node is still wired by weft (the plugin's saved
+//! configs), the conflist and the plugin stay (the runtime tears a pod
+//! down only through a loaded network config); `weftd cleanup --wait`
+//! removes them, with the `cni0` bridge and its gateway address, once the
+//! last such pod is gone.
 //! Everything is attempted; the first failure is reported at the end.
 
 use std::path::Path;
@@ -22,11 +27,86 @@ pub struct CleanupError {
     why: String,
 }
 
+/// The bridge the default conflist's `bridge` delegate makes.
+pub const BRIDGE: &str = "cni0";
+
+/// How many pods on this node are still wired by weft: the plugin's saved
+/// configs in `data_dir` (one per pod, removed by its DEL).
+pub fn wired_pods(data_dir: &Path) -> usize {
+    std::fs::read_dir(data_dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Removes the conflist, the `weft` plugin (with `bin_dir`) and, when no
+/// port is left on it, the `cni0` bridge (its gateway address would refuse
+/// a later podCIDR); what was removed, and the failures.
+async fn remove_cni_config(
+    conf_dir: &Path,
+    bin_dir: Option<&Path>,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let (mut removed, mut failed) = (Vec::new(), Vec::new());
+    let plugin = bin_dir.map(|d| d.join("weft"));
+    for file in std::iter::once(conf_dir.join(CONFLIST)).chain(plugin) {
+        match std::fs::remove_file(&file) {
+            Ok(()) => removed.push(format!("file {}", file.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => failed.push((format!("removing {}", file.display()), e.to_string())),
+        }
+    }
+    let ports = Path::new("/sys/class/net").join(BRIDGE).join("brif");
+    let unused = std::fs::read_dir(&ports).is_ok_and(|mut rd| rd.next().is_none());
+    if unused {
+        match Kernel::connect() {
+            Ok(nl) => {
+                let done = crate::backend::delete_links(&nl, &[BRIDGE.to_string()]).await;
+                removed.extend(done.removed);
+                failed.extend(done.failed);
+            }
+            Err(e) => failed.push(("opening a netlink socket".into(), e.to_string())),
+        }
+    }
+    (removed, failed)
+}
+
+/// `weftd cleanup --wait`, after `run`: waits until no pod on the node is
+/// wired by weft, then removes the conflist and an unused `cni0`, and
+/// returns what it removed (the chart's cleanup DaemonSet then idles until
+/// it is deleted).
+pub async fn finish(conf_dir: &Path, bin_dir: Option<&Path>, data_dir: &Path) -> Vec<String> {
+    let mut said = None;
+    loop {
+        let left = wired_pods(data_dir);
+        if left == 0 {
+            break;
+        }
+        if said != Some(left) {
+            tracing::info!(
+                pods = left,
+                "waiting for the pods still wired by weft on this node to go before removing {CONFLIST}"
+            );
+            said = Some(left);
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+    let (removed, failed) = remove_cni_config(conf_dir, bin_dir).await;
+    for (what, why) in failed {
+        tracing::warn!(what, why, "cleanup step failed");
+    }
+    removed
+}
+
 /// Removes weft's state; what was removed, one line each.
 pub async fn run(
     net_conf: &Path,
     subnet_file: &Path,
     conf_dir: &Path,
+    bin_dir: Option<&Path>,
+    data_dir: &Path,
 ) -> Result<Vec<String>, CleanupError> {
     let mut removed = Vec::new();
     let mut first_err: Option<CleanupError> = None;
@@ -48,7 +128,11 @@ pub async fn run(
     match Kernel::connect() {
         Ok(nl) => {
             let done = match &cfg {
-                Ok(cfg) => crate::backends::teardown(&nl, cfg).await,
+                Ok(cfg) => {
+                    let mut done = crate::backends::teardown(&nl, cfg).await;
+                    done.extend(crate::backends::other_leftovers(&nl, cfg).await);
+                    done
+                }
                 Err(_) => crate::vxlan::delete_devices(&nl, DEFAULT_VNI).await,
             };
             removed.extend(done.removed);
@@ -58,12 +142,26 @@ pub async fn run(
         }
         Err(e) => fail("opening a netlink socket", e.to_string()),
     }
-    for file in [subnet_file.to_path_buf(), conf_dir.join(CONFLIST)] {
-        match std::fs::remove_file(&file) {
-            Ok(()) => removed.push(format!("file {}", file.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => fail(&format!("removing {}", file.display()), e.to_string()),
+    match std::fs::remove_file(subnet_file) {
+        Ok(()) => removed.push(format!("file {}", subnet_file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => fail(
+            &format!("removing {}", subnet_file.display()),
+            e.to_string(),
+        ),
+    }
+    let wired = wired_pods(data_dir);
+    if wired == 0 {
+        let (done, failed) = remove_cni_config(conf_dir, bin_dir).await;
+        removed.extend(done);
+        for (what, why) in failed {
+            fail(&what, why);
         }
+    } else {
+        tracing::info!(
+            pods = wired,
+            "{wired} pods on this node are still wired by weft: {CONFLIST} stays so that the runtime can tear them down (`weftd cleanup --wait` removes it once they are gone)"
+        );
     }
     match first_err {
         Some(e) => Err(e),

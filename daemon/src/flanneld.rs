@@ -541,6 +541,8 @@ impl Flanneld {
             resync: Duration::from_secs(DEFAULT_RESYNC_SECONDS),
             allow_list: true,
             udp_offload: true,
+            // flanneld's install-cni init container writes the conflist.
+            conflist: None,
         })
     }
 }

@@ -8,7 +8,7 @@
 //! list newer than its plugins fails every pod. A conflist given as a file
 //! wins over the default, as it is.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::files::{FileError, write_atomic};
 
@@ -92,13 +92,31 @@ pub fn default_conflist(cni_version: &str) -> String {
 }
 
 impl Install {
+    /// Copies the plugin and writes the conflist (`weftd install-cni`).
     pub fn run(&self) -> Result<Installed, InstallError> {
+        let plugin_written = self.install_plugin()?;
+        let (text, cni_version) = self.conflist()?;
+        let conflist_written = write_conflist(&self.conf_dir, &text)?;
+        Ok(Installed {
+            plugin_written,
+            conflist_written,
+            cni_version,
+        })
+    }
+
+    /// Copies the `weft` plugin into the bin directory; whether it wrote.
+    pub fn install_plugin(&self) -> Result<bool, InstallError> {
         let bytes = std::fs::read(&self.plugin).map_err(|source| InstallError::ReadPlugin {
             path: self.plugin.clone(),
             source,
         })?;
-        let plugin_written = write_atomic(&self.bin_dir.join("weft"), &bytes, 0o755)?;
-        let (text, cni_version) = match &self.conf_file {
+        Ok(write_atomic(&self.bin_dir.join("weft"), &bytes, 0o755)?)
+    }
+
+    /// The conflist to install (the given file, or the default at the
+    /// highest version every delegate speaks) and its cniVersion.
+    pub fn conflist(&self) -> Result<(String, Option<String>), InstallError> {
+        Ok(match &self.conf_file {
             Some(path) => {
                 let text =
                     std::fs::read_to_string(path).map_err(|source| InstallError::ReadConf {
@@ -142,18 +160,18 @@ impl Install {
                 })?;
                 (default_conflist(&v), Some(v))
             }
-        };
-        let conflist_written = write_atomic(
-            &self.conf_dir.join(crate::cleanup::CONFLIST),
-            text.as_bytes(),
-            0o644,
-        )?;
-        Ok(Installed {
-            plugin_written,
-            conflist_written,
-            cni_version,
         })
     }
+}
+
+/// Writes `10-weft.conflist` into `conf_dir` atomically, only when its
+/// content differs; whether it wrote.
+pub fn write_conflist(conf_dir: &Path, text: &str) -> Result<bool, FileError> {
+    write_atomic(
+        &conf_dir.join(crate::cleanup::CONFLIST),
+        text.as_bytes(),
+        0o644,
+    )
 }
 
 /// flannel's `install-conf SRC DEST` (kube-flannel.yml's `install-cni`

@@ -132,6 +132,20 @@ struct Args {
     /// done without either way.
     #[arg(long, env = "WEFTD_UDP_OFFLOAD", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     udp_offload: bool,
+    /// Write `10-weft.conflist` into this directory once weftd is ready
+    /// (subnet.env written, first full reconcile done), and put it back
+    /// every --rules-resync-seconds: the container runtime reports the
+    /// node's network ready only when weft is. Unset: weftd writes no
+    /// conflist (`weftd install-cni` does).
+    #[arg(long, env = "WEFTD_CNI_CONF_DIR")]
+    cni_conf_dir: Option<PathBuf>,
+    /// The conflist to write there instead of the default (weft, portmap).
+    #[arg(long, env = "WEFTD_CNI_CONF")]
+    cni_conf: Option<PathBuf>,
+    /// Where the delegates (bridge, host-local, portmap) are, for the
+    /// default conflist's cniVersion.
+    #[arg(long, env = "WEFTD_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+    cni_bin_dir: PathBuf,
     /// Log format.
     #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -157,15 +171,34 @@ enum Sub {
         /// More directories holding the delegates (bridge, host-local, portmap).
         #[arg(long)]
         delegate_dir: Vec<PathBuf>,
+        /// Install the plugin only: weftd writes the conflist once it is
+        /// ready (its --cni-conf-dir).
+        #[arg(long)]
+        skip_conflist: bool,
     },
     /// Remove what weftd put on this node, for uninstall: the nftables
     /// table `inet weft`, the backend's devices (with their routes,
-    /// neighbour and FDB entries), subnet.env and `10-weft.conflist`. The
-    /// `weft` plugin binary stays, so pods still running can be torn down.
+    /// neighbour and FDB entries) and those another backend left,
+    /// subnet.env, then `10-weft.conflist`, the `weft` plugin (with
+    /// --bin-dir) and an unused cni0 once no pod is wired by weft (pods
+    /// still running must stay removable).
     Cleanup {
         /// Where the conflist was installed.
         #[arg(long, default_value = "/etc/cni/net.d")]
         conf_dir: PathBuf,
+        /// Where the `weft` plugin was installed: it is removed too (once no
+        /// pod is wired by weft). Unset: the plugin stays.
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// The weft plugin's data directory: a saved config there is a pod
+        /// still wired by weft, and keeps the conflist in place.
+        #[arg(long, default_value = "/var/lib/cni/flannel")]
+        data_dir: PathBuf,
+        /// Then wait until no pod is wired by weft, remove the conflist and
+        /// an unused cni0, and keep running until SIGTERM (the chart's
+        /// cleanup DaemonSet).
+        #[arg(long)]
+        wait: bool,
         /// Remove what flanneld left instead (its iptables chains
         /// FLANNEL-POSTRTG and FLANNEL-FWD with the jumps to them, its
         /// nftables tables), and nothing else: for a node switched from
@@ -191,10 +224,18 @@ fn init_logging(format: LogFormat, default_level: &str) {
     // kube's client logs an ERROR per failed connection attempt (weftd
     // says itself when the API is lost and when it is back); netlink's
     // warns about messages for a subscription weftd closed.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("WEFTD_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "{default_level},kube_client=off,netlink_proto=error"
-        ))
+    // $WEFTD_LOG (e.g. the chart's "info") keeps these two quiet unless
+    // it names them itself: its directives come after, and win.
+    let quiet = "kube_client=off,netlink_proto=error";
+    let directives = match std::env::var("WEFTD_LOG") {
+        Ok(user) if !user.trim().is_empty() => format!("{default_level},{quiet},{user}"),
+        _ => format!("{default_level},{quiet}"),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives).unwrap_or_else(|e| {
+        eprintln!(
+            "weftd: WEFTD_LOG={directives:?} is not a valid filter ({e}); using {default_level}"
+        );
+        tracing_subscriber::EnvFilter::new(format!("{default_level},{quiet}"))
     });
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -309,6 +350,7 @@ fn install_cni(
     cni_conf: Option<PathBuf>,
     plugin: Option<PathBuf>,
     delegate_dir: Vec<PathBuf>,
+    skip_conflist: bool,
 ) -> anyhow::Result<()> {
     let plugin = match plugin {
         Some(p) => p,
@@ -319,15 +361,26 @@ fn install_cni(
                 anyhow::anyhow!("cannot locate the weft plugin next to weftd: pass --plugin")
             })?,
     };
-    let done = weftd::install::Install {
+    let install = weftd::install::Install {
         bin_dir,
         conf_dir,
         conf_file: cni_conf,
         plugin,
         delegate_dirs: delegate_dir,
+    };
+    if skip_conflist {
+        let written = install
+            .install_plugin()
+            .map_err(|e| anyhow::anyhow!(agent::chain(&e)))?;
+        tracing::info!(
+            plugin_written = written,
+            "CNI plugin installed (weftd writes the conflist once ready)"
+        );
+        return Ok(());
     }
-    .run()
-    .map_err(|e| anyhow::anyhow!(agent::chain(&e)))?;
+    let done = install
+        .run()
+        .map_err(|e| anyhow::anyhow!(agent::chain(&e)))?;
     tracing::info!(
         plugin_written = done.plugin_written,
         conflist_written = done.conflist_written,
@@ -345,7 +398,17 @@ fn run(args: Args) -> anyhow::Result<()> {
             cni_conf,
             plugin,
             delegate_dir,
-        }) => return install_cni(bin_dir, conf_dir, cni_conf, plugin, delegate_dir),
+            skip_conflist,
+        }) => {
+            return install_cni(
+                bin_dir,
+                conf_dir,
+                cni_conf,
+                plugin,
+                delegate_dir,
+                skip_conflist,
+            );
+        }
         Some(Sub::Cleanup { flannel: true, .. }) => {
             let removed = weftd::cleanup::flannel()?;
             for r in &removed {
@@ -356,17 +419,40 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        Some(Sub::Cleanup { conf_dir, .. }) => {
-            let removed = current_thread()?.block_on(weftd::cleanup::run(
+        Some(Sub::Cleanup {
+            conf_dir,
+            bin_dir,
+            data_dir,
+            wait,
+            ..
+        }) => {
+            let rt = current_thread()?;
+            let removed = rt.block_on(weftd::cleanup::run(
                 &args.net_config_path,
                 &args.subnet_file,
                 &conf_dir,
+                bin_dir.as_deref(),
+                &data_dir,
             ))?;
             for r in &removed {
                 tracing::info!(removed = %r, "cleanup");
             }
             if removed.is_empty() {
                 tracing::info!("cleanup: nothing of weft's was left on this node");
+            }
+            if wait {
+                rt.block_on(async {
+                    tokio::select! {
+                        removed = weftd::cleanup::finish(&conf_dir, bin_dir.as_deref(), &data_dir) => {
+                            for r in &removed {
+                                tracing::info!(removed = %r, "cleanup");
+                            }
+                            tracing::info!("cleanup: done; nothing of weft's is left on this node");
+                            terminated().await;
+                        }
+                        () = terminated() => {}
+                    }
+                });
             }
             return Ok(());
         }
@@ -394,6 +480,23 @@ fn run(args: Args) -> anyhow::Result<()> {
         }),
     };
     let etcd = matches!(subnet_manager, agent::SubnetManager::Etcd(_));
+    // The conflist is made (and checked) now: a bad one stops weftd here,
+    // with the reason, not at every period.
+    let conflist = match args.cni_conf_dir {
+        Some(dir) => {
+            let (text, _) = weftd::install::Install {
+                bin_dir: args.cni_bin_dir,
+                conf_dir: dir.clone(),
+                conf_file: args.cni_conf,
+                plugin: PathBuf::new(),
+                delegate_dirs: Vec::new(),
+            }
+            .conflist()
+            .map_err(|e| anyhow::anyhow!(agent::chain(&e)))?;
+            Some((dir, text))
+        }
+        None => None,
+    };
     let opts = Options {
         subnet_manager,
         node: node_ref(etcd)?,
@@ -420,29 +523,32 @@ fn run(args: Args) -> anyhow::Result<()> {
         allow_list: args.vxlan_allow_list,
         rules_resync: Duration::from_secs(args.rules_resync_seconds.max(1)),
         udp_offload: args.udp_offload,
+        conflist,
     };
     serve_agent(opts)
+}
+
+/// Resolves at SIGTERM or SIGINT.
+async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
 fn serve_agent(opts: Options) -> anyhow::Result<()> {
     current_thread()?.block_on(async {
-        let shutdown = async {
-            use tokio::signal::unix::{SignalKind, signal};
-            match (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) {
-                (Ok(mut term), Ok(mut int)) => {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                }
-                _ => std::future::pending().await,
-            }
-        };
-        agent::run(opts, shutdown)
+        agent::run(opts, terminated())
             .await
             .map_err(|e| anyhow::anyhow!(agent::chain(&e)))
     })

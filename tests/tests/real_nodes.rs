@@ -142,4 +142,106 @@ fn weft_installed_by_kubectl_apply_wires_every_pod_and_deletes_leave_nothing() {
         assert!(Instant::now() < deadline, "left after DEL: {now:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // A rolling update of weft's DaemonSet while a pod on node-1 pings one
+    // on node-2: weftd restarts leave the data plane in place.
+    let pods = lab.workload_pods().unwrap();
+    let a = pods.iter().find(|p| p.node == "node-1").unwrap();
+    let b = pods.iter().find(|p| p.node == "node-2").unwrap();
+    let count = 4000; // 40 s at 100/s
+    let pinger = lab.start_ping(a, b.ip, count).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = Instant::now();
+    let rollout = lab.restart_weft().unwrap();
+    let rolled = t0.elapsed();
+    let (sent, received) = pinger.finish().unwrap();
+    eprintln!(
+        "rolling update of weft on 3 nodes: {rollout:.1} s; ping {} -> {}: {sent} sent, {} lost",
+        a.name,
+        b.name,
+        sent - received
+    );
+    assert!(
+        rolled < Duration::from_secs(36),
+        "the rollout ({rollout:.1} s) outlasted the ping"
+    );
+    assert_eq!(sent, u64::from(count));
+    assert_eq!(sent - received, 0, "packets lost during the rollout");
+
+    // The chart rendered with the udp backend, applied over the running
+    // vxlan cluster (a backend switch): each weftd removes the VXLAN
+    // device the other backend left, and udp pods reach each other (the
+    // chart's /dev/net/tun mount, under a real runtime, not privileged).
+    lab.apply_chart("backend:\n  type: udp\n").unwrap();
+    for n in ["node-1", "node-2", "node-3"] {
+        let links = lab.run(n, &["ip", "-o", "link", "show"]).unwrap();
+        assert!(!links.contains("flannel.1"), "{n} kept flannel.1:\n{links}");
+        assert!(links.contains("flannel0"), "{n} has no flannel0:\n{links}");
+        let routes = lab.run(n, &["ip", "route", "show"]).unwrap();
+        assert!(!routes.contains("flannel.1"), "{n}:\n{routes}");
+    }
+    let results = lab.real_connectivity().unwrap();
+    assert_eq!(results.len(), 12 * 11);
+    let failed: Vec<_> = results.iter().filter(|r| !r.ok()).collect();
+    assert!(failed.is_empty(), "over udp: {failed:#?}");
+
+    // Uninstall as the README says: the cleanup manifest over the running
+    // install. Pods still running stay removable (the conflist and the
+    // plugin stay until the last of them is gone), then nothing of weft is
+    // left on any node.
+    let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let kubectl_file = |verb: &str, file: &str| {
+        let path = manifests.join(file);
+        weft_lab::cmd::run(lab.kubectl().args([verb, "-f"]).arg(&path).arg("--wait")).unwrap();
+    };
+    kubectl_file("apply", "weft-cleanup.yaml");
+    lab.wait_weft_rollout(120).unwrap();
+    let on = |n: &str, path: &str| lab.node(n).unwrap().host_path(path).exists();
+    for n in ["node-1", "node-2", "node-3"] {
+        let links = lab.run(n, &["ip", "-o", "link", "show"]).unwrap();
+        assert!(!links.contains("flannel"), "{n}:\n{links}");
+        let tables = lab.run(n, &["nft", "list", "tables"]).unwrap();
+        assert!(!tables.contains("weft"), "{n}: {tables}");
+        assert!(!on(n, "/run/flannel/subnet.env"), "{n}: subnet.env left");
+        // Pods still run here: their DEL needs the conflist and the plugin.
+        assert!(
+            on(n, "/etc/cni/net.d/10-weft.conflist"),
+            "{n}: conflist gone too early"
+        );
+        assert!(on(n, "/opt/cni/bin/weft"), "{n}: plugin gone too early");
+    }
+    weft_lab::cmd::run(
+        lab.kubectl()
+            .args(["delete", "deployment", "busybox", "--wait"]),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let pods = lab
+            .kubectl_json(&["get", "pods", "-l", "app=busybox"])
+            .unwrap();
+        let left: Vec<String> = ["node-1", "node-2", "node-3"]
+            .iter()
+            .flat_map(|n| {
+                let links = lab.run(n, &["ip", "-o", "link", "show"]).unwrap();
+                [
+                    on(n, "/etc/cni/net.d/10-weft.conflist").then(|| format!("{n}: conflist")),
+                    on(n, "/opt/cni/bin/weft").then(|| format!("{n}: plugin")),
+                    links.contains("cni0").then(|| format!("{n}: cni0")),
+                    links.contains("veth").then(|| format!("{n}: a veth")),
+                ]
+            })
+            .flatten()
+            .collect();
+        if pods["items"].as_array().unwrap().is_empty() && left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after the workload went: {left:?}, pods {}",
+            pods["items"].as_array().unwrap().len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    kubectl_file("delete", "weft-cleanup.yaml");
 }

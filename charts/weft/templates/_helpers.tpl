@@ -133,3 +133,52 @@ capabilities:
   drop: ["ALL"]
   add: ["NET_ADMIN"]
 {{- end }}
+
+{{/* A container of cleanup mode (after its name): `weftd cleanup`, and with
+.wait, `weftd cleanup --wait`. */}}
+{{- define "weft.cleanupContainer" -}}
+{{- $v := .root.Values -}}
+image: {{ include "weft.image" .root }}
+imagePullPolicy: {{ $v.image.pullPolicy }}
+command: ["/usr/local/bin/weftd"]
+args:
+  - --net-config-path=/etc/kube-flannel/net-conf.json
+  - --subnet-file=/run/flannel/subnet.env
+  - --log-format={{ $v.logFormat }}
+  - cleanup
+  - --conf-dir=/host/cni/net.d
+  - --bin-dir=/host/cni/bin
+  - --data-dir=/host/cni/data/flannel
+  {{- if .wait }}
+  - --wait
+  {{- end }}
+env:
+  - name: WEFTD_LOG
+    value: {{ $v.logLevel | quote }}
+{{- if .wait }}
+resources:
+  requests:
+    cpu: 1m
+    memory: 8Mi
+{{- else }}
+{{- with $v.resources }}
+resources:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+securityContext:
+  {{- include "weft.weftdSecurityContext" .root | nindent 2 }}
+volumeMounts:
+  - name: run-flannel
+    mountPath: /run/flannel
+  - name: cni-conf
+    mountPath: /host/cni/net.d
+  - name: cni-bin
+    mountPath: /host/cni/bin
+  - name: cni-data
+    mountPath: /host/cni/data
+    readOnly: true
+  - name: weft-config
+    mountPath: /etc/kube-flannel
+    readOnly: true
+{{- end }}

@@ -80,6 +80,9 @@ pub struct Options {
     pub rules_resync: Duration,
     /// The udp backend asks the kernel for TUN offload, UDP GSO and GRO.
     pub udp_offload: bool,
+    /// Where to write the conflist once ready, and its text (see
+    /// `keep_conflist`).
+    pub conflist: Option<(PathBuf, String)>,
 }
 
 /// Where leases live: Kubernetes Nodes (flanneld's `--kube-subnet-mgr`)
@@ -162,7 +165,9 @@ pub enum AgentError {
     },
 }
 
-async fn client(opts: &Options) -> Result<Client, AgentError> {
+/// The API client, and where it sends requests (the URL and what chose
+/// it), for messages.
+async fn client(opts: &Options) -> Result<(Client, String), AgentError> {
     let how = match (&opts.kubeconfig, &opts.api_url) {
         (Some(path), _) => format!("kubeconfig {}", path.display()),
         (None, Some(url)) => format!("--kube-api-url {url} with the in-cluster credentials"),
@@ -171,6 +176,7 @@ async fn client(opts: &Options) -> Result<Client, AgentError> {
         }
         (None, None) => "the in-cluster configuration".to_string(),
     };
+    let in_cluster = opts.kubeconfig.is_none() && opts.api_url.is_none();
     let err = |e: Box<dyn std::error::Error + Send + Sync>| AgentError::Client {
         how: how.clone(),
         source: e,
@@ -197,7 +203,17 @@ async fn client(opts: &Options) -> Result<Client, AgentError> {
         cfg.cluster_url = url.parse().map_err(|e| err(Box::new(e)))?;
     }
     cfg.read_timeout = Some(crate::lease::kube::watch::READ_TIMEOUT);
-    Client::try_from(cfg).map_err(|e| err(Box::new(e)))
+    let server = if in_cluster {
+        format!(
+            "{} (in-cluster: $KUBERNETES_SERVICE_HOST and $KUBERNETES_SERVICE_PORT)",
+            cfg.cluster_url
+        )
+    } else {
+        format!("{} ({how})", cfg.cluster_url)
+    };
+    tracing::info!("API server: {server}");
+    let client = Client::try_from(cfg).map_err(|e| err(Box::new(e)))?;
+    Ok((client, server))
 }
 
 /// This node's name: given, or read from the pod weftd runs in.
@@ -238,6 +254,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
     match &opts.subnet_manager {
         SubnetManager::Kube => {
             let cfg = NetConfig::load(&opts.net_config_path)?;
+            crate::backends::remove_other_leftovers(&nl, &cfg).await;
             let names = Names::new(&opts.annotation_prefix).map_err(AgentError::Prefix)?;
             let mut node: Option<String> = None;
             // Each turn connects afresh: after the external interface
@@ -245,14 +262,14 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
             // node no longer has (its next request would hang until the
             // read timeout).
             loop {
-                let client = client(&opts).await?;
+                let (client, server) = client(&opts).await?;
                 let name = match &node {
                     Some(n) => n.clone(),
                     None => node_name(&client, &opts.node).await?,
                 };
                 node = Some(name.clone());
                 let api: Api<SlimNode> = Api::all(client);
-                let source = KubeSource::new(api, names.clone(), name);
+                let source = KubeSource::new(api, names.clone(), name, server);
                 let turn = serve_once(
                     &nl,
                     &source,
@@ -289,6 +306,7 @@ pub async fn run(opts: Options, shutdown: impl Future<Output = ()>) -> Result<()
                 NodeRef::Name(n) => n.clone(),
                 NodeRef::Pod { name, .. } => name.clone(),
             };
+            crate::backends::remove_other_leftovers(&nl, &cfg).await;
             // One source for the process: its lease renewer runs as long.
             let source = lease::etcd::EtcdSource::new(client, eo.clone(), &cfg, name)?;
             serve(&nl, &source, &cfg, &opts, &metrics, &mut rules, shutdown).await
@@ -590,6 +608,7 @@ where
             tokio::time::sleep(period).await;
         }
     };
+    let conflist = keep_conflist(opts.conflist.as_ref(), metrics, period);
     let (v4, v6) = (cfg.ipv4.is_some(), cfg.ipv6.is_some());
     let underlay = async {
         loop {
@@ -607,6 +626,39 @@ where
     tokio::select! {
         () = driver::drive(nl, backend.as_mut(), &mut rules, metrics, inputs, shutdown) => Ok(None),
         () = every_period => Ok(None),
+        () = conflist => Ok(None),
         why = underlay => Ok(Some(why)),
+    }
+}
+
+/// Writes the conflist once weftd is ready, and puts it back every
+/// `period` when it is missing or altered. Until then the runtime sees no
+/// network config, so the node is not network-ready before weft is (with
+/// flannel, pods scheduled in that window fail their ADD). Never returns.
+async fn keep_conflist(conflist: Option<&(PathBuf, String)>, metrics: &Metrics, period: Duration) {
+    let Some((dir, text)) = conflist else {
+        return std::future::pending().await;
+    };
+    while !metrics.ready() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut first = true;
+    loop {
+        let path = dir.join(crate::cleanup::CONFLIST);
+        match crate::install::write_conflist(dir, text) {
+            Ok(true) if first => {
+                tracing::info!(path = %path.display(), "conflist written: this node's pod network is ready")
+            }
+            Ok(true) => {
+                tracing::warn!(path = %path.display(), "the conflist was missing or altered; written again");
+                metrics.file_restored("10-weft.conflist");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "writing the conflist failed; will retry")
+            }
+        }
+        first = false;
+        tokio::time::sleep(period).await;
     }
 }

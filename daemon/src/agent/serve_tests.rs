@@ -76,6 +76,7 @@ fn options(dir: &std::path::Path) -> Options {
         allow_list: true,
         rules_resync: Duration::from_secs(10),
         udp_offload: true,
+        conflist: Some((dir.join("net.d"), "{\"name\":\"cbr0\"}\n".to_string())),
     }
 }
 
@@ -146,10 +147,44 @@ async fn serve_takes_the_lease_publishes_writes_subnet_env_and_follows_the_sourc
             text.contains("weft_file_restorations_total{file=\"subnet.env\"} 2"),
             "{text}"
         );
+
+        // The conflist, written once ready, is kept like subnet.env.
+        let (conf_dir, conflist) = opts.conflist.clone().unwrap();
+        let path = conf_dir.join("10-weft.conflist");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), conflist);
+        std::fs::remove_file(&path).unwrap();
+        tokio::time::sleep(opts.rules_resync + Duration::from_millis(10)).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), conflist);
+        assert!(
+            metrics
+                .render()
+                .contains("weft_file_restorations_total{file=\"10-weft.conflist\"} 1")
+        );
         let _ = stop.send(());
     };
     let (served, ()) = tokio::join!(serving, script);
     served.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_conflist_appears_only_once_weftd_is_ready() {
+    let dir = std::env::temp_dir().join(format!("weftd-conflist-{}", std::process::id()));
+    let conf = (dir.clone(), "{\"name\":\"cbr0\"}\n".to_string());
+    let path = dir.join("10-weft.conflist");
+    let metrics = Metrics::default();
+    let keeper = super::keep_conflist(Some(&conf), &metrics, Duration::from_secs(10));
+    let script = async {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!path.exists(), "written before weftd was ready");
+        metrics.set_ready();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), conf.1);
+    };
+    tokio::select! {
+        () = keeper => unreachable!("keep_conflist returned"),
+        () = script => {}
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -282,7 +282,8 @@ pub fn record<E: std::error::Error>(
                     peers,
                     writes,
                     failed = out.failed.len(),
-                    ms = secs * 1e3,
+                    // Two decimals: 0.34, not 0.33512000000000003.
+                    ms = (secs * 1e5).round() / 1e2,
                     "reconciled"
                 );
             }

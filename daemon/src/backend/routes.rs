@@ -237,6 +237,11 @@ pub fn route_ops<'a>(
 /// through a gateway whose destination lies inside a pod network of
 /// net-conf.json (what host-gw or DirectRouting programmed).
 pub async fn teardown(nl: &Kernel, cfg: &NetConfig) -> Teardown {
+    teardown_on(nl, cfg, |_| true).await
+}
+
+/// The same, on the links whose name `on` accepts.
+pub async fn teardown_on(nl: &Kernel, cfg: &NetConfig, on: impl Fn(&str) -> bool) -> Teardown {
     let mut done = Teardown::default();
     let links = match nl.links().await {
         Ok(l) => l,
@@ -246,7 +251,7 @@ pub async fn teardown(nl: &Kernel, cfg: &NetConfig) -> Teardown {
         }
     };
     for network in cfg.networks() {
-        for link in &links {
+        for link in links.iter().filter(|l| on(&l.name)) {
             let observed = match nl.observe(link.index, network.is_ipv6()).await {
                 Ok(o) => o,
                 Err(e) => {

@@ -121,6 +121,17 @@ pub fn device_name(vni: u32, ipv6: bool) -> String {
     }
 }
 
+/// The VNI in a VXLAN device name flannel or weft gives (`flannel.<vni>`,
+/// `flannel-v6.<vni>`), or `None` for any other name.
+pub fn vni_of_device(name: &str) -> Option<u32> {
+    let n = name
+        .strip_prefix("flannel-v6.")
+        .or_else(|| name.strip_prefix("flannel."))?;
+    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| n.parse().ok())
+        .flatten()
+}
+
 /// The address weft puts on the device: the subnet's network address, alone.
 pub fn device_address(subnet: IpNetwork) -> IpNetwork {
     let host = if subnet.is_ipv4() { 32 } else { 128 };
@@ -430,6 +441,26 @@ pub async fn delete_devices(nl: &Kernel, vni: u32) -> Teardown {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_names_give_their_vni() {
+        for vni in [1, 4096, 16_777_215] {
+            for v6 in [false, true] {
+                assert_eq!(vni_of_device(&device_name(vni, v6)), Some(vni));
+            }
+        }
+        for other in [
+            "flannel0",
+            "flannel.",
+            "flannel.1a",
+            "flannel-v6.",
+            "cni0",
+            "eth0",
+            "xflannel.1",
+        ] {
+            assert_eq!(vni_of_device(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn the_codec_takes_our_vni_and_a_unicast_mac_only() {

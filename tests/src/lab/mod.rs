@@ -32,7 +32,7 @@ mod teardown;
 
 pub use build::save_state;
 use build::{build, start_apiserver};
-pub use real_nodes::{RealPod, WORKLOAD};
+pub use real_nodes::{Pinger, RealPod, WORKLOAD};
 pub use teardown::{Removed, clean_all, lab_netns, teardown};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);

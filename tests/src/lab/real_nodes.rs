@@ -213,6 +213,60 @@ impl Lab {
         Ok(out)
     }
 
+    /// Renders weft's chart with `values` (YAML) over its defaults, with
+    /// Helm's own engine (`scripts/render-manifests --values`), applies it
+    /// with kubectl (a `helm upgrade`), and waits for the rollout.
+    pub fn apply_chart(&self, values: &str) -> Result<(), LabError> {
+        let file = self.state.dir.join("chart-values.yaml");
+        std::fs::write(&file, values).map_err(|source| LabError::State {
+            path: file.clone(),
+            source,
+        })?;
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/render-manifests");
+        let rendered = cmd::run(Command::new("bash").arg(&script).arg("--values").arg(&file))?;
+        cmd::run_with_stdin(
+            self.kubectl().args(["apply", "-f", "-"]),
+            rendered.as_bytes(),
+        )?;
+        self.wait_weft_rollout(300)
+    }
+
+    /// `kubectl -n kube-weft rollout restart daemonset/weft` (a changed
+    /// pod template, as a new image tag or config would make), then waits
+    /// until the new pods are Ready on every node; the seconds it took.
+    pub fn restart_weft(&self) -> Result<f64, LabError> {
+        let t0 = Instant::now();
+        cmd::run(self.kubectl().args([
+            "-n",
+            cp::WEFT_NAMESPACE,
+            "rollout",
+            "restart",
+            "daemonset/weft",
+        ]))?;
+        // The rollout is under way once the DaemonSet's generation moved.
+        self.wait_weft_rollout(300)?;
+        Ok(t0.elapsed().as_secs_f64())
+    }
+
+    /// Pings `to` from inside `from` (`kubectl exec`) at 100 packets/s,
+    /// `count` packets, in the background.
+    pub fn start_ping(&self, from: &RealPod, to: Ipv4Addr, count: u32) -> Result<Pinger, LabError> {
+        let mut c = self.kubectl();
+        c.args([
+            "exec", &from.name, "--", "ping", "-q", "-i", "0.01", "-W", "1",
+        ])
+        .arg("-c")
+        .arg(count.to_string())
+        .arg(to.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+        let child = c.spawn().map_err(|e| LabError::Container {
+            node: from.node.clone(),
+            reason: format!("starting kubectl exec ping: {e}"),
+        })?;
+        Ok(Pinger { child })
+    }
+
     /// `kubectl get ... -o json` as admin, parsed.
     pub fn kubectl_json(&self, args: &[&str]) -> Result<Value, LabError> {
         let out = cmd::run(self.kubectl().args(args).args(["-o", "json"]))?;
@@ -250,6 +304,44 @@ impl Lab {
             }
             std::thread::sleep(Duration::from_millis(250));
         }
+    }
+}
+
+/// A ping running inside a pod (`Lab::start_ping`).
+#[derive(Debug)]
+pub struct Pinger {
+    child: std::process::Child,
+}
+
+impl Pinger {
+    /// Waits for the ping to end; (sent, received) from its summary.
+    pub fn finish(self) -> Result<(u64, u64), LabError> {
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|e| LabError::Container {
+                node: "hub".into(),
+                reason: format!("waiting for kubectl exec ping: {e}"),
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let summary = text
+            .lines()
+            .find(|l| l.contains("packets transmitted"))
+            .ok_or_else(|| LabError::Container {
+                node: "hub".into(),
+                reason: format!(
+                    "ping printed no summary: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            })?;
+        let num = |word: &str| -> u64 {
+            summary
+                .split(',')
+                .find(|p| p.contains(word))
+                .and_then(|p| p.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok((num("transmitted"), num("received")))
     }
 }
 

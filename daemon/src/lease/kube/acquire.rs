@@ -18,7 +18,8 @@ const WAIT_LOG_EVERY: Duration = Duration::from_secs(5);
 /// seconds (flanneld exits instead, and crash-loops until IPAM gets to it).
 /// An error from the API server (unreachable, RBAC refusing) is a warning
 /// and is retried with backoff; "not yet" is polled every 500 ms.
-pub async fn wait_for_pod_cidr(api: &Api<SlimNode>, name: &str) -> SlimNode {
+/// `server` says where the API server was looked for.
+pub async fn wait_for_pod_cidr(api: &Api<SlimNode>, name: &str, server: &str) -> SlimNode {
     let start = Instant::now();
     let mut last_log: Option<Instant> = None;
     let mut backoff = crate::backoff::Backoff::new();
@@ -27,7 +28,7 @@ pub async fn wait_for_pod_cidr(api: &Api<SlimNode>, name: &str) -> SlimNode {
             Ok(Some(node)) if !node.pod_cidrs().is_empty() => return node,
             Ok(Some(_)) => ("its spec.podCIDR is not assigned yet (is kube-controller-manager running with --allocate-node-cidrs?)".to_string(), false),
             Ok(None) => ("it does not exist yet".to_string(), false),
-            Err(e) => (answer(&e), true),
+            Err(e) => (with_hint(answer(&e), server), true),
         };
         let wait = if failed {
             backoff.next_wait()
@@ -42,7 +43,7 @@ pub async fn wait_for_pod_cidr(api: &Api<SlimNode>, name: &str) -> SlimNode {
                     node = name,
                     waited_s,
                     retry_in_ms = wait.as_millis() as u64,
-                    "reading node {name} failed: {why}"
+                    "reading node {name} from the API server at {server} failed: {why}"
                 );
             } else {
                 tracing::info!(node = name, waited_s, "waiting for node {name}: {why}");
@@ -55,14 +56,30 @@ pub async fn wait_for_pod_cidr(api: &Api<SlimNode>, name: &str) -> SlimNode {
 
 /// What a failed request came back with, in one line: the API server's
 /// code, reason and message (kube's own text adds the whole Status), or
-/// why there was no answer.
+/// why there was no answer, down to its root cause (refused, timed out,
+/// a certificate not valid for the address).
 pub fn answer(e: &kube::Error) -> String {
     match e {
         kube::Error::Api(s) => format!(
             "the API server answered {} {}: {}",
             s.code, s.reason, s.message
         ),
-        e => format!("no answer from the API server: {e}"),
+        e => format!("no answer from the API server: {}", crate::chain(e)),
+    }
+}
+
+/// `why` with what to do when nothing answered at an in-cluster address:
+/// a Service address works only where kube-proxy (or a replacement) runs.
+fn with_hint(why: String, server: &str) -> String {
+    if why.starts_with("no answer") && server.contains("in-cluster") {
+        format!(
+            "{why} (that is the `kubernetes` Service's address, reached through kube-proxy; \
+             on a cluster without it give the API server's own address as \
+             KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT: the chart's apiServer.host \
+             and apiServer.port)"
+        )
+    } else {
+        why
     }
 }
 

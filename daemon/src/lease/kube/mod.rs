@@ -28,16 +28,19 @@ pub struct KubeSource {
     api: Api<SlimNode>,
     names: Names,
     node_name: String,
+    /// Where the API server is, and what said so (for messages).
+    server: String,
     /// Our Node as we found it when acquiring (what is published already).
     node: Mutex<Option<SlimNode>>,
 }
 
 impl KubeSource {
-    pub fn new(api: Api<SlimNode>, names: Names, node_name: String) -> KubeSource {
+    pub fn new(api: Api<SlimNode>, names: Names, node_name: String, server: String) -> KubeSource {
         KubeSource {
             api,
             names,
             node_name,
+            server,
             node: Mutex::new(None),
         }
     }
@@ -77,7 +80,7 @@ fn keys(names: &Names, family: Family) -> Keys<'_> {
 
 impl LeaseSource for KubeSource {
     async fn acquire(&self) -> OwnLease {
-        let node = acquire::wait_for_pod_cidr(&self.api, &self.node_name).await;
+        let node = acquire::wait_for_pod_cidr(&self.api, &self.node_name, &self.server).await;
         let ip = |key: &str| node.annotation(key).and_then(|s| s.parse::<IpAddr>().ok());
         let own = OwnLease {
             name: node.name().to_string(),
