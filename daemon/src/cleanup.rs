@@ -73,25 +73,40 @@ async fn remove_cni_config(
     (removed, failed)
 }
 
-/// `weftd cleanup --wait`, after `run`: waits until no pod on the node is
-/// wired by weft, then removes the conflist and an unused `cni0`, and
-/// returns what it removed (the chart's cleanup DaemonSet then idles until
-/// it is deleted).
+/// How long no pod must have been wired by weft before `finish` removes
+/// the conflist: a pod's DEL is not the runtime's last use of it. The
+/// kubelet stops the sandbox again, and removes it, within about a second
+/// of the first stop, and containerd asks for a loaded network config each
+/// time (without one: "cni plugin not initialized", and the pod stays
+/// Terminating).
+pub const QUIET: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `weftd cleanup --wait`, after `run`: waits until no pod on the node has
+/// been wired by weft for [`QUIET`], then removes the conflist, the plugin
+/// and an unused `cni0`, and returns what it removed (the chart's cleanup
+/// DaemonSet then idles until it is deleted).
 pub async fn finish(conf_dir: &Path, bin_dir: Option<&Path>, data_dir: &Path) -> Vec<String> {
     let mut said = None;
+    let mut none_since: Option<tokio::time::Instant> = None;
     loop {
         let left = wired_pods(data_dir);
-        if left == 0 {
+        if left > 0 {
+            none_since = None;
+            if said != Some(left) {
+                tracing::info!(
+                    pods = left,
+                    "waiting for the pods still wired by weft on this node to go before removing {CONFLIST}"
+                );
+                said = Some(left);
+            }
+        } else if none_since
+            .get_or_insert_with(tokio::time::Instant::now)
+            .elapsed()
+            >= QUIET
+        {
             break;
         }
-        if said != Some(left) {
-            tracing::info!(
-                pods = left,
-                "waiting for the pods still wired by weft on this node to go before removing {CONFLIST}"
-            );
-            said = Some(left);
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
     let (removed, failed) = remove_cni_config(conf_dir, bin_dir).await;
     for (what, why) in failed {
@@ -186,4 +201,48 @@ pub fn flannel() -> Result<Vec<String>, CleanupError> {
     }
     crate::leftovers::remove(&mut nft, &found).map_err(err("removing flanneld's rules"))?;
     Ok(found.describe())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_conflist_and_plugin_outlive_the_last_wired_pod_by_the_quiet_period() {
+        let dir = std::env::temp_dir().join(format!("weftd-finish-{}", std::process::id()));
+        let (conf, bin, data) = (dir.join("net.d"), dir.join("bin"), dir.join("flannel"));
+        for d in [&conf, &bin, &data] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(conf.join(CONFLIST), "{}").unwrap();
+        std::fs::write(bin.join("weft"), "x").unwrap();
+        std::fs::write(data.join("a1b2"), "{}").unwrap();
+        assert_eq!(wired_pods(&data), 1);
+        let t0 = tokio::time::Instant::now();
+        let finishing = finish(&conf, Some(&bin), &data);
+        let script = async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            assert!(conf.join(CONFLIST).exists(), "removed under a wired pod");
+            std::fs::remove_file(data.join("a1b2")).unwrap();
+            tokio::time::sleep(QUIET - Duration::from_secs(2)).await;
+            assert!(
+                conf.join(CONFLIST).exists(),
+                "removed before the quiet period"
+            );
+            assert!(bin.join("weft").exists());
+        };
+        let removed = tokio::select! {
+            removed = finishing => removed,
+            () = async { script.await; std::future::pending().await } => unreachable!(),
+        };
+        // Not before the pod went plus the quiet period (so the script's
+        // checks all ran), and not much after.
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_secs(30) + QUIET, "{took:?}");
+        assert!(took <= Duration::from_secs(32) + QUIET, "{took:?}");
+        assert!(!conf.join(CONFLIST).exists() && !bin.join("weft").exists());
+        assert_eq!(removed.len(), 2, "{removed:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod bench_cni;
 pub mod bench_dataplane;
+pub mod bench_real;
 pub mod check;
 pub mod cluster;
 pub mod cmd;

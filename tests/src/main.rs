@@ -148,6 +148,23 @@ enum BenchCmd {
         #[arg(long, default_value = "bench-control-plane.json")]
         json: std::path::PathBuf,
     },
+    /// weft on real nodes (kubelet, containerd, kube-proxy): apply to
+    /// Ready, a Deployment to Running, a rolling update's packet loss, and
+    /// each node's memory and CPU.
+    RealNodes {
+        /// Nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Pods of the Deployment.
+        #[arg(long, default_value_t = 30)]
+        pods: usize,
+        /// Seconds of idleness over which CPU is measured.
+        #[arg(long, default_value_t = 20)]
+        idle_seconds: u64,
+        /// Where to write the JSON report.
+        #[arg(long, default_value = "bench-real-nodes.json")]
+        json: std::path::PathBuf,
+    },
     /// The control plane with flannel's etcd subnet manager, next to the
     /// Kubernetes source at the same sizes in the same run.
     Etcd {
@@ -305,6 +322,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 removed.processes.len(),
                 removed.namespaces.len()
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(BenchCmd::RealNodes {
+            nodes,
+            pods,
+            idle_seconds,
+            json,
+        }) => {
+            watch_ctrl_c()?;
+            let name = if cli.name == "default" {
+                "bench-real".to_string()
+            } else {
+                cli.name.clone()
+            };
+            let report = weft_lab::bench_real::run(
+                &name,
+                nodes,
+                pods,
+                std::time::Duration::from_secs(idle_seconds),
+            )?;
+            report.print_table(&mut std::io::stdout())?;
+            std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+                .with_context(|| format!("writing {}", json.display()))?;
+            eprintln!("==> JSON written to {}", json.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(BenchCmd::Cni { runs, json }) => {

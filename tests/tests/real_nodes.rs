@@ -168,11 +168,53 @@ fn weft_installed_by_kubectl_apply_wires_every_pod_and_deletes_leave_nothing() {
     assert_eq!(sent, u64::from(count));
     assert_eq!(sent - received, 0, "packets lost during the rollout");
 
-    // The chart rendered with the udp backend, applied over the running
-    // vxlan cluster (a backend switch): each weftd removes the VXLAN
-    // device the other backend left, and udp pods reach each other (the
-    // chart's /dev/net/tun mount, under a real runtime, not privileged).
-    lab.apply_chart("backend:\n  type: udp\n").unwrap();
+    // node-3 loses kube-proxy, as on a cluster without it: its new weftd
+    // cannot reach the API server at the Service's address and says where
+    // it looked and why, once per retry, without kube's ERROR lines.
+    lab.stop_kube_proxy("node-3").unwrap();
+    let old = lab.weft_pod("node-3").unwrap();
+    weft_lab::cmd::run(
+        lab.kubectl()
+            .args(["-n", "kube-weft", "delete", "pod", &old]),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = loop {
+        let log = lab
+            .weft_pod("node-3")
+            .ok()
+            .and_then(|p| {
+                weft_lab::cmd::run(lab.kubectl().args([
+                    "-n",
+                    "kube-weft",
+                    "logs",
+                    &p,
+                    "-c",
+                    "weftd",
+                ]))
+                .ok()
+            })
+            .unwrap_or_default();
+        if log.contains("failed: no answer") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "no complaint in:\n{log}");
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert!(
+        log.contains("from the API server at https://10.96.0.1"),
+        "{log}"
+    );
+    assert!(log.contains("KUBERNETES_SERVICE_HOST"), "no hint:\n{log}");
+    assert!(!log.contains(" ERROR "), "{log}");
+
+    // The chart rendered with the udp backend and the API server's own
+    // address, applied over the running vxlan cluster (a backend switch):
+    // node-3 reaches the API again, each weftd removes the VXLAN device the
+    // other backend left, and udp pods reach each other (the chart's
+    // /dev/net/tun mount, under a real runtime, not privileged).
+    lab.apply_chart("backend:\n  type: udp\napiServer:\n  host: 198.51.100.1\n  port: 6443\n")
+        .unwrap();
     for n in ["node-1", "node-2", "node-3"] {
         let links = lab.run(n, &["ip", "-o", "link", "show"]).unwrap();
         assert!(!links.contains("flannel.1"), "{n} kept flannel.1:\n{links}");

@@ -97,7 +97,7 @@ pub(crate) fn rss_mb(pid: u32) -> (f64, f64) {
 }
 
 /// CPU seconds (user + system) `pid` has used.
-fn cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<f64> = rest

@@ -201,6 +201,7 @@ pub(super) fn build(cfg: &LabConfig, dir: &Path, apiserver: &Path) -> Result<Lab
         direct_routing: cfg.direct_routing,
         subnet_manager: cfg.subnet_manager,
         real_nodes: cfg.kubelet,
+        weft_rollout_seconds: None,
         hub_netns: hub_ns.clone(),
         hub_ip: HUB_IP,
         underlay,

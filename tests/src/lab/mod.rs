@@ -257,6 +257,10 @@ pub struct LabState {
     /// Real nodes (`LabConfig::kubelet`).
     #[serde(default)]
     pub real_nodes: bool,
+    /// Real nodes: seconds from `kubectl apply` of weft's manifest until
+    /// it was rolled out.
+    #[serde(default)]
+    pub weft_rollout_seconds: Option<f64>,
 }
 
 /// The hub's IPv6 underlay address (dual-stack labs).

@@ -90,11 +90,12 @@ impl Lab {
         self.say("kubectl apply -f manifests/weft.yaml");
         cp::apply_manifest(&self.state.hub_netns, &self.admin_kubeconfig())?;
         self.wait_weft_rollout(180)?;
+        let secs = t0.elapsed().as_secs_f64();
         self.say(&format!(
-            "weft rolled out: a Ready weft pod on every node, every Node Ready, {:.1} s after apply",
-            t0.elapsed().as_secs_f64()
+            "weft rolled out: a Ready weft pod on every node, every Node Ready, {secs:.1} s after apply"
         ));
-        Ok(())
+        self.state.weft_rollout_seconds = Some(secs);
+        self.save()
     }
 
     /// Waits until weft's DaemonSet is fully rolled out and every Node is
@@ -211,6 +212,41 @@ impl Lab {
             }
         }
         Ok(out)
+    }
+
+    /// Stops kube-proxy on `node` and removes its rules (`kube-proxy
+    /// --cleanup`), as on a cluster without kube-proxy: Service addresses
+    /// lead nowhere from that node.
+    pub fn stop_kube_proxy(&self, node: &str) -> Result<(), LabError> {
+        let n = self.node(node)?;
+        let pids: Vec<i32> = crate::netns::pids(&n.netns)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "kube-proxy")
+            })
+            .collect();
+        procs::terminate(&pids, Duration::from_secs(5));
+        let kube = KubeBins::find(&["kube-proxy"])?;
+        cmd::run(
+            n.command(&self.state.name, kube.bin("kube-proxy"))
+                .arg("--cleanup"),
+        )?;
+        Ok(())
+    }
+
+    /// The name of weft's pod on `node`.
+    pub fn weft_pod(&self, node: &str) -> Result<String, LabError> {
+        let json = self.kubectl_json(&["-n", cp::WEFT_NAMESPACE, "get", "pods"])?;
+        items(&json)
+            .filter(|p| {
+                p["spec"]["nodeName"] == node && p["metadata"]["deletionTimestamp"].is_null()
+            })
+            .find_map(|p| p["metadata"]["name"].as_str().map(String::from))
+            .ok_or_else(|| LabError::Container {
+                node: node.to_string(),
+                reason: "no weft pod there".into(),
+            })
     }
 
     /// Renders weft's chart with `values` (YAML) over its defaults, with
