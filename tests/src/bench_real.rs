@@ -118,11 +118,11 @@ pub fn run(name: &str, nodes: usize, pods: usize, idle: Duration) -> Result<Real
         .iter()
         .find(|p| p.node == "node-2")
         .ok_or_else(|| no_pod("node-2"))?;
-    let count = 100 * (20 + 15 * nodes as u32);
-    let pinger = lab.start_ping(a, b.ip, count)?;
+    let pinger = lab.start_ping(a, b.ip)?;
     std::thread::sleep(Duration::from_secs(2));
     let rollout_seconds = lab.restart_weft()?;
-    let (sent, received) = pinger.finish()?;
+    std::thread::sleep(Duration::from_secs(2));
+    let (sent, received) = pinger.finish(&lab)?;
 
     let per_node = lab
         .state

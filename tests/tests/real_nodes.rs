@@ -148,24 +148,24 @@ fn weft_installed_by_kubectl_apply_wires_every_pod_and_deletes_leave_nothing() {
     let pods = lab.workload_pods().unwrap();
     let a = pods.iter().find(|p| p.node == "node-1").unwrap();
     let b = pods.iter().find(|p| p.node == "node-2").unwrap();
-    let count = 4000; // 40 s at 100/s
-    let pinger = lab.start_ping(a, b.ip, count).unwrap();
+    let pinger = lab.start_ping(a, b.ip).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let t0 = Instant::now();
     let rollout = lab.restart_weft().unwrap();
-    let rolled = t0.elapsed();
-    let (sent, received) = pinger.finish().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let (sent, received) = pinger.finish(&lab).unwrap();
     eprintln!(
         "rolling update of weft on 3 nodes: {rollout:.1} s; ping {} -> {}: {sent} sent, {} lost",
         a.name,
         b.name,
         sent - received
     );
+    // At 100/s through the whole rollout (busybox's ping keeps its pace
+    // only roughly: at least half of it).
+    let expected = (rollout + 4.0) * 100.0;
     assert!(
-        rolled < Duration::from_secs(36),
-        "the rollout ({rollout:.1} s) outlasted the ping"
+        sent as f64 > expected * 0.5,
+        "{sent} sent in {rollout:.1} s"
     );
-    assert_eq!(sent, u64::from(count));
     assert_eq!(sent - received, 0, "packets lost during the rollout");
 
     // node-3 loses kube-proxy, as on a cluster without it: its new weftd

@@ -284,23 +284,24 @@ impl Lab {
         Ok(t0.elapsed().as_secs_f64())
     }
 
-    /// Pings `to` from inside `from` (`kubectl exec`) at 100 packets/s,
-    /// `count` packets, in the background.
-    pub fn start_ping(&self, from: &RealPod, to: Ipv4Addr, count: u32) -> Result<Pinger, LabError> {
-        let mut c = self.kubectl();
-        c.args([
-            "exec", &from.name, "--", "ping", "-q", "-i", "0.01", "-W", "1",
-        ])
-        .arg("-c")
-        .arg(count.to_string())
-        .arg(to.to_string())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-        let child = c.spawn().map_err(|e| LabError::Container {
+    /// Pings `to` from inside `from` at 100 packets/s until
+    /// `Pinger::finish`: busybox's ping runs in the pod's background
+    /// (`kubectl exec` starts it and returns), so it spans exactly what the
+    /// caller does meanwhile however long that takes.
+    pub fn start_ping(&self, from: &RealPod, to: Ipv4Addr) -> Result<Pinger, LabError> {
+        let script = format!("ping -q -i 0.01 -W 1 {to} > /tmp/weft-ping.out 2>&1 & echo $!");
+        let out = cmd::run(
+            self.kubectl()
+                .args(["exec", &from.name, "--", "sh", "-c", &script]),
+        )?;
+        let pid = out.trim().parse::<u32>().map_err(|_| LabError::Container {
             node: from.node.clone(),
-            reason: format!("starting kubectl exec ping: {e}"),
+            reason: format!("starting ping in {}: {out:?}", from.name),
         })?;
-        Ok(Pinger { child })
+        Ok(Pinger {
+            pod: from.name.clone(),
+            pid,
+        })
     }
 
     /// `kubectl get ... -o json` as admin, parsed.
@@ -346,29 +347,29 @@ impl Lab {
 /// A ping running inside a pod (`Lab::start_ping`).
 #[derive(Debug)]
 pub struct Pinger {
-    child: std::process::Child,
+    pod: String,
+    pid: u32,
 }
 
 impl Pinger {
-    /// Waits for the ping to end; (sent, received) from its summary.
-    pub fn finish(self) -> Result<(u64, u64), LabError> {
-        let out = self
-            .child
-            .wait_with_output()
-            .map_err(|e| LabError::Container {
-                node: "hub".into(),
-                reason: format!("waiting for kubectl exec ping: {e}"),
-            })?;
-        let text = String::from_utf8_lossy(&out.stdout);
+    /// Stops the ping (SIGINT: it prints its summary); (sent, received).
+    pub fn finish(self, lab: &Lab) -> Result<(u64, u64), LabError> {
+        let script = format!(
+            // The ping's parent is the pod's PID 1 now, which may never
+            // reap it: wait for its summary, not for its end.
+            "kill -INT {pid}; for i in $(seq 50); do grep -q transmitted /tmp/weft-ping.out && break; sleep 0.1; done; cat /tmp/weft-ping.out",
+            pid = self.pid
+        );
+        let text = cmd::run(
+            lab.kubectl()
+                .args(["exec", &self.pod, "--", "sh", "-c", &script]),
+        )?;
         let summary = text
             .lines()
             .find(|l| l.contains("packets transmitted"))
             .ok_or_else(|| LabError::Container {
-                node: "hub".into(),
-                reason: format!(
-                    "ping printed no summary: {text}{}",
-                    String::from_utf8_lossy(&out.stderr)
-                ),
+                node: self.pod.clone(),
+                reason: format!("ping printed no summary: {text}"),
             })?;
         let num = |word: &str| -> u64 {
             summary
