@@ -166,46 +166,12 @@ impl Install {
 
 /// Writes `10-weft.conflist` into `conf_dir` atomically, only when its
 /// content differs; whether it wrote.
-///
-/// The first one appears whole under its name with no temporary name in
-/// the directory first: containerd reloads its CNI configuration on every
-/// event in that directory, and while no valid config exists each event
-/// is an error in its log ("failed to reload cni configuration after
-/// receiving fs change event"). Where the file system has no unnamed
-/// temporary files, and for every later change (a valid config is then in
-/// place), it is a temporary file renamed over the old one.
 pub fn write_conflist(conf_dir: &Path, text: &str) -> Result<bool, FileError> {
-    let path = conf_dir.join(crate::cleanup::CONFLIST);
-    if !path.exists() && create_whole(conf_dir, &path, text.as_bytes()).is_ok() {
-        return Ok(true);
-    }
-    write_atomic(&path, text.as_bytes(), 0o644)
-}
-
-/// Creates `path` (in `dir`) with `bytes`, mode 0644, as one event: an
-/// unnamed file (O_TMPFILE) written and synced, then linked in.
-fn create_whole(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::fd::AsRawFd;
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .mode(0o644)
-        .custom_flags(nix::fcntl::OFlag::O_TMPFILE.bits())
-        .open(dir)?;
-    f.write_all(bytes)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    f.sync_all()?;
-    let proc_path = format!("/proc/self/fd/{}", f.as_raw_fd());
-    nix::unistd::linkat(
-        nix::fcntl::AT_FDCWD,
-        proc_path.as_str(),
-        nix::fcntl::AT_FDCWD,
-        path,
-        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    write_atomic(
+        &conf_dir.join(crate::cleanup::CONFLIST),
+        text.as_bytes(),
+        0o644,
     )
-    .map_err(std::io::Error::from)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// flannel's `install-conf SRC DEST` (kube-flannel.yml's `install-cni`
@@ -223,40 +189,6 @@ pub fn install_conf(src: &std::path::Path, dest: &std::path::Path) -> Result<(),
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn the_first_conflist_appears_whole_under_its_name_and_later_ones_replace_it() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("weftd-conflist-w-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(crate::cleanup::CONFLIST);
-        // Unnamed, then linked: nothing else ever named in the directory.
-        create_whole(&dir, &path, b"{\"a\":1}\n").unwrap();
-        let names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, [crate::cleanup::CONFLIST]);
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o644
-        );
-        std::fs::remove_file(&path).unwrap();
-
-        assert!(write_conflist(&dir, "{\"a\":1}\n").unwrap());
-        assert!(
-            !write_conflist(&dir, "{\"a\":1}\n").unwrap(),
-            "unchanged: not written"
-        );
-        assert!(write_conflist(&dir, "{\"a\":2}\n").unwrap());
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\":2}\n");
-        let names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, [crate::cleanup::CONFLIST]);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
     use super::*;
 
     #[test]
