@@ -290,11 +290,30 @@ fn a_flushed_ruleset_is_restored_within_the_resync_interval_and_cleanup_leaves_n
             .success(),
         "the device is gone"
     );
-    let n3 = lab.node("node-3").unwrap();
-    for f in ["/run/flannel/subnet.env", "/etc/cni/net.d/10-weft.conflist"] {
-        assert!(!n3.host_path(f).exists(), "{f} is gone");
-    }
-    // A second cleanup finds nothing and still succeeds.
+    let conflist = "/etc/cni/net.d/10-weft.conflist";
+    let (subnet_env, conflist_path) = {
+        let n3 = lab.node("node-3").unwrap();
+        (
+            n3.host_path("/run/flannel/subnet.env"),
+            n3.host_path(conflist),
+        )
+    };
+    assert!(!subnet_env.exists(), "subnet.env is gone");
+    // node-3's pod is still wired by weft: the conflist stays so that the
+    // runtime can still tear it down.
+    assert!(conflist_path.exists(), "{conflist} kept while a pod is wired");
+    lab.del_pod("node-3", "node-3-pod").unwrap();
+    lab.run("node-3", &[weftd.to_str().unwrap(), "cleanup"])
+        .unwrap();
+    assert!(!conflist_path.exists(), "{conflist} is gone with the last pod");
+    assert!(
+        !lab.exec("node-3", &["ip", "link", "show", "cni0"])
+            .unwrap()
+            .status
+            .success(),
+        "the unused bridge is gone"
+    );
+    // Another cleanup finds nothing and still succeeds.
     lab.run("node-3", &[weftd.to_str().unwrap(), "cleanup"])
         .unwrap();
 }
