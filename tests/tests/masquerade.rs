@@ -301,11 +301,17 @@ fn a_flushed_ruleset_is_restored_within_the_resync_interval_and_cleanup_leaves_n
     assert!(!subnet_env.exists(), "subnet.env is gone");
     // node-3's pod is still wired by weft: the conflist stays so that the
     // runtime can still tear it down.
-    assert!(conflist_path.exists(), "{conflist} kept while a pod is wired");
+    assert!(
+        conflist_path.exists(),
+        "{conflist} kept while a pod is wired"
+    );
     lab.del_pod("node-3", "node-3-pod").unwrap();
     lab.run("node-3", &[weftd.to_str().unwrap(), "cleanup"])
         .unwrap();
-    assert!(!conflist_path.exists(), "{conflist} is gone with the last pod");
+    assert!(
+        !conflist_path.exists(),
+        "{conflist} is gone with the last pod"
+    );
     assert!(
         !lab.exec("node-3", &["ip", "link", "show", "cni0"])
             .unwrap()
