@@ -267,6 +267,18 @@ def test_weftd_writes_the_conflist_from_the_mounted_dirs(default):
     assert f"--cni-conf={mounts['weft-config']}/cni-conf.json" in c["args"]
 
 
+def test_weftd_keeps_the_plugin_install_cni_copied(default, all_options):
+    # The binary install-cni copies by default (next to weftd), kept in the
+    # same mounted dir, with or without a conflist to write.
+    for r in (default, all_options):
+        c = r.container("weftd")
+        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+        assert c["command"] == ["/usr/local/bin/weftd"]
+        assert "--cni-plugin=/usr/local/bin/weft" in c["args"]
+        assert f"--cni-bin-dir={mounts['cni-bin']}" in c["args"]
+        assert f"--bin-dir={mounts['cni-bin']}" in r.container("install-cni")["args"]
+
+
 def test_weftd_gets_its_node_name_from_the_downward_api(agent_render):
     env = {e["name"]: e for e in agent_render.container("weftd")["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
@@ -283,8 +295,9 @@ def test_weftd_default_args(default):
         "--vxlan-allow-list=true",
         "--ip-masq",
         "--cni-conf-dir=/host/cni/net.d",
-        "--cni-bin-dir=/host/cni/bin",
         "--cni-conf=/etc/kube-flannel/cni-conf.json",
+        "--cni-bin-dir=/host/cni/bin",
+        "--cni-plugin=/usr/local/bin/weft",
     ]
 
 
@@ -296,6 +309,8 @@ def test_every_weftd_option_reaches_its_flag(all_options):
         "--healthz-addr=127.0.0.1:9081",
         "--log-format=json",
         "--vxlan-allow-list=false",
+        "--cni-bin-dir=/host/cni/bin",
+        "--cni-plugin=/usr/local/bin/weft",
         "--iface-regex=^ens",
         "--resync-seconds=60",
     ]
@@ -354,8 +369,9 @@ def test_each_container_mounts_only_what_it_writes(default):
     assert set(mounts(default, "weftd")) == {"run-flannel", "weft-config", "cni-conf", "cni-bin"}
     assert set(mounts(default, "install-cni")) == {"cni-bin"}
     assert mounts(default, "weftd")["weft-config"]["readOnly"] is True
-    # weftd reads the delegates' versions there; install-cni writes the plugin.
-    assert mounts(default, "weftd")["cni-bin"]["readOnly"] is True
+    # install-cni writes the plugin; weftd reads the delegates' versions
+    # there and puts the plugin back when it is missing or altered.
+    assert "readOnly" not in mounts(default, "weftd")["cni-bin"]
     assert "readOnly" not in mounts(default, "install-cni")["cni-bin"]
 
 

@@ -19,6 +19,7 @@ PACKAGES=(
   binutils  # strip: the image ships weftd and weft without symbols
   gcc libc6-dev  # the pause binary of the real-node lab's sandboxes
   containerd runc busybox-static  # the real-node lab: each node's runtime and its workload image
+  ipset conntrack  # kube-proxy on the real nodes: --cleanup removes its sets; stale UDP flows flushed
 )
 
 # kubectl: this machine image may carry a newer one; otherwise Debian's.

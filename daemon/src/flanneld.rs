@@ -543,6 +543,7 @@ impl Flanneld {
             udp_offload: true,
             // flanneld's install-cni init container writes the conflist.
             conflist: None,
+            plugin: None,
         })
     }
 }

@@ -146,6 +146,16 @@ struct Args {
     /// default conflist's cniVersion.
     #[arg(long, env = "WEFTD_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
     cni_bin_dir: PathBuf,
+    /// More directories holding the delegates, after --cni-bin-dir.
+    #[arg(long, env = "WEFTD_CNI_DELEGATE_DIR")]
+    cni_delegate_dir: Vec<PathBuf>,
+    /// Keep this `weft` plugin binary (the one shipped with weftd)
+    /// installed as --cni-bin-dir/weft: checked every
+    /// --rules-resync-seconds once weftd is ready, and copied again when
+    /// missing or altered. Unset: weftd leaves the plugin to `weftd
+    /// install-cni`.
+    #[arg(long, env = "WEFTD_CNI_PLUGIN")]
+    cni_plugin: Option<PathBuf>,
     /// Log format.
     #[arg(long, env = "WEFTD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -485,11 +495,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     let conflist = match args.cni_conf_dir {
         Some(dir) => {
             let (text, _) = weftd::install::Install {
-                bin_dir: args.cni_bin_dir,
+                bin_dir: args.cni_bin_dir.clone(),
                 conf_dir: dir.clone(),
                 conf_file: args.cni_conf,
                 plugin: PathBuf::new(),
-                delegate_dirs: Vec::new(),
+                delegate_dirs: args.cni_delegate_dir,
             }
             .conflist()
             .map_err(|e| anyhow::anyhow!(agent::chain(&e)))?;
@@ -524,6 +534,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         rules_resync: Duration::from_secs(args.rules_resync_seconds.max(1)),
         udp_offload: args.udp_offload,
         conflist,
+        plugin: args
+            .cni_plugin
+            .map(|src| (src, args.cni_bin_dir.join("weft"))),
     };
     serve_agent(opts)
 }

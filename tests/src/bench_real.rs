@@ -122,7 +122,7 @@ pub fn run(name: &str, nodes: usize, pods: usize, idle: Duration) -> Result<Real
     std::thread::sleep(Duration::from_secs(2));
     let rollout_seconds = lab.restart_weft()?;
     std::thread::sleep(Duration::from_secs(2));
-    let (sent, received) = pinger.finish(&lab)?;
+    let count = pinger.finish(&lab)?;
 
     let per_node = lab
         .state
@@ -137,8 +137,8 @@ pub fn run(name: &str, nodes: usize, pods: usize, idle: Duration) -> Result<Real
         deployment_pods: pods,
         deployment_seconds,
         rollout_seconds,
-        rollout_ping_sent: sent,
-        rollout_ping_lost: sent.saturating_sub(received),
+        rollout_ping_sent: count.sent,
+        rollout_ping_lost: count.lost,
         idle_seconds: idle.as_secs_f64(),
         per_node,
     })

@@ -6,7 +6,9 @@
 //! exactly the other nodes' public IPs; subnet.env naming the node's
 //! subnet; the device's local address the published public IP, which the
 //! underlay holds, and its MTU (and subnet.env's) the underlay's less 50;
-//! weftd ready. [`Lab::drift`] lists every
+//! weftd ready; no route inside the pod network on the underlay (the lab's
+//! VXLAN runs without DirectRouting); the conflist in place and the
+//! installed `weft` plugin the lab's own binary. [`Lab::drift`] lists every
 //! difference; an empty list is the converged state.
 //!
 //! Every read that fails is a difference, never an empty list: "nothing
@@ -210,6 +212,7 @@ impl Lab {
         match self.exec(node, &["cat", "/run/flannel/subnet.env"]) {
             Ok(o) if o.status.success() => {
                 let text = String::from_utf8_lossy(&o.stdout);
+                self.underlay_routes(node, &text, &mut out);
                 let have = text.lines().find(|l| l.starts_with("FLANNEL_SUBNET="));
                 if want.is_none() || have != want.as_deref() {
                     out.push(format!(
@@ -230,7 +233,68 @@ impl Lab {
             }
             _ => out.push(format!("{node}: /run/flannel/subnet.env cannot be read")),
         }
+        self.cni_files(node, &mut out);
         out
+    }
+
+    /// Routes on `eth0` whose destination lies inside the pod network
+    /// (FLANNEL_NETWORK of `subnet_env`): each one a difference.
+    fn underlay_routes(&self, node: &str, subnet_env: &str, out: &mut Vec<String>) {
+        let network = subnet_env
+            .lines()
+            .find_map(|l| l.strip_prefix("FLANNEL_NETWORK="))
+            .and_then(|n| n.parse::<ipnetwork::Ipv4Network>().ok());
+        let Some(network) = network else {
+            out.push(format!("{node}: subnet.env names no FLANNEL_NETWORK"));
+            return;
+        };
+        match self.json_on(node, &["ip", "-j", "-4", "route", "show", "dev", "eth0"]) {
+            None => out.push(format!("{node}: eth0's routes cannot be read")),
+            Some(routes) => {
+                for r in routes.as_array().into_iter().flatten() {
+                    let dst = r["dst"].as_str().unwrap_or("");
+                    let inside = match dst.parse::<ipnetwork::Ipv4Network>() {
+                        Ok(d) => d.prefix() >= network.prefix() && network.contains(d.network()),
+                        Err(_) => false,
+                    };
+                    if inside {
+                        out.push(format!(
+                            "{node}: route {dst} on eth0 inside the pod network"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `10-weft.conflist` present with weft first, and `/opt/cni/bin/weft`
+    /// byte for byte the lab's plugin.
+    fn cni_files(&self, node: &str, out: &mut Vec<String>) {
+        let Ok(n) = self.node(node) else {
+            out.push(format!("{node}: not in the lab"));
+            return;
+        };
+        let conflist = n.host_path("/etc/cni/net.d/10-weft.conflist");
+        let first_type = std::fs::read(&conflist)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["plugins"][0]["type"].as_str().map(str::to_string));
+        if first_type.as_deref() != Some("weft") {
+            out.push(format!(
+                "{node}: 10-weft.conflist is missing or does not start with weft"
+            ));
+        }
+        let installed = n.host_path("/opt/cni/bin/weft");
+        match crate::weftd::find_weftd().and_then(|w| crate::weftd::find_plugin(&w)) {
+            Err(e) => out.push(format!("{node}: the lab's plugin cannot be found: {e}")),
+            Ok(shipped) => {
+                if !same_file_content(&installed, &shipped) {
+                    out.push(format!(
+                        "{node}: /opt/cni/bin/weft is missing or not the lab's plugin"
+                    ));
+                }
+            }
+        }
     }
 
     /// [`Lab::drift`] on every node of the lab, against the API's view read
@@ -288,4 +352,31 @@ pub fn expected_view(all: &BTreeMap<String, Published>, node: &str) -> View {
     v.1.sort();
     v.2.sort();
     v
+}
+
+/// Whether `a` holds exactly `b`'s bytes; a verdict is remembered per
+/// (path, inode, size, mtime) of both, as the judge looks many times a
+/// second and a plugin is megabytes.
+fn same_file_content(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Mutex;
+    type Key = (std::path::PathBuf, u64, u64, i64, i64);
+    static SEEN: Mutex<BTreeMap<(Key, Key), bool>> = Mutex::new(BTreeMap::new());
+    let key = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).ok()?;
+        Some((p.to_path_buf(), m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+    };
+    let (Some(ka), Some(kb)) = (key(a), key(b)) else {
+        return false;
+    };
+    if ka.2 != kb.2 {
+        return false;
+    }
+    let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(v) = seen.get(&(ka.clone(), kb.clone())) {
+        return *v;
+    }
+    let same = matches!((std::fs::read(a), std::fs::read(b)), (Ok(x), Ok(y)) if x == y);
+    seen.insert((ka, kb), same);
+    same
 }

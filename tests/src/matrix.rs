@@ -31,6 +31,9 @@ pub enum Fault {
     /// weftd SIGKILLed in the middle of its first list of many Nodes,
     /// started again.
     KilledMidList,
+    /// weftd started with many Nodes in a memory cgroup limited to the
+    /// chart's memory request (flannel's old limit).
+    MemoryLimit,
     /// A second weftd started on a node beside the running one.
     TwoWeftd,
     /// The underlay link down, then up.
@@ -39,10 +42,17 @@ pub enum Fault {
     VtepMac,
     /// flannel.1 recreated by hand with another VNI.
     Vni,
+    /// Foreign routes inside the pod network: one on flannel.1, one on
+    /// the underlay taking half of a peer's pod subnet.
+    ForeignRoute,
     /// `nft flush ruleset`.
     RulesFlushed,
     /// `/run/flannel/subnet.env` deleted.
     SubnetEnvDeleted,
+    /// `/etc/cni/net.d/10-weft.conflist` deleted.
+    ConflistDeleted,
+    /// `/opt/cni/bin/weft` overwritten with garbage.
+    PluginGarbage,
     /// The underlay's MTU lowered to 1400.
     MtuLowered,
     /// The underlay address changed (and the Node's InternalIP with it).
@@ -53,19 +63,23 @@ pub enum Fault {
 }
 
 impl Fault {
-    pub const ALL: [Fault; 15] = [
+    pub const ALL: [Fault; 19] = [
         Fault::ApiserverDown,
         Fault::Partition,
         Fault::WatchExpired,
         Fault::RbacRevoked,
         Fault::WeftdKilled,
         Fault::KilledMidList,
+        Fault::MemoryLimit,
         Fault::TwoWeftd,
         Fault::UnderlayDown,
         Fault::VtepMac,
         Fault::Vni,
+        Fault::ForeignRoute,
         Fault::RulesFlushed,
         Fault::SubnetEnvDeleted,
+        Fault::ConflistDeleted,
+        Fault::PluginGarbage,
         Fault::MtuLowered,
         Fault::AddressChanged,
         Fault::CniChurn,
@@ -79,12 +93,16 @@ impl Fault {
             Fault::RbacRevoked => "rbac-revoked",
             Fault::WeftdKilled => "weftd-killed",
             Fault::KilledMidList => "killed-mid-list",
+            Fault::MemoryLimit => "memory-limit",
             Fault::TwoWeftd => "two-weftd",
             Fault::UnderlayDown => "underlay-down",
             Fault::VtepMac => "vtep-mac",
             Fault::Vni => "vni",
+            Fault::ForeignRoute => "foreign-route",
             Fault::RulesFlushed => "rules-flushed",
             Fault::SubnetEnvDeleted => "subnet-env-deleted",
+            Fault::ConflistDeleted => "conflist-deleted",
+            Fault::PluginGarbage => "plugin-garbage",
             Fault::MtuLowered => "mtu-lowered",
             Fault::AddressChanged => "address-changed",
             Fault::CniChurn => "cni-churn",
@@ -106,12 +124,19 @@ impl Fault {
                 "{} Nodes created while weftd is stopped; weftd started, SIGKILLed in its first list, started again",
                 d.nodes
             ),
+            Fault::MemoryLimit => format!(
+                "{} Nodes created while weftd is stopped; weftd started in a memory cgroup limited to {MEMORY_LIMIT_MIB} MiB",
+                d.nodes
+            ),
             Fault::TwoWeftd => "a second weftd started beside the running one".into(),
             Fault::UnderlayDown => format!("the underlay link down {link} s, then up"),
             Fault::VtepMac => "flannel.1's MAC changed by hand".into(),
             Fault::Vni => "flannel.1 recreated by hand with VNI 2".into(),
+            Fault::ForeignRoute => "routes added by hand inside the pod network: an unused /24 on flannel.1, half of a peer's pod subnet on eth0".into(),
             Fault::RulesFlushed => "`nft flush ruleset`".into(),
             Fault::SubnetEnvDeleted => "/run/flannel/subnet.env deleted".into(),
+            Fault::ConflistDeleted => "/etc/cni/net.d/10-weft.conflist deleted".into(),
+            Fault::PluginGarbage => "/opt/cni/bin/weft overwritten with 4 KiB of garbage".into(),
             Fault::MtuLowered => "the underlay MTU lowered from 1500 to 1400".into(),
             Fault::AddressChanged => "the underlay address changed, the Node's InternalIP with it".into(),
             Fault::CniChurn => "50 concurrent pod ADD+DEL, the delegate failing one call in five; an ADD on a full /var/lib/cni".into(),
@@ -123,7 +148,11 @@ impl Fault {
     pub fn data_plane_untouched(self) -> bool {
         !matches!(
             self,
-            Fault::UnderlayDown | Fault::VtepMac | Fault::Vni | Fault::AddressChanged
+            Fault::UnderlayDown
+                | Fault::VtepMac
+                | Fault::Vni
+                | Fault::AddressChanged
+                | Fault::ForeignRoute
         )
     }
 }
@@ -201,6 +230,23 @@ fn net_conf() -> String {
 /// How long recovery is waited for.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 
+/// The memory limit weftd runs under in the memory-limit row: the chart's
+/// memory request (kube-flannel.yml once set it as the limit).
+pub const MEMORY_LIMIT_MIB: u64 = 50;
+
+/// weftd's arguments in the matrix, as the chart gives them: the conflist
+/// written once ready and kept, and the plugin kept installed.
+fn keep_cni_args() -> Result<Vec<String>, LabError> {
+    let weftd = crate::weftd::find_weftd()?;
+    let plugin = crate::weftd::find_plugin(&weftd)?;
+    Ok(vec![
+        "--cni-conf-dir=/etc/cni/net.d".into(),
+        "--cni-bin-dir=/opt/cni/bin".into(),
+        "--cni-delegate-dir=/usr/lib/cni".into(),
+        format!("--cni-plugin={}", plugin.display()),
+    ])
+}
+
 /// The matrix's lab: three nodes with a pod each, pinging round the ring,
 /// and a spare node without pods for the churn.
 pub struct Matrix {
@@ -209,6 +255,8 @@ pub struct Matrix {
     spare: String,
     /// The longest judgement read of the row, when one was slow.
     slow_reads: std::cell::Cell<Duration>,
+    /// The memory cgroup of the memory-limit row, while it runs.
+    mem_cgroup: Option<std::path::PathBuf>,
 }
 
 impl Matrix {
@@ -217,8 +265,11 @@ impl Matrix {
         let nodes: Vec<String> = lab.state.nodes.iter().map(|n| n.name.clone()).collect();
         // A Network wide enough for thousands of Nodes (flannel's default
         // /16 holds 256), which the lab's podCIDRs lie in.
+        let keep = keep_cni_args()?;
+        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
         for n in &nodes {
             lab.set_node(n, |s| s.net_conf = Some(net_conf()))?;
+            lab.set_weftd_args(n, &keep)?;
             lab.restart_weftd(n, Duration::from_secs(30))?;
         }
         let pods = nodes
@@ -230,6 +281,7 @@ impl Matrix {
             pods,
             spare: String::new(),
             slow_reads: std::cell::Cell::new(Duration::ZERO),
+            mem_cgroup: None,
         };
         m.spare = m.join()?;
         Ok(m)
@@ -250,6 +302,9 @@ impl Matrix {
         let name = self.lab.add_node(true)?.name;
         self.lab
             .set_node(&name, |s| s.net_conf = Some(net_conf()))?;
+        let keep = keep_cni_args()?;
+        let keep: Vec<&str> = keep.iter().map(String::as_str).collect();
+        self.lab.set_weftd_args(&name, &keep)?;
         self.lab.start_weftd(&name)?;
         self.lab
             .wait_weftd_ready(&[&name], Duration::from_secs(30))?;
@@ -329,6 +384,14 @@ impl Matrix {
             }
         };
         notes.extend(complaints(&target, &log, logged));
+        if fault == Fault::MemoryLimit {
+            // Read with every Node programmed (or at the give-up), then
+            // weftd leaves the cgroup.
+            notes.push(self.memory_report(&target));
+            if let Err(e) = self.release_mem_cgroup() {
+                problems.push(format!("leaving the memory cgroup: {e}"));
+            }
+        }
         // Recovered means following the API again too: a node joins, the
         // spare leaves, and every node must follow.
         let mut follow_seconds = None;
@@ -336,8 +399,10 @@ impl Matrix {
             self.churn()?;
             let t0 = Instant::now();
             let followed = self.converge(RECOVERY_LIMIT);
-            if fault == Fault::KilledMidList {
-                notes.push(self.peak_rss(&target));
+            if matches!(fault, Fault::KilledMidList | Fault::MemoryLimit) {
+                if fault == Fault::KilledMidList {
+                    notes.push(self.peak_rss(&target));
+                }
                 crate::bench::fill::drain_api(&self.lab)?;
                 if let Err(d) = self.converge(RECOVERY_LIMIT) {
                     problems.extend(
@@ -356,6 +421,11 @@ impl Matrix {
                         .collect();
                 }
             }
+        }
+        if !recovered && matches!(fault, Fault::KilledMidList | Fault::MemoryLimit) {
+            // The synthetic Nodes go either way: the next rows need a
+            // small cluster.
+            crate::bench::fill::drain_api(&self.lab)?;
         }
         if !problems.is_empty() {
             recovered = false;
@@ -400,6 +470,58 @@ impl Matrix {
             ),
             None => format!("weftd on {node}: peak RSS unreadable"),
         }
+    }
+
+    /// The memory cgroup's figures for weftd on `node`: peak usage against
+    /// the limit, how often the limit was hit, OOM kills.
+    fn memory_report(&self, node: &str) -> String {
+        let Some(dir) = &self.mem_cgroup else {
+            return "no memory cgroup".into();
+        };
+        let read = |f: &str| {
+            std::fs::read_to_string(dir.join(f))
+                .ok()
+                .map(|t| t.trim().to_string())
+        };
+        let num = |f: &str| read(f).and_then(|t| t.parse::<u64>().ok()).unwrap_or(0);
+        let oom_kills = read("memory.oom_control")
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("oom_kill ").map(str::to_string))
+            })
+            .unwrap_or_else(|| "?".into());
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        let rss = read("memory.stat")
+            .and_then(|t| {
+                t.lines().find_map(|l| {
+                    l.strip_prefix("total_rss ")
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+            })
+            .unwrap_or(0);
+        format!(
+            "weftd on {node} in a {MEMORY_LIMIT_MIB} MiB memory cgroup: peak {:.1} MiB charged (page cache included), {:.1} MiB anonymous now, limit hit {} times, {} OOM kills",
+            mib(num("memory.max_usage_in_bytes")),
+            mib(rss),
+            num("memory.failcnt"),
+            oom_kills
+        )
+    }
+
+    /// Moves what is left in the memory cgroup back to the root and
+    /// removes it.
+    fn release_mem_cgroup(&mut self) -> Result<(), LabError> {
+        let Some(dir) = self.mem_cgroup.take() else {
+            return Ok(());
+        };
+        let root = dir.parent().map(|p| p.join("cgroup.procs"));
+        let pids = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in pids.lines() {
+            if let Some(root) = &root {
+                let _ = std::fs::write(root, pid.trim());
+            }
+        }
+        std::fs::remove_dir(&dir).map_err(|source| LabError::State { path: dir, source })
     }
 
     /// Polls the judgement until nothing differs; the moment of the first
@@ -534,6 +656,26 @@ impl Matrix {
                 ));
                 self.lab.start_weftd(&node)?;
             }
+            Fault::MemoryLimit => {
+                self.lab
+                    .stop_weftd(&node, nix::sys::signal::Signal::SIGTERM)?;
+                let t0 = Instant::now();
+                crate::bench::fill::fill_api(&self.lab, 0..d.nodes)?;
+                notes.push(format!(
+                    "{} Nodes created in {:.1} s",
+                    d.nodes,
+                    t0.elapsed().as_secs_f64()
+                ));
+                let cgroup = mem_cgroup(&self.lab.state.name, &node)?;
+                self.mem_cgroup = Some(cgroup.clone());
+                let pid = self.lab.start_weftd(&node)?;
+                // Charges made before the move go with it.
+                let procs = cgroup.join("cgroup.procs");
+                std::fs::write(&procs, pid.to_string()).map_err(|source| LabError::State {
+                    path: procs,
+                    source,
+                })?;
+            }
             Fault::TwoWeftd => {
                 let second = self.lab.start_second_weftd(&node)?;
                 std::thread::sleep(Duration::from_secs(3));
@@ -553,6 +695,40 @@ impl Matrix {
                 self.lab.set_underlay(&node, true)?;
             }
             Fault::VtepMac => self.lab.set_vtep_mac(&node, "02:00:00:00:be:ef")?,
+            Fault::ForeignRoute => {
+                // The next pod's node: half of its pod subnet, where its
+                // pod lives, sent to the hub over the underlay.
+                let next = &self.pods[2 % self.pods.len()];
+                let half =
+                    ipnetwork::Ipv4Network::new(next.ip, 25).map_err(|e| LabError::State {
+                        path: "the hijacked half".into(),
+                        source: std::io::Error::other(e),
+                    })?;
+                let half = format!("{}/25", half.network());
+                let hub = self.lab.state.hub_ip.to_string();
+                self.lab.run(
+                    &node,
+                    &[
+                        "ip",
+                        "route",
+                        "add",
+                        "10.250.7.0/24",
+                        "via",
+                        "10.250.7.0",
+                        "dev",
+                        "flannel.1",
+                        "onlink",
+                    ],
+                )?;
+                self.lab.run(
+                    &node,
+                    &["ip", "route", "add", &half, "via", &hub, "dev", "eth0"],
+                )?;
+                notes.push(format!(
+                    "on {node}: 10.250.7.0/24 via 10.250.7.0 dev flannel.1 onlink; {half} (where {} lives) via {hub} dev eth0",
+                    next.name
+                ));
+            }
             Fault::Vni => {
                 // weftd would recreate the deleted device before the hand
                 // could: the edit happens while it is frozen, as if busy.
@@ -564,6 +740,16 @@ impl Matrix {
             Fault::RulesFlushed => self.lab.flush_rules(&node)?,
             Fault::SubnetEnvDeleted => {
                 self.lab.run(&node, &["rm", "/run/flannel/subnet.env"])?;
+            }
+            Fault::ConflistDeleted => {
+                self.lab
+                    .run(&node, &["rm", "/etc/cni/net.d/10-weft.conflist"])?;
+            }
+            Fault::PluginGarbage => {
+                self.lab.run(
+                    &node,
+                    &["sh", "-c", "head -c 4096 /dev/urandom > /opt/cni/bin/weft"],
+                )?;
             }
             Fault::MtuLowered => self.lab.set_underlay_mtu(&node, 1400)?,
             Fault::AddressChanged => {
@@ -643,4 +829,31 @@ pub fn table(rows: &[Row]) -> String {
         }
     }
     s
+}
+
+/// A memory cgroup for weftd on `node`, limited to [`MEMORY_LIMIT_MIB`],
+/// charges moving with the process; named like the real nodes' cgroups so
+/// that the lab's teardown removes it after a failure.
+fn mem_cgroup(lab: &str, node: &str) -> Result<std::path::PathBuf, LabError> {
+    let hierarchy = crate::real::cgroup_hierarchies()
+        .into_iter()
+        .find(|h| h.join("memory.limit_in_bytes").exists())
+        .ok_or_else(|| LabError::State {
+            path: "/sys/fs/cgroup/memory".into(),
+            source: std::io::Error::other("no cgroup v1 memory hierarchy is mounted"),
+        })?;
+    let dir = hierarchy.join(crate::real::cgroup_name(lab, &format!("{node}-weftd")));
+    let io = |path: std::path::PathBuf| move |source| LabError::State { path, source };
+    std::fs::create_dir_all(&dir).map_err(io(dir.clone()))?;
+    for (file, value) in [
+        ("memory.move_charge_at_immigrate", "3".to_string()),
+        (
+            "memory.limit_in_bytes",
+            (MEMORY_LIMIT_MIB * 1024 * 1024).to_string(),
+        ),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, value).map_err(io(path.clone()))?;
+    }
+    Ok(dir)
 }

@@ -66,7 +66,7 @@ fn beside_me(name: &str, how: &str) -> Result<PathBuf, LabError> {
 /// The CNI plugin binary to install: `$WEFT_LAB_PLUGIN`, else the one next
 /// to `weftd` (what `weftd install-cni` takes by default), else the one next
 /// to the running program.
-fn find_plugin(weftd: &Path) -> Result<PathBuf, LabError> {
+pub fn find_plugin(weftd: &Path) -> Result<PathBuf, LabError> {
     if let Some(p) = given("WEFT_LAB_PLUGIN")? {
         return Ok(p);
     }

@@ -81,8 +81,11 @@ pub struct Options {
     /// The udp backend asks the kernel for TUN offload, UDP GSO and GRO.
     pub udp_offload: bool,
     /// Where to write the conflist once ready, and its text (see
-    /// `keep_conflist`).
+    /// `keep_cni_files`).
     pub conflist: Option<(PathBuf, String)>,
+    /// The `weft` plugin to keep installed: (the binary shipped with
+    /// weftd, where the runtime finds it).
+    pub plugin: Option<(PathBuf, PathBuf)>,
 }
 
 /// Where leases live: Kubernetes Nodes (flanneld's `--kube-subnet-mgr`)
@@ -608,7 +611,12 @@ where
             tokio::time::sleep(period).await;
         }
     };
-    let conflist = keep_conflist(opts.conflist.as_ref(), metrics, period);
+    let conflist = keep_cni_files(
+        opts.conflist.as_ref(),
+        opts.plugin.as_ref(),
+        metrics,
+        period,
+    );
     let (v4, v6) = (cfg.ipv4.is_some(), cfg.ipv6.is_some());
     let underlay = async {
         loop {
@@ -634,31 +642,106 @@ where
 /// Writes the conflist once weftd is ready, and puts it back every
 /// `period` when it is missing or altered. Until then the runtime sees no
 /// network config, so the node is not network-ready before weft is (with
-/// flannel, pods scheduled in that window fail their ADD). Never returns.
-async fn keep_conflist(conflist: Option<&(PathBuf, String)>, metrics: &Metrics, period: Duration) {
-    let Some((dir, text)) = conflist else {
+/// flannel, pods scheduled in that window fail their ADD). With `plugin`,
+/// the installed `weft` binary is checked first, each period, and copied
+/// again from the one shipped with weftd when it is missing or differs
+/// (flannel's plugin, written once by its init container, stays broken).
+/// Never returns.
+async fn keep_cni_files(
+    conflist: Option<&(PathBuf, String)>,
+    plugin: Option<&(PathBuf, PathBuf)>,
+    metrics: &Metrics,
+    period: Duration,
+) {
+    if conflist.is_none() && plugin.is_none() {
         return std::future::pending().await;
-    };
+    }
     while !metrics.ready() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let mut kept_plugin = plugin.map(|(src, dest)| KeptPlugin::new(src, dest));
     let mut first = true;
     loop {
-        let path = dir.join(crate::cleanup::CONFLIST);
-        match crate::install::write_conflist(dir, text) {
-            Ok(true) if first => {
-                tracing::info!(path = %path.display(), "conflist written: this node's pod network is ready")
-            }
-            Ok(true) => {
-                tracing::warn!(path = %path.display(), "the conflist was missing or altered; written again");
-                metrics.file_restored("10-weft.conflist");
-            }
-            Ok(false) => {}
-            Err(e) => {
-                tracing::warn!(error = %chain(&e), "writing the conflist failed; will retry")
+        if let Some(kept) = kept_plugin.as_mut() {
+            kept.check(metrics);
+        }
+        if let Some((dir, text)) = conflist {
+            let path = dir.join(crate::cleanup::CONFLIST);
+            match crate::install::write_conflist(dir, text) {
+                Ok(true) if first => {
+                    tracing::info!(path = %path.display(), "conflist written: this node's pod network is ready")
+                }
+                Ok(true) => {
+                    tracing::warn!(path = %path.display(), "the conflist was missing or altered; written again");
+                    metrics.file_restored("10-weft.conflist");
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "writing the conflist failed; will retry")
+                }
             }
         }
         first = false;
         tokio::time::sleep(period).await;
+    }
+}
+
+/// The installed `weft` plugin, compared with the shipped one only when
+/// its size, mtime or inode moved since it was last found right (a
+/// plugin is megabytes: not read every period).
+struct KeptPlugin {
+    src: PathBuf,
+    dest: PathBuf,
+    right: Option<FileStamp>,
+    /// Whether a check has run: the first finding is an install, not a
+    /// repair.
+    checked: bool,
+}
+
+type FileStamp = (u64, u64, i64, i64);
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.mtime(), m.mtime_nsec()))
+}
+
+impl KeptPlugin {
+    fn new(src: &std::path::Path, dest: &std::path::Path) -> KeptPlugin {
+        KeptPlugin {
+            src: src.to_path_buf(),
+            dest: dest.to_path_buf(),
+            right: None,
+            checked: false,
+        }
+    }
+
+    fn check(&mut self, metrics: &Metrics) {
+        let now = stamp(&self.dest);
+        if now.is_some() && now == self.right {
+            return;
+        }
+        let bytes = match std::fs::read(&self.src) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(path = %self.src.display(), error = %e, "reading the weft plugin to keep installed failed; will retry");
+                return;
+            }
+        };
+        match crate::files::write_atomic(&self.dest, &bytes, 0o755) {
+            Ok(written) => {
+                if written && self.checked {
+                    tracing::warn!(path = %self.dest.display(), "the weft plugin was missing or altered; installed again");
+                    metrics.file_restored("weft");
+                } else if written {
+                    tracing::info!(path = %self.dest.display(), "weft plugin installed");
+                }
+                self.checked = true;
+                self.right = stamp(&self.dest);
+            }
+            Err(e) => {
+                tracing::warn!(error = %chain(&e), "installing the weft plugin again failed; will retry")
+            }
+        }
     }
 }

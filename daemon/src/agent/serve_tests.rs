@@ -77,6 +77,7 @@ fn options(dir: &std::path::Path) -> Options {
         rules_resync: Duration::from_secs(10),
         udp_offload: true,
         conflist: Some((dir.join("net.d"), "{\"name\":\"cbr0\"}\n".to_string())),
+        plugin: None,
     }
 }
 
@@ -88,7 +89,10 @@ async fn serve_takes_the_lease_publishes_writes_subnet_env_and_follows_the_sourc
     source.set(lease(2));
     let dir = std::env::temp_dir().join(format!("weftd-serve-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let opts = options(&dir);
+    let mut opts = options(&dir);
+    let shipped = dir.join("weft-shipped");
+    std::fs::write(&shipped, b"\x7fELF the weft plugin").unwrap();
+    opts.plugin = Some((shipped.clone(), dir.join("bin").join("weft")));
     let cfg = vxlan_conf();
     let metrics = Arc::new(Metrics::default());
     let rules = FakeRules::default();
@@ -160,6 +164,26 @@ async fn serve_takes_the_lease_publishes_writes_subnet_env_and_follows_the_sourc
                 .render()
                 .contains("weft_file_restorations_total{file=\"10-weft.conflist\"} 1")
         );
+
+        // The plugin too, from the binary shipped with weftd: installed
+        // once ready (not a repair), then garbage of the same size and a
+        // removal are both undone within a period.
+        let (_, installed) = opts.plugin.clone().unwrap();
+        let want = std::fs::read(&shipped).unwrap();
+        assert_eq!(std::fs::read(&installed).unwrap(), want);
+        let mut garbage = want.clone();
+        garbage[0] = b'#';
+        std::fs::write(&installed, &garbage).unwrap();
+        tokio::time::sleep(opts.rules_resync + Duration::from_millis(10)).await;
+        assert_eq!(std::fs::read(&installed).unwrap(), want);
+        std::fs::remove_file(&installed).unwrap();
+        tokio::time::sleep(opts.rules_resync + Duration::from_millis(10)).await;
+        assert_eq!(std::fs::read(&installed).unwrap(), want);
+        let text = metrics.render();
+        assert!(
+            text.contains("weft_file_restorations_total{file=\"weft\"} 2"),
+            "{text}"
+        );
         let _ = stop.send(());
     };
     let (served, ()) = tokio::join!(serving, script);
@@ -173,7 +197,7 @@ async fn the_conflist_appears_only_once_weftd_is_ready() {
     let conf = (dir.clone(), "{\"name\":\"cbr0\"}\n".to_string());
     let path = dir.join("10-weft.conflist");
     let metrics = Metrics::default();
-    let keeper = super::keep_conflist(Some(&conf), &metrics, Duration::from_secs(10));
+    let keeper = super::keep_cni_files(Some(&conf), None, &metrics, Duration::from_secs(10));
     let script = async {
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(!path.exists(), "written before weftd was ready");
@@ -182,7 +206,7 @@ async fn the_conflist_appears_only_once_weftd_is_ready() {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), conf.1);
     };
     tokio::select! {
-        () = keeper => unreachable!("keep_conflist returned"),
+        () = keeper => unreachable!("keep_cni_files returned"),
         () = script => {}
     }
     std::fs::remove_dir_all(&dir).unwrap();

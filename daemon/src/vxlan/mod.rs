@@ -216,13 +216,17 @@ async fn ensure_address<N: Netlink>(
 /// The `backend-type` of VXLAN nodes.
 pub const TYPE: &str = "vxlan";
 
-/// The VXLAN backend on this node: a device per family and, with
-/// DirectRouting, host routes for the peers next to us.
+/// The VXLAN backend on this node: a device per family and the routes
+/// inside the pod network on the external interface: with DirectRouting,
+/// a host route per peer next to us; without it, none (a route put there
+/// by hand or left by another backend would take pod traffic past the
+/// device: it is removed, like a stale entry on the device).
 #[derive(Debug)]
 pub struct Vxlan {
     port: u16,
     devices: PerFamily<Option<Device>>,
-    direct: Option<HostRoutes>,
+    direct: HostRoutes,
+    direct_routing: bool,
     codec: Arc<Codec>,
 }
 
@@ -322,14 +326,15 @@ impl Vxlan {
         let direct = if cfg.direct_routing {
             let onlink = HostRoutes::connected(nl, ext.index).await?;
             tracing::info!(iface = %ext.name, ?onlink, "DirectRouting: peers on these prefixes are routed without VXLAN");
-            Some(HostRoutes::new(ext.index, onlink))
+            HostRoutes::new(ext.index, onlink)
         } else {
-            None
+            HostRoutes::new(ext.index, Vec::new())
         };
         Ok(Vxlan {
             port: cfg.port,
             devices,
             direct,
+            direct_routing: cfg.direct_routing,
             codec: Arc::new(Codec { vni: cfg.vni }),
         })
     }
@@ -376,9 +381,7 @@ impl<N: Netlink> Backend<N> for Vxlan {
     }
 
     fn contradicted_by(&self, change: &Change) -> bool {
-        self.direct
-            .as_ref()
-            .is_some_and(|d| d.contradicted_by(change))
+        self.direct.contradicted_by(change)
             || self
                 .devices
                 .present()
@@ -399,16 +402,25 @@ impl<N: Netlink> Backend<N> for Vxlan {
                     continue;
                 };
                 let all = peers.get(family);
-                // With DirectRouting, the directly reachable peers leave the device.
-                let entries: Vec<PeerEntry> = match self.direct.as_mut() {
-                    Some(direct) => {
-                        let (near, far) = direct.split(all);
-                        ok &= direct
-                            .reconcile(nl, dev.cfg.network, &near, pass, metrics)
+                // With DirectRouting, the directly reachable peers leave the
+                // device. Without, the external interface holds no route
+                // inside the pod network (a first-list page, which only
+                // adds, has nothing to do there).
+                let entries: Vec<PeerEntry> = if self.direct_routing {
+                    let (near, far) = self.direct.split(all);
+                    ok &= self
+                        .direct
+                        .reconcile(nl, dev.cfg.network, &near, pass, metrics)
+                        .await;
+                    far.iter().filter_map(PeerEntry::of).collect()
+                } else {
+                    if pass != Pass::Partial {
+                        ok &= self
+                            .direct
+                            .reconcile(nl, dev.cfg.network, &[], pass, metrics)
                             .await;
-                        far.iter().filter_map(PeerEntry::of).collect()
                     }
-                    None => all.iter().filter_map(PeerEntry::of).collect(),
+                    all.iter().filter_map(PeerEntry::of).collect()
                 };
                 let t0 = Instant::now();
                 let result = match pass {

@@ -289,7 +289,7 @@ impl Lab {
     /// (`kubectl exec` starts it and returns), so it spans exactly what the
     /// caller does meanwhile however long that takes.
     pub fn start_ping(&self, from: &RealPod, to: Ipv4Addr) -> Result<Pinger, LabError> {
-        let script = format!("ping -q -i 0.01 -W 1 {to} > /tmp/weft-ping.out 2>&1 & echo $!");
+        let script = format!("ping -i 0.01 -W 1 {to} > /tmp/weft-ping.out 2>&1 & echo $!");
         let out = cmd::run(
             self.kubectl()
                 .args(["exec", &from.name, "--", "sh", "-c", &script]),
@@ -351,9 +351,48 @@ pub struct Pinger {
     pid: u32,
 }
 
+/// What a ping saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct PingCount {
+    pub sent: u64,
+    pub received: u64,
+    /// Requests without an answer while later ones were answered: lost.
+    pub lost: u64,
+    /// Requests after the last answer (one may be in flight when the ping
+    /// is stopped): not counted as lost.
+    pub unanswered_at_stop: u64,
+}
+
+/// The count from busybox ping's output: its summary and a line per reply
+/// (`... seq=N ...`).
+pub fn ping_count(text: &str) -> Option<PingCount> {
+    let summary = text.lines().find(|l| l.contains("packets transmitted"))?;
+    let num = |word: &str| -> u64 {
+        summary
+            .split(',')
+            .find(|p| p.contains(word))
+            .and_then(|p| p.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut seqs: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.split_once("seq=")?.1.split_whitespace().next()?.parse().ok())
+        .collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    let sent = num("transmitted");
+    let answered_up_to = seqs.last().map_or(0, |m| m + 1);
+    Some(PingCount {
+        sent,
+        received: num("received"),
+        lost: answered_up_to - seqs.len() as u64,
+        unanswered_at_stop: sent.saturating_sub(answered_up_to),
+    })
+}
+
 impl Pinger {
-    /// Stops the ping (SIGINT: it prints its summary); (sent, received).
-    pub fn finish(self, lab: &Lab) -> Result<(u64, u64), LabError> {
+    /// Stops the ping (SIGINT: it prints its summary) and counts.
+    pub fn finish(self, lab: &Lab) -> Result<PingCount, LabError> {
         let script = format!(
             // The ping's parent is the pod's PID 1 now, which may never
             // reap it: wait for its summary, not for its end.
@@ -364,21 +403,13 @@ impl Pinger {
             lab.kubectl()
                 .args(["exec", &self.pod, "--", "sh", "-c", &script]),
         )?;
-        let summary = text
-            .lines()
-            .find(|l| l.contains("packets transmitted"))
-            .ok_or_else(|| LabError::Container {
-                node: self.pod.clone(),
-                reason: format!("ping printed no summary: {text}"),
-            })?;
-        let num = |word: &str| -> u64 {
-            summary
-                .split(',')
-                .find(|p| p.contains(word))
-                .and_then(|p| p.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        Ok((num("transmitted"), num("received")))
+        ping_count(&text).ok_or_else(|| LabError::Container {
+            node: self.pod.clone(),
+            reason: format!(
+                "ping printed no summary: {}",
+                text.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+            ),
+        })
     }
 }
 
@@ -431,4 +462,29 @@ spec:
             - containerPort: 8080
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gap_is_lost_and_the_request_in_flight_at_the_stop_is_not() {
+        let line = |n: u64| format!("64 bytes from 10.244.1.2: seq={n} ttl=63 time=0.211 ms\n");
+        let mut text = String::from("PING 10.244.1.2 (10.244.1.2): 56 data bytes\n");
+        for n in (0..10).filter(|n| *n != 4) {
+            text += &line(n);
+        }
+        text += "\n--- 10.244.1.2 ping statistics ---\n11 packets transmitted, 9 packets received, 18% packet loss\n";
+        assert_eq!(
+            ping_count(&text),
+            Some(PingCount {
+                sent: 11,
+                received: 9,
+                lost: 1,
+                unanswered_at_stop: 1
+            })
+        );
+        assert_eq!(ping_count("no summary\n"), None);
+    }
 }
