@@ -668,13 +668,9 @@ impl Matrix {
                 ));
                 let cgroup = mem_cgroup(&self.lab.state.name, &node)?;
                 self.mem_cgroup = Some(cgroup.clone());
-                let pid = self.lab.start_weftd(&node)?;
-                // Charges made before the move go with it.
-                let procs = cgroup.join("cgroup.procs");
-                std::fs::write(&procs, pid.to_string()).map_err(|source| LabError::State {
-                    path: procs,
-                    source,
-                })?;
+                // Born there: this kernel moves no charges with a process.
+                self.lab
+                    .start_weftd_in(&node, Some(&cgroup.join("cgroup.procs")))?;
             }
             Fault::TwoWeftd => {
                 let second = self.lab.start_second_weftd(&node)?;
@@ -831,8 +827,8 @@ pub fn table(rows: &[Row]) -> String {
     s
 }
 
-/// A memory cgroup for weftd on `node`, limited to [`MEMORY_LIMIT_MIB`],
-/// charges moving with the process; named like the real nodes' cgroups so
+/// A memory cgroup for weftd on `node`, limited to [`MEMORY_LIMIT_MIB`];
+/// named like the real nodes' cgroups so
 /// that the lab's teardown removes it after a failure.
 fn mem_cgroup(lab: &str, node: &str) -> Result<std::path::PathBuf, LabError> {
     let hierarchy = crate::real::cgroup_hierarchies()
@@ -845,15 +841,8 @@ fn mem_cgroup(lab: &str, node: &str) -> Result<std::path::PathBuf, LabError> {
     let dir = hierarchy.join(crate::real::cgroup_name(lab, &format!("{node}-weftd")));
     let io = |path: std::path::PathBuf| move |source| LabError::State { path, source };
     std::fs::create_dir_all(&dir).map_err(io(dir.clone()))?;
-    for (file, value) in [
-        ("memory.move_charge_at_immigrate", "3".to_string()),
-        (
-            "memory.limit_in_bytes",
-            (MEMORY_LIMIT_MIB * 1024 * 1024).to_string(),
-        ),
-    ] {
-        let path = dir.join(file);
-        std::fs::write(&path, value).map_err(io(path.clone()))?;
-    }
+    let path = dir.join("memory.limit_in_bytes");
+    std::fs::write(&path, (MEMORY_LIMIT_MIB * 1024 * 1024).to_string())
+        .map_err(io(path.clone()))?;
     Ok(dir)
 }

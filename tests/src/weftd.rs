@@ -107,6 +107,16 @@ impl Lab {
     /// Starts weftd on `node` (writing its net-conf.json first, from the
     /// node's settings over the lab's).
     pub fn start_weftd(&mut self, node: &str) -> Result<u32, LabError> {
+        self.start_weftd_in(node, None)
+    }
+
+    /// [`Lab::start_weftd`], weftd born in the cgroup whose `cgroup.procs`
+    /// is given (so that everything it allocates is charged there).
+    pub fn start_weftd_in(
+        &mut self,
+        node: &str,
+        cgroup_procs: Option<&Path>,
+    ) -> Result<u32, LabError> {
         let weftd = find_weftd()?;
         let n = self.node(node)?.clone();
         let conf = n.host_path("/etc/kube-flannel/net-conf.json");
@@ -146,7 +156,11 @@ impl Lab {
         }
         let args = self.agent_args(&n, &agent);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (pid, _) = self.spawn_on(node, "weftd", &args)?;
+        let (pid, _) = self.spawn_on_with(node, "weftd", &args, |c| {
+            if let Some(procs) = cgroup_procs {
+                *c = in_cgroup(c, procs);
+            }
+        })?;
         self.update_node(node, |s| s.weftd_pid = Some(pid))?;
         Ok(pid)
     }
@@ -323,4 +337,25 @@ impl Lab {
         }
         Ok(())
     }
+}
+
+/// `c` run from a shell that first joins the cgroup whose `cgroup.procs`
+/// is `procs` (writing "0" there moves the writer), then execs `c`: the
+/// process is born in the cgroup.
+fn in_cgroup(c: &std::process::Command, procs: &Path) -> std::process::Command {
+    let mut w = std::process::Command::new("sh");
+    w.args(["-c", "echo 0 > \"$0\" && exec \"$@\""])
+        .arg(procs)
+        .arg(c.get_program())
+        .args(c.get_args());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => w.env(k, v),
+            None => w.env_remove(k),
+        };
+    }
+    if let Some(d) = c.get_current_dir() {
+        w.current_dir(d);
+    }
+    w
 }

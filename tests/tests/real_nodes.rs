@@ -181,7 +181,10 @@ fn weft_installed_by_kubectl_apply_wires_every_pod_and_deletes_leave_nothing() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    eprintln!("garbage plugin replaced after {:.1} s", t0.elapsed().as_secs_f64());
+    eprintln!(
+        "garbage plugin replaced after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
 
     // node-3 loses kube-proxy, as on a cluster without it: its new weftd
     // cannot reach the API server at the Service's address and says where

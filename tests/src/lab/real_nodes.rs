@@ -376,7 +376,14 @@ pub fn ping_count(text: &str) -> Option<PingCount> {
     };
     let mut seqs: Vec<u64> = text
         .lines()
-        .filter_map(|l| l.split_once("seq=")?.1.split_whitespace().next()?.parse().ok())
+        .filter_map(|l| {
+            l.split_once("seq=")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
     seqs.sort_unstable();
     seqs.dedup();
