@@ -24,6 +24,7 @@ NODE_RULES = [
     {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": [""], "resources": ["nodes/status"], "verbs": ["patch"]},
 ]
+POD_LIST_RULE = {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}
 HOST_PATHS_DEFAULT = {"/run/flannel", "/opt/cni/bin", "/etc/cni/net.d"}
 
 
@@ -100,8 +101,26 @@ def test_namespace_is_left_out_when_it_exists_already(all_options):
 
 
 def test_cluster_role_grants_exactly_what_weftd_uses(every_render):
-    assert every_render.one("ClusterRole")["rules"] == NODE_RULES
+    rules = every_render.one("ClusterRole")["rules"]
+    cleaning = any(c["name"] == "finish" for c in every_render.containers())
+    # cleanup --wait lists its node's pods before removing the conflist.
+    assert rules == NODE_RULES + ([POD_LIST_RULE] if cleaning else [])
     assert "Role" not in every_render.kinds() and "RoleBinding" not in every_render.kinds()
+
+
+def test_cleanup_wait_knows_its_node(cleanup):
+    env = {e["name"]: e for e in cleanup.container("finish")["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert "--wait" in cleanup.container("finish")["args"]
+
+
+def test_cleanup_wait_reaches_the_api_where_weftd_does():
+    r = weftchart.render({"cleanup": {"enabled": True}, "apiServer": {"host": "192.0.2.10", "port": 16443}})
+    ds = next(d.obj for d in r if d.kind == "DaemonSet")
+    finish = next(c for c in ds["spec"]["template"]["spec"]["containers"] if c["name"] == "finish")
+    env = {e["name"]: e.get("value") for e in finish["env"]}
+    assert env["KUBERNETES_SERVICE_HOST"] == "192.0.2.10"
+    assert env["KUBERNETES_SERVICE_PORT"] == "16443"
 
 
 def test_binding_ties_the_role_to_the_service_account_only(default):

@@ -81,24 +81,77 @@ async fn remove_cni_config(
 /// Terminating).
 pub const QUIET: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Pods on `node` whose sandbox the runtime may still stop (and so load
+/// the conflist for) in the API's view: not host-network, and deleted but
+/// not yet gone, or not finished. The kubelet stops a deleted pod's
+/// sandbox again at every sync until the pod object is gone, well after
+/// weft's DEL ran.
+pub async fn api_pods(client: &kube::Client, node: &str) -> Result<usize, kube::Error> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods: kube::Api<Pod> = kube::Api::all(client.clone());
+    let lp = kube::api::ListParams::default().fields(&format!("spec.nodeName={node}"));
+    let list = pods.list(&lp).await?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| {
+            let spec = p.spec.as_ref();
+            let host = spec.and_then(|s| s.host_network).unwrap_or(false);
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            let finished = matches!(phase, Some("Succeeded" | "Failed"));
+            !host && (p.metadata.deletion_timestamp.is_some() || !finished)
+        })
+        .count())
+}
+
 /// `weftd cleanup --wait`, after `run`: waits until no pod on the node has
-/// been wired by weft for [`QUIET`], then removes the conflist, the plugin
-/// and an unused `cni0`, and returns what it removed (the chart's cleanup
-/// DaemonSet then idles until it is deleted).
-pub async fn finish(conf_dir: &Path, bin_dir: Option<&Path>, data_dir: &Path) -> Vec<String> {
+/// been wired by weft and (with `api`: a client and this node's name) the
+/// API shows no pod on the node whose sandbox may still be stopped
+/// ([`api_pods`]), both for [`QUIET`]; then removes the conflist, the
+/// plugin and an unused `cni0`, and returns what it removed (the chart's
+/// cleanup DaemonSet then idles until it is deleted). An API that cannot be
+/// read is warned about and retried: the conflist stays meanwhile.
+pub async fn finish(
+    conf_dir: &Path,
+    bin_dir: Option<&Path>,
+    data_dir: &Path,
+    api: Option<(kube::Client, String)>,
+) -> Vec<String> {
     let mut said = None;
+    let mut api_said: Option<Result<usize, String>> = None;
     let mut none_since: Option<tokio::time::Instant> = None;
     loop {
-        let left = wired_pods(data_dir);
+        let wired = wired_pods(data_dir);
+        if said != Some(wired) && wired > 0 {
+            tracing::info!(
+                pods = wired,
+                "waiting for the pods still wired by weft on this node to go before removing {CONFLIST}"
+            );
+        }
+        said = Some(wired);
+        let mut left = wired;
+        if wired == 0
+            && let Some((client, node)) = &api
+        {
+            let seen = api_pods(client, node).await.map_err(|e| crate::chain(&e));
+            if api_said.as_ref() != Some(&seen) {
+                match &seen {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(
+                        pods = n,
+                        "waiting for the pods on this node to be gone from the API before removing {CONFLIST} (the runtime stops their sandboxes until then)"
+                    ),
+                    Err(e) => tracing::warn!(
+                        error = %e,
+                        "listing this node's pods failed; {CONFLIST} stays until it succeeds"
+                    ),
+                }
+                api_said = Some(seen.clone());
+            }
+            left = seen.unwrap_or(1);
+        }
         if left > 0 {
             none_since = None;
-            if said != Some(left) {
-                tracing::info!(
-                    pods = left,
-                    "waiting for the pods still wired by weft on this node to go before removing {CONFLIST}"
-                );
-                said = Some(left);
-            }
         } else if none_since
             .get_or_insert_with(tokio::time::Instant::now)
             .elapsed()
@@ -220,7 +273,7 @@ mod tests {
         std::fs::write(data.join("a1b2"), "{}").unwrap();
         assert_eq!(wired_pods(&data), 1);
         let t0 = tokio::time::Instant::now();
-        let finishing = finish(&conf, Some(&bin), &data);
+        let finishing = finish(&conf, Some(&bin), &data, None);
         let script = async {
             tokio::time::sleep(Duration::from_secs(30)).await;
             assert!(conf.join(CONFLIST).exists(), "removed under a wired pod");

@@ -245,17 +245,21 @@ fn weft_installed_by_kubectl_apply_wires_every_pod_and_deletes_leave_nothing() {
     let failed: Vec<_> = results.iter().filter(|r| !r.ok()).collect();
     assert!(failed.is_empty(), "over udp: {failed:#?}");
 
-    // Uninstall as the README says: the cleanup manifest over the running
-    // install. Pods still running stay removable (the conflist and the
-    // plugin stay until the last of them is gone), then nothing of weft is
-    // left on any node.
+    // Uninstall as the README says, for the chart's install: the same
+    // values with cleanup.enabled (node-3 still has no kube-proxy: its
+    // cleanup asks the API for its pods at apiServer.host). Pods still
+    // running stay removable (the conflist and the plugin stay until the
+    // last of them is gone from the API), then nothing of weft is left on
+    // any node.
     let manifests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
     let kubectl_file = |verb: &str, file: &str| {
         let path = manifests.join(file);
         weft_lab::cmd::run(lab.kubectl().args([verb, "-f"]).arg(&path).arg("--wait")).unwrap();
     };
-    kubectl_file("apply", "weft-cleanup.yaml");
-    lab.wait_weft_rollout(120).unwrap();
+    lab.apply_chart(
+        "backend:\n  type: udp\napiServer:\n  host: 198.51.100.1\n  port: 6443\ncleanup:\n  enabled: true\n",
+    )
+    .unwrap();
     let on = |n: &str, path: &str| lab.node(n).unwrap().host_path(path).exists();
     for n in ["node-1", "node-2", "node-3"] {
         let links = lab.run(n, &["ip", "-o", "link", "show"]).unwrap();

@@ -155,6 +155,20 @@ args:
 env:
   - name: WEFTD_LOG
     value: {{ $v.logLevel | quote }}
+  {{- if .wait }}
+  # Asks the API which pods are still on this node (their sandboxes are
+  # stopped again until the pod objects are gone).
+  - name: NODE_NAME
+    valueFrom:
+      fieldRef:
+        fieldPath: spec.nodeName
+  {{- with $v.apiServer.host }}
+  - name: KUBERNETES_SERVICE_HOST
+    value: {{ . | quote }}
+  - name: KUBERNETES_SERVICE_PORT
+    value: {{ $v.apiServer.port | quote }}
+  {{- end }}
+  {{- end }}
 {{- if .wait }}
 resources:
   requests:
