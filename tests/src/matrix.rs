@@ -472,6 +472,26 @@ impl Matrix {
         }
     }
 
+    /// Stops weftd on `node` and fills the API with `d.nodes` Nodes while
+    /// it is down (its next start lists them all at once).
+    fn stop_and_fill(
+        &mut self,
+        node: &str,
+        d: &Durations,
+        notes: &mut Vec<String>,
+    ) -> Result<(), LabError> {
+        self.lab
+            .stop_weftd(node, nix::sys::signal::Signal::SIGTERM)?;
+        let t0 = Instant::now();
+        crate::bench::fill::fill_api(&self.lab, 0..d.nodes)?;
+        notes.push(format!(
+            "{} Nodes created in {:.1} s",
+            d.nodes,
+            t0.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+
     /// The memory cgroup's figures for weftd on `node`: peak usage against
     /// the limit, how often the limit was hit, OOM kills.
     fn memory_report(&self, node: &str) -> String {
@@ -627,15 +647,7 @@ impl Matrix {
                 self.lab.start_weftd(&node)?;
             }
             Fault::KilledMidList => {
-                self.lab
-                    .stop_weftd(&node, nix::sys::signal::Signal::SIGTERM)?;
-                let t0 = Instant::now();
-                crate::bench::fill::fill_api(&self.lab, 0..d.nodes)?;
-                notes.push(format!(
-                    "{} Nodes created in {:.1} s",
-                    d.nodes,
-                    t0.elapsed().as_secs_f64()
-                ));
+                self.stop_and_fill(&node, d, notes)?;
                 self.lab.start_weftd(&node)?;
                 // Killed once its first list has begun: a page seen.
                 let t0 = Instant::now();
@@ -657,15 +669,7 @@ impl Matrix {
                 self.lab.start_weftd(&node)?;
             }
             Fault::MemoryLimit => {
-                self.lab
-                    .stop_weftd(&node, nix::sys::signal::Signal::SIGTERM)?;
-                let t0 = Instant::now();
-                crate::bench::fill::fill_api(&self.lab, 0..d.nodes)?;
-                notes.push(format!(
-                    "{} Nodes created in {:.1} s",
-                    d.nodes,
-                    t0.elapsed().as_secs_f64()
-                ));
+                self.stop_and_fill(&node, d, notes)?;
                 let cgroup = mem_cgroup(&self.lab.state.name, &node)?;
                 self.mem_cgroup = Some(cgroup.clone());
                 // Born there: this kernel moves no charges with a process.
