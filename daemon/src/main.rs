@@ -338,38 +338,31 @@ fn as_install_conf(argv: &[String]) -> ExitCode {
     }
 }
 
-/// This node, from `NODE_NAME` or the pod weftd runs in; with the etcd
-/// subnet manager (where the name only labels the logs) the host's name
-/// will do.
-/// `cleanup --wait`'s view of the API: a client (--kubeconfig, else as
-/// kube infers it: in a pod, the in-cluster configuration) and this node's
-/// name ($NODE_NAME). None, with a warning, when either is missing: the
-/// wait then relies on the node's files alone.
-async fn cleanup_api(kubeconfig: Option<&std::path::Path>) -> Option<(kube::Client, String)> {
+/// `cleanup --wait`'s view of the API: a client made as weftd makes its
+/// own and this node's name ($NODE_NAME). None, with a warning, when either
+/// is missing: the wait then relies on the node's files alone.
+async fn cleanup_api(
+    kubeconfig: Option<&std::path::Path>,
+    api_url: Option<&str>,
+) -> Option<(kube::Client, String)> {
     let Ok(node) = std::env::var("NODE_NAME") else {
         tracing::warn!(
             "NODE_NAME is not set: cleanup --wait cannot ask the API which pods are still on this node, and waits on the node's own files only"
         );
         return None;
     };
-    let cfg = match kubeconfig {
-        Some(path) => match kube::config::Kubeconfig::read_from(path) {
-            Ok(kc) => kube::Config::from_custom_kubeconfig(kc, &Default::default())
-                .await
-                .map_err(|e| agent::chain(&e)),
-            Err(e) => Err(agent::chain(&e)),
-        },
-        None => kube::Config::infer().await.map_err(|e| agent::chain(&e)),
-    };
-    match cfg.and_then(|c| kube::Client::try_from(c).map_err(|e| agent::chain(&e))) {
-        Ok(client) => Some((client, node)),
+    match agent::kube_client(kubeconfig, api_url, true).await {
+        Ok((client, _)) => Some((client, node)),
         Err(e) => {
-            tracing::warn!(error = %e, "no API client: cleanup --wait waits on the node's own files only");
+            tracing::warn!(error = %agent::chain(&e), "no API client: cleanup --wait waits on the node's own files only");
             None
         }
     }
 }
 
+/// This node, from `NODE_NAME` or the pod weftd runs in; with the etcd
+/// subnet manager (where the name only labels the logs) the host's name
+/// will do.
 fn node_ref(etcd: bool) -> anyhow::Result<agent::NodeRef> {
     if let Some(n) = agent::NodeRef::from_env(|k| std::env::var(k).ok()) {
         return Ok(n);
@@ -480,9 +473,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 tracing::info!("cleanup: nothing of weft's was left on this node");
             }
             if wait {
-                let kubeconfig = args.kubeconfig.clone();
+                let (kubeconfig, api_url) = (args.kubeconfig.clone(), args.kube_api_url.clone());
                 rt.block_on(async {
-                    let api = cleanup_api(kubeconfig.as_deref()).await;
+                    let api = cleanup_api(kubeconfig.as_deref(), api_url.as_deref()).await;
                     tokio::select! {
                         removed = weftd::cleanup::finish(&conf_dir, bin_dir.as_deref(), &data_dir, api) => {
                             for r in &removed {

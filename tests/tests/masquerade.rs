@@ -109,6 +109,14 @@ fn lab_with_pods(tag: &str) -> Lab {
     lab
 }
 
+/// Whether `node` has a link called `name`.
+fn has_link(lab: &Lab, node: &str, name: &str) -> bool {
+    lab.exec(node, &["ip", "link", "show", name])
+        .unwrap()
+        .status
+        .success()
+}
+
 fn underlay_ip(lab: &Lab, node: &str) -> String {
     lab.node(node).unwrap().underlay_ip.to_string()
 }
@@ -283,13 +291,7 @@ fn a_flushed_ruleset_is_restored_within_the_resync_interval_and_cleanup_leaves_n
         .unwrap();
     let tables = lab.run("node-3", &["nft", "list", "tables"]).unwrap();
     assert!(!tables.contains("weft"), "{tables}");
-    assert!(
-        !lab.exec("node-3", &["ip", "link", "show", "flannel.1"])
-            .unwrap()
-            .status
-            .success(),
-        "the device is gone"
-    );
+    assert!(!has_link(&lab, "node-3", "flannel.1"), "the device is gone");
     let conflist = "/etc/cni/net.d/10-weft.conflist";
     let (subnet_env, conflist_path) = {
         let n3 = lab.node("node-3").unwrap();
@@ -313,10 +315,7 @@ fn a_flushed_ruleset_is_restored_within_the_resync_interval_and_cleanup_leaves_n
         "{conflist} is gone with the last pod"
     );
     assert!(
-        !lab.exec("node-3", &["ip", "link", "show", "cni0"])
-            .unwrap()
-            .status
-            .success(),
+        !has_link(&lab, "node-3", "cni0"),
         "the unused bridge is gone"
     );
     // Another cleanup finds nothing and still succeeds.

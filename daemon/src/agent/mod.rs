@@ -171,20 +171,37 @@ pub enum AgentError {
 /// The API client, and where it sends requests (the URL and what chose
 /// it), for messages.
 async fn client(opts: &Options) -> Result<(Client, String), AgentError> {
-    let how = match (&opts.kubeconfig, &opts.api_url) {
+    kube_client(
+        opts.kubeconfig.as_deref(),
+        opts.api_url.as_deref(),
+        opts.kubeconfig_from_env,
+    )
+    .await
+}
+
+/// An API client as flanneld makes one: from `kubeconfig`, else the
+/// in-cluster credentials (or, with `from_env`, what kube infers:
+/// $KUBECONFIG, ~/.kube/config, in-cluster), sent to `api_url` when
+/// given; and where it sends requests, for messages.
+pub async fn kube_client(
+    kubeconfig: Option<&std::path::Path>,
+    api_url: Option<&str>,
+    from_env: bool,
+) -> Result<(Client, String), AgentError> {
+    let how = match (kubeconfig, api_url) {
         (Some(path), _) => format!("kubeconfig {}", path.display()),
         (None, Some(url)) => format!("--kube-api-url {url} with the in-cluster credentials"),
-        (None, None) if opts.kubeconfig_from_env => {
+        (None, None) if from_env => {
             "$KUBECONFIG, ~/.kube/config or the in-cluster configuration".to_string()
         }
         (None, None) => "the in-cluster configuration".to_string(),
     };
-    let in_cluster = opts.kubeconfig.is_none() && opts.api_url.is_none();
+    let in_cluster = kubeconfig.is_none() && api_url.is_none();
     let err = |e: Box<dyn std::error::Error + Send + Sync>| AgentError::Client {
         how: how.clone(),
         source: e,
     };
-    let mut cfg = match &opts.kubeconfig {
+    let mut cfg = match kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path).map_err(|e| err(Box::new(e)))?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
@@ -193,16 +210,14 @@ async fn client(opts: &Options) -> Result<(Client, String), AgentError> {
         }
         // flanneld (client-go) with only a URL: the in-cluster credentials
         // if there are any, sent to that URL; else the URL alone.
-        None if opts.api_url.is_some() => match kube::Config::incluster() {
+        None if api_url.is_some() => match kube::Config::incluster() {
             Ok(c) => c,
             Err(_) => kube::Config::new(Default::default()),
         },
-        None if opts.kubeconfig_from_env => {
-            kube::Config::infer().await.map_err(|e| err(Box::new(e)))?
-        }
+        None if from_env => kube::Config::infer().await.map_err(|e| err(Box::new(e)))?,
         None => kube::Config::incluster().map_err(|e| err(Box::new(e)))?,
     };
-    if let Some(url) = &opts.api_url {
+    if let Some(url) = api_url {
         cfg.cluster_url = url.parse().map_err(|e| err(Box::new(e)))?;
     }
     cfg.read_timeout = Some(crate::lease::kube::watch::READ_TIMEOUT);
@@ -692,10 +707,9 @@ async fn keep_cni_files(
 struct KeptPlugin {
     src: PathBuf,
     dest: PathBuf,
+    /// The installed file's stamp when last found right (none before the
+    /// first check: what that one writes is an install, not a repair).
     right: Option<FileStamp>,
-    /// Whether a check has run: the first finding is an install, not a
-    /// repair.
-    checked: bool,
 }
 
 type FileStamp = (u64, u64, i64, i64);
@@ -712,7 +726,6 @@ impl KeptPlugin {
             src: src.to_path_buf(),
             dest: dest.to_path_buf(),
             right: None,
-            checked: false,
         }
     }
 
@@ -730,13 +743,12 @@ impl KeptPlugin {
         };
         match crate::files::write_atomic(&self.dest, &bytes, 0o755) {
             Ok(written) => {
-                if written && self.checked {
+                if written && self.right.is_some() {
                     tracing::warn!(path = %self.dest.display(), "the weft plugin was missing or altered; installed again");
                     metrics.file_restored("weft");
                 } else if written {
                     tracing::info!(path = %self.dest.display(), "weft plugin installed");
                 }
-                self.checked = true;
                 self.right = stamp(&self.dest);
             }
             Err(e) => {
