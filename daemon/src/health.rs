@@ -1,5 +1,6 @@
 //! `/healthz` (the process is alive), `/readyz` (503 until the first full
-//! reconcile is done and subnet.env is written) and `/metrics`, over a
+//! reconcile is done and subnet.env is written), `/metrics` and
+//! `/debug/errors` (the last warnings and errors logged), over a
 //! deliberately small HTTP/1.1 server: one request per connection, GET only.
 
 use std::net::SocketAddr;
@@ -73,6 +74,7 @@ fn answer(request_line: &str, m: &Metrics) -> (&'static str, &'static str, Strin
             text,
             "not ready: first reconcile not done\n".into(),
         ),
+        "/debug/errors" => ("200 OK", text, crate::recent::render()),
         "/metrics" => (
             "200 OK",
             "text/plain; version=0.0.4; charset=utf-8",

@@ -12,6 +12,7 @@ pub mod backends;
 pub mod backoff;
 pub mod cleanup;
 pub mod config;
+pub mod doctor;
 pub mod family;
 pub mod files;
 pub mod firewall;
@@ -27,6 +28,7 @@ pub mod netlink;
 pub mod nft;
 #[cfg(test)]
 mod planner_props;
+pub mod recent;
 pub mod single;
 #[cfg(test)]
 pub(crate) mod testing;

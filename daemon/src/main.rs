@@ -163,6 +163,19 @@ struct Args {
 
 #[derive(clap::Subcommand, Debug)]
 enum Sub {
+    /// Compare this node with what weftd would program, and say what
+    /// differs: kernel entries, subnet.env, the Node's annotations, weft's
+    /// nftables table; which peers are skipped and why; whether the running
+    /// weftd is ready, and its last warnings and errors. Changes nothing.
+    /// Exit status 1 when a problem is found. Without flags, the flags and
+    /// environment of the weftd running in this network namespace are
+    /// used (`kubectl exec` into the weft pod and run `weftd doctor`).
+    Doctor {
+        /// Use this command line's flags and environment even when a weftd
+        /// runs here.
+        #[arg(long)]
+        own_flags: bool,
+    },
     /// Install the CNI plugin and conflist on this node (the DaemonSet's
     /// init container): atomic, and only what changed.
     InstallCni {
@@ -247,13 +260,18 @@ fn init_logging(format: LogFormat, default_level: &str) {
         );
         tracing_subscriber::EnvFilter::new(format!("{default_level},{quiet}"))
     });
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    // The last warnings and errors are kept for the doctor, too.
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(weftd::recent::RecentLayer);
     match format {
-        LogFormat::Json => fmt.json().init(),
-        LogFormat::Text => fmt.init(),
+        LogFormat::Json => registry.with(fmt.json()).init(),
+        LogFormat::Text => registry.with(fmt).init(),
     }
 }
 
@@ -280,8 +298,70 @@ fn main() -> ExitCode {
         _ => {}
     }
     let args = Args::parse();
+    if let Some(Sub::Doctor { own_flags }) = &args.command {
+        init_logging(args.log_format, "error");
+        if !own_flags
+            && argv.len() == 2
+            && std::env::var_os(DOCTOR_OF).is_none()
+            && let Some(code) = doctor_as_running()
+        {
+            return code;
+        }
+        return doctor(args);
+    }
     init_logging(args.log_format, "info");
     exit(run(args))
+}
+
+/// Set when the doctor runs again with a running weftd's command line.
+const DOCTOR_OF: &str = "WEFTD_DOCTOR_OF";
+
+/// `weftd doctor` without flags where a weftd runs in this network
+/// namespace: runs the doctor again with that weftd's flags and
+/// environment (its pod's, under `kubectl exec`). None when there is none.
+fn doctor_as_running() -> Option<ExitCode> {
+    let weftd::doctor::Agent { pid, args, env } = weftd::doctor::running_agent()?;
+    println!("weftd doctor: with the flags and environment of weftd (pid {pid}) running here");
+    let exe = std::env::current_exe().ok()?;
+    let status = std::process::Command::new(exe)
+        .args(&args)
+        .arg("doctor")
+        .env_clear()
+        .envs(env)
+        .env(DOCTOR_OF, pid.to_string())
+        .status();
+    match status {
+        Ok(s) => Some(ExitCode::from(s.code().unwrap_or(2).clamp(0, 255) as u8)),
+        Err(e) => {
+            eprintln!("weftd doctor: running again as weftd {pid} does: {e}");
+            Some(ExitCode::from(2))
+        }
+    }
+}
+
+/// `weftd doctor`: prints the report; 1 when something is wrong, 2 when
+/// the flags are.
+fn doctor(args: Args) -> ExitCode {
+    let opts = match options(args) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("weftd doctor: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match current_thread() {
+        Ok(rt) => rt.block_on(weftd::doctor::examine(&opts)),
+        Err(e) => {
+            eprintln!("weftd doctor: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{}", report.render());
+    if report.problems() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 /// weftd run as `flanneld`: flanneld's command line and variables.
@@ -490,8 +570,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             return Ok(());
         }
-        None => {}
+        Some(Sub::Doctor { .. }) | None => {}
     }
+    serve_agent(options(args)?)
+}
+
+/// The agent's options from weftd's flags.
+fn options(args: Args) -> anyhow::Result<Options> {
     let healthz_addr = match args.healthz_addr.as_str() {
         "" => None,
         a => Some(
@@ -562,7 +647,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .cni_plugin
             .map(|src| (src, args.cni_bin_dir.join("weft"))),
     };
-    serve_agent(opts)
+    Ok(opts)
 }
 
 /// Resolves at SIGTERM or SIGINT.

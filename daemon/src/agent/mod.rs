@@ -22,7 +22,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
 use crate::annotations::{AnnotationError, Names};
-use crate::backend::{BackendError, Local, LocalFamily};
+use crate::backend::{Backend, BackendError, Local, LocalFamily};
 use crate::backoff::Backoff;
 pub use crate::chain;
 use crate::config::{ConfigError, NetConfig};
@@ -235,7 +235,7 @@ pub async fn kube_client(
 }
 
 /// This node's name: given, or read from the pod weftd runs in.
-async fn node_name(client: &Client, node: &NodeRef) -> Result<String, AgentError> {
+pub async fn node_name(client: &Client, node: &NodeRef) -> Result<String, AgentError> {
     let (namespace, name) = match node {
         NodeRef::Name(n) => return Ok(n.clone()),
         NodeRef::Pod { namespace, name } => (namespace, name),
@@ -430,53 +430,7 @@ where
         () = &mut shutdown => return Ok(None),
     };
     let prefer_v6 = cfg.ipv4.is_none();
-    let ext = iface::select(nl, &opts.iface, &own.internal_ips, prefer_v6).await?;
-    tracing::info!(iface = %ext.name, mtu = ext.mtu, "external interface chosen");
-
-    // Per enabled family: the address we are reached at and the one we
-    // advertise, then our lease.
-    let networks = PerFamily {
-        v4: cfg.ipv4.as_ref().map(|f| f.network),
-        v6: cfg.ipv6.as_ref().map(|f| f.network),
-    };
-    let flags = PerFamily {
-        v4: opts.public_ip,
-        v6: opts.public_ipv6,
-    };
-    let mut addresses = PerFamily::default();
-    for (family, _) in networks.present() {
-        let stored = own.stored.get(family);
-        let v6 = family.is_v6();
-        // flannel's spellings carry the family the same way: "" or "v6".
-        let sfx = if v6 { "v6" } else { "" };
-        let (given, what) = match (flags.get(family), stored.public_ip) {
-            (Some(ip), _) => (Some(*ip), format!("--public-ip{sfx}")),
-            (None, Some(ip)) => (
-                Some(ip),
-                format!("the Node's node-public-ip{sfx} annotation"),
-            ),
-            (None, None) => (None, "the external interface's address".to_string()),
-        };
-        let public_ip = match given {
-            Some(ip) if !family.holds(&ip) => {
-                return Err(AgentError::PublicIpFamily { ip, family });
-            }
-            Some(ip) => ip,
-            None => ext.ip(v6)?,
-        };
-        let overwrite = stored.overwrite.filter(|ip| family.holds(ip));
-        let advertised = overwrite.unwrap_or(public_ip);
-        let advertised_from = match overwrite {
-            Some(_) => format!("the Node's public-ip{sfx}-overwrite annotation"),
-            None => what.clone(),
-        };
-        for (ip, what) in [(public_ip, what), (advertised, advertised_from)] {
-            if let Some(why) = not_a_host_address(&ip) {
-                return Err(AgentError::UnusablePublicIp { what, ip, why });
-            }
-        }
-        *addresses.get_mut(family) = Some((public_ip, advertised));
-    }
+    let (ext, addresses) = interface_and_addresses(nl, cfg, opts, &own).await?;
     let claim = lease::Claim {
         backend_type: cfg.backend.type_name().to_string(),
         public_ip: addresses.map(|_, a| a.map(|(_, advertised)| advertised)),
@@ -497,35 +451,10 @@ where
             }
         }
     }
-    let subnets = lease::own_subnets(cfg, &own)?;
-    let mut families = PerFamily::default();
-    for (family, subnet) in subnets.present() {
-        let (Some(network), Some((public_ip, advertised))) =
-            (*networks.get(family), *addresses.get(family))
-        else {
-            continue;
-        };
-        *families.get_mut(family) = Some(LocalFamily {
-            network,
-            subnet: *subnet,
-            public_ip,
-            advertised,
-            stored_data: own.stored.get(family).data.clone(),
-        });
-    }
-    let local = Local {
-        ext,
-        families,
-        udp_offload: opts.udp_offload,
-    };
+    let local = local_node(cfg, opts, &own, ext, &addresses)?;
     let mut backend = crate::backends::start(nl, &cfg.backend, &local, metrics).await?;
 
-    let ours = Publish {
-        backend_type: backend.type_name().to_string(),
-        families: local
-            .families
-            .map(|f, l| l.as_ref().map(|l| (l.advertised, backend.data(f)))),
-    };
+    let ours = publish_of(backend.as_ref(), &local);
     let mut backoff = Backoff::new();
     loop {
         match source.publish(&ours).await {
@@ -542,54 +471,15 @@ where
             }
         }
     }
-    let pair = |f: Family| {
-        local
-            .families
-            .get(f)
-            .as_ref()
-            .map(|l| (l.network, l.subnet))
-    };
-    let env = SubnetEnv {
-        ipv4: pair(Family::V4),
-        ipv6: pair(Family::V6),
-        mtu: backend.mtu(),
-        ip_masq: opts.ip_masq,
-    };
+    let env = subnet_env(&local, backend.mtu(), opts.ip_masq);
     env.write(&opts.subnet_file)?;
     tracing::info!(path = %opts.subnet_file.display(), "subnet.env written");
     if opts.set_network_unavailable {
         source.mark_ready();
     }
 
-    let ctx = Context {
-        fields: source.fields(),
-        own_name: own.name.clone(),
-        families: local.families.map(|_, l| {
-            l.as_ref().map(|l| Subnets {
-                network: l.network,
-                local_subnet: l.subnet,
-                local_ip: l.advertised,
-            })
-        }),
-        codec: backend.codec(),
-    };
-    let mut rules = (*rules)(nft::RulesetInput {
-        families: local
-            .families
-            .present()
-            .map(|(_, l)| nft::Family {
-                network: l.network,
-                subnet: l.subnet,
-            })
-            .collect(),
-        ip_masq: opts.ip_masq,
-        masq_fully_random: opts.masq_fully_random,
-        forward_rules: opts.forward_rules,
-        allow_list: backend
-            .guarded_port()
-            .filter(|_| opts.allow_list)
-            .map(|port| (port, Vec::new())),
-    })?;
+    let ctx = context(source.fields(), &own.name, &local, backend.codec());
+    let mut rules = (*rules)(rules_input(&local, opts, backend.guarded_port()))?;
     let inputs = driver::Inputs {
         peers: source.watch(ctx, metrics.clone()),
         changes: nl.watch_changes(backend.devices())?,
@@ -651,6 +541,170 @@ where
         () = every_period => Ok(None),
         () = conflist => Ok(None),
         why = underlay => Ok(Some(why)),
+    }
+}
+
+/// The external interface, and per enabled family the address our tunnel
+/// binds to and the one we advertise (from the flags, our lease's
+/// annotations, the interface): what the agent sets up from, and what the
+/// doctor checks against.
+pub async fn interface_and_addresses<N: Netlink>(
+    nl: &N,
+    cfg: &NetConfig,
+    opts: &Options,
+    own: &lease::OwnLease,
+) -> Result<(iface::ExtIface, PerFamily<Option<(IpAddr, IpAddr)>>), AgentError> {
+    let prefer_v6 = cfg.ipv4.is_none();
+    let ext = iface::select(nl, &opts.iface, &own.internal_ips, prefer_v6).await?;
+    tracing::info!(iface = %ext.name, mtu = ext.mtu, "external interface chosen");
+    let networks = PerFamily {
+        v4: cfg.ipv4.as_ref().map(|f| f.network),
+        v6: cfg.ipv6.as_ref().map(|f| f.network),
+    };
+    let flags = PerFamily {
+        v4: opts.public_ip,
+        v6: opts.public_ipv6,
+    };
+    let mut addresses = PerFamily::default();
+    for (family, _) in networks.present() {
+        let stored = own.stored.get(family);
+        let v6 = family.is_v6();
+        // flannel's spellings carry the family the same way: "" or "v6".
+        let sfx = if v6 { "v6" } else { "" };
+        let (given, what) = match (flags.get(family), stored.public_ip) {
+            (Some(ip), _) => (Some(*ip), format!("--public-ip{sfx}")),
+            (None, Some(ip)) => (
+                Some(ip),
+                format!("the Node's node-public-ip{sfx} annotation"),
+            ),
+            (None, None) => (None, "the external interface's address".to_string()),
+        };
+        let public_ip = match given {
+            Some(ip) if !family.holds(&ip) => {
+                return Err(AgentError::PublicIpFamily { ip, family });
+            }
+            Some(ip) => ip,
+            None => ext.ip(v6)?,
+        };
+        let overwrite = stored.overwrite.filter(|ip| family.holds(ip));
+        let advertised = overwrite.unwrap_or(public_ip);
+        let advertised_from = match overwrite {
+            Some(_) => format!("the Node's public-ip{sfx}-overwrite annotation"),
+            None => what.clone(),
+        };
+        for (ip, what) in [(public_ip, what), (advertised, advertised_from)] {
+            if let Some(why) = not_a_host_address(&ip) {
+                return Err(AgentError::UnusablePublicIp { what, ip, why });
+            }
+        }
+        *addresses.get_mut(family) = Some((public_ip, advertised));
+    }
+    Ok((ext, addresses))
+}
+
+/// Everything the backend starts from: the interface, and per enabled
+/// family our Network, subnet (from our lease) and addresses.
+pub fn local_node(
+    cfg: &NetConfig,
+    opts: &Options,
+    own: &lease::OwnLease,
+    ext: iface::ExtIface,
+    addresses: &PerFamily<Option<(IpAddr, IpAddr)>>,
+) -> Result<Local, AgentError> {
+    let networks = PerFamily {
+        v4: cfg.ipv4.as_ref().map(|f| f.network),
+        v6: cfg.ipv6.as_ref().map(|f| f.network),
+    };
+    let subnets = lease::own_subnets(cfg, own)?;
+    let mut families = PerFamily::default();
+    for (family, subnet) in subnets.present() {
+        let (Some(network), Some((public_ip, advertised))) =
+            (*networks.get(family), *addresses.get(family))
+        else {
+            continue;
+        };
+        *families.get_mut(family) = Some(LocalFamily {
+            network,
+            subnet: *subnet,
+            public_ip,
+            advertised,
+            stored_data: own.stored.get(family).data.clone(),
+        });
+    }
+    Ok(Local {
+        ext,
+        families,
+        udp_offload: opts.udp_offload,
+    })
+}
+
+/// What we publish: the backend's type, and per family our advertised
+/// address and the backend's data.
+pub fn publish_of<N: Netlink>(backend: &dyn Backend<N>, local: &Local) -> Publish {
+    Publish {
+        backend_type: backend.type_name().to_string(),
+        families: local
+            .families
+            .map(|f, l| l.as_ref().map(|l| (l.advertised, backend.data(f)))),
+    }
+}
+
+/// subnet.env as weftd writes it.
+pub fn subnet_env(local: &Local, mtu: u32, ip_masq: bool) -> SubnetEnv {
+    let pair = |f: Family| {
+        local
+            .families
+            .get(f)
+            .as_ref()
+            .map(|l| (l.network, l.subnet))
+    };
+    SubnetEnv {
+        ipv4: pair(Family::V4),
+        ipv6: pair(Family::V6),
+        mtu,
+        ip_masq,
+    }
+}
+
+/// How peers are judged on this node.
+pub fn context(
+    fields: lease::FieldNames,
+    own_name: &str,
+    local: &Local,
+    codec: Arc<dyn crate::backend::PeerCodec>,
+) -> Context {
+    Context {
+        fields,
+        own_name: own_name.to_string(),
+        families: local.families.map(|_, l| {
+            l.as_ref().map(|l| Subnets {
+                network: l.network,
+                local_subnet: l.subnet,
+                local_ip: l.advertised,
+            })
+        }),
+        codec,
+    }
+}
+
+/// weft's nftables table for this node (the allow-list's peers empty:
+/// filled in from the peer set).
+pub fn rules_input(local: &Local, opts: &Options, guarded_port: Option<u16>) -> nft::RulesetInput {
+    nft::RulesetInput {
+        families: local
+            .families
+            .present()
+            .map(|(_, l)| nft::Family {
+                network: l.network,
+                subnet: l.subnet,
+            })
+            .collect(),
+        ip_masq: opts.ip_masq,
+        masq_fully_random: opts.masq_fully_random,
+        forward_rules: opts.forward_rules,
+        allow_list: guarded_port
+            .filter(|_| opts.allow_list)
+            .map(|port| (port, Vec::new())),
     }
 }
 

@@ -3,6 +3,7 @@
 //! spec); an rtnetlink adapter carries them out, [`fake::Fake`]
 //! keeps them in memory for unit tests.
 
+pub mod dry;
 #[cfg(test)]
 pub mod fake;
 pub mod kernel;

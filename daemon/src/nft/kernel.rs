@@ -40,6 +40,21 @@ impl NftError {
     }
 }
 
+/// How weft's table in the kernel compares with the one wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    Same,
+    /// No table `inet weft`.
+    Missing,
+    /// Its chains or rules are not the wanted ones (flushed, edited).
+    Altered,
+    /// Only the allow-list's members differ: this many missing, this many extra.
+    Elements {
+        added: usize,
+        removed: usize,
+    },
+}
+
 /// What a sync did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Synced {
@@ -286,6 +301,24 @@ impl Nft {
             }
         };
         Ok(report)
+    }
+
+    /// Reads weft's table and tells how it differs from `rs`, changing
+    /// nothing (the doctor's view; [`sync`](Self::sync) repairs).
+    pub fn check(&mut self, rs: &Ruleset) -> Result<Check, NftError> {
+        let want = wire::expected(rs);
+        Ok(match self.read()? {
+            None => Check::Missing,
+            Some(have) if have.same_shape(&want) => {
+                let (msgs, added, removed) = wire::set_updates(rs, &have);
+                if msgs.is_empty() {
+                    Check::Same
+                } else {
+                    Check::Elements { added, removed }
+                }
+            }
+            Some(_) => Check::Altered,
+        })
     }
 
     /// Removes weft's table; whether it existed.

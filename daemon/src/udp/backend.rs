@@ -66,6 +66,33 @@ pub fn codec() -> Arc<dyn PeerCodec> {
     Arc::new(Codec)
 }
 
+/// The data path this node's udp backend runs (IPv4 only, as flannel's).
+pub fn spec(cfg: &UdpConfig, local: &Local) -> Result<UdpSpec, BackendError> {
+    let fam = local
+        .families
+        .v4
+        .as_ref()
+        .ok_or(BackendError::Unsupported {
+            field: "EnableIPv4 false with Backend.Type udp (flannel's udp backend is IPv4 only)",
+        })?;
+    let (IpAddr::V4(v4), IpNetwork::V4(subnet), IpNetwork::V4(network)) =
+        (fam.public_ip, fam.subnet, fam.network)
+    else {
+        return Err(BackendError::Unsupported {
+            field: "an IPv6 public IP with Backend.Type udp",
+        });
+    };
+    Ok(UdpSpec {
+        name: DEVICE.into(),
+        local: v4,
+        port: cfg.port,
+        subnet,
+        network,
+        mtu: pod_mtu(TYPE, &local.ext, local.ext.mtu, OVERHEAD, "")?,
+        offload: local.udp_offload,
+    })
+}
+
 impl Udp {
     /// Creates `flannel0` and its sockets, address and route (IPv4 only, as
     /// flannel's udp backend).
@@ -80,29 +107,11 @@ impl Udp {
                 field: "EnableIPv6 with Backend.Type udp (flannel's udp backend is IPv4 only)",
             });
         }
-        let fam = local.families.v4.as_ref().ok_or(BackendError::Unsupported {
-            field: "EnableIPv4 false with Backend.Type udp (flannel's udp backend is IPv4 only)",
-        })?;
-        let (IpAddr::V4(v4), IpNetwork::V4(subnet), IpNetwork::V4(network)) =
-            (fam.public_ip, fam.subnet, fam.network)
-        else {
-            return Err(BackendError::Unsupported {
-                field: "an IPv6 public IP with Backend.Type udp",
-            });
-        };
-        let spec = UdpSpec {
-            name: DEVICE.into(),
-            local: v4,
-            port: cfg.port,
-            subnet,
-            network,
-            mtu: pod_mtu(TYPE, &local.ext, local.ext.mtu, OVERHEAD, "")?,
-            offload: local.udp_offload,
-        };
+        let spec = spec(cfg, local)?;
         let dp = DataPlane::start(&spec)?;
         ensure_routes(nl, dp.index, &spec).await?;
         metrics.set_udp(dp.counters());
-        tracing::info!(device = %spec.name, index = dp.index, %subnet, local = %v4, port = spec.port, "udp data path ready");
+        tracing::info!(device = %spec.name, index = dp.index, subnet = %spec.subnet, local = %spec.local, port = spec.port, "udp data path ready");
         Ok(Udp {
             spec,
             dp: Some(dp),
@@ -145,7 +154,11 @@ impl Udp {
 
 /// flannel's layout on `flannel0`: our subnet's network address as /32 and
 /// one route for the whole Network through the device (idempotent).
-async fn ensure_routes<N: Netlink>(nl: &N, index: u32, spec: &UdpSpec) -> Result<(), BackendError> {
+pub async fn ensure_routes<N: Netlink>(
+    nl: &N,
+    index: u32,
+    spec: &UdpSpec,
+) -> Result<(), BackendError> {
     let addr = crate::vxlan::device_address(IpNetwork::V4(spec.subnet));
     if !nl.addresses(index).await?.contains(&addr) {
         nl.set_address(index, addr, true).await?;

@@ -16,7 +16,7 @@
 //! per direction. Each offload the kernel refuses is logged once and done
 //! without.
 
-mod backend;
+pub mod backend;
 pub mod forward;
 pub mod offload;
 mod pump;

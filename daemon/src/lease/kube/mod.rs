@@ -81,20 +81,7 @@ fn keys(names: &Names, family: Family) -> Keys<'_> {
 impl LeaseSource for KubeSource {
     async fn acquire(&self) -> OwnLease {
         let node = acquire::wait_for_pod_cidr(&self.api, &self.node_name, &self.server).await;
-        let ip = |key: &str| node.annotation(key).and_then(|s| s.parse::<IpAddr>().ok());
-        let own = OwnLease {
-            name: node.name().to_string(),
-            pod_cidrs: node.pod_cidrs().into_iter().map(str::to_string).collect(),
-            internal_ips: node.internal_ips().filter_map(|s| s.parse().ok()).collect(),
-            stored: PerFamily::from_fn(|f| {
-                let k = keys(&self.names, f);
-                Stored {
-                    public_ip: ip(k.node_public_ip),
-                    overwrite: ip(k.overwrite),
-                    data: node.annotation(k.data).map(str::to_string),
-                }
-            }),
-        };
+        let own = own_lease(&node, &self.names);
         if let Ok(mut slot) = self.node.lock() {
             *slot = Some(node);
         }
@@ -102,16 +89,7 @@ impl LeaseSource for KubeSource {
     }
 
     async fn publish(&self, ours: &Publish) -> Result<bool, LeaseError> {
-        let names = &self.names;
-        let mut wanted = BTreeMap::from([
-            (names.backend_type.clone(), ours.backend_type.clone()),
-            (names.subnet_manager.clone(), "true".to_string()),
-        ]);
-        for (family, (ip, data)) in ours.families.present() {
-            let k = keys(names, family);
-            wanted.insert(k.public_ip.to_string(), ip.to_string());
-            wanted.insert(k.data.to_string(), data.clone());
-        }
+        let wanted = wanted(&self.names, ours);
         let node = self.node().unwrap_or_default();
         acquire::publish(&self.api, &node, &wanted)
             .await
@@ -141,6 +119,38 @@ impl LeaseSource for KubeSource {
     fn fields(&self) -> FieldNames {
         fields(&self.names)
     }
+}
+
+/// Our lease as our Node holds it (`names`: flannel's annotations).
+pub fn own_lease(node: &SlimNode, names: &Names) -> OwnLease {
+    let ip = |key: &str| node.annotation(key).and_then(|s| s.parse::<IpAddr>().ok());
+    OwnLease {
+        name: node.name().to_string(),
+        pod_cidrs: node.pod_cidrs().into_iter().map(str::to_string).collect(),
+        internal_ips: node.internal_ips().filter_map(|s| s.parse().ok()).collect(),
+        stored: PerFamily::from_fn(|f| {
+            let k = keys(names, f);
+            Stored {
+                public_ip: ip(k.node_public_ip),
+                overwrite: ip(k.overwrite),
+                data: node.annotation(k.data).map(str::to_string),
+            }
+        }),
+    }
+}
+
+/// The annotations we publish on our Node, by key.
+pub fn wanted(names: &Names, ours: &Publish) -> BTreeMap<String, String> {
+    let mut wanted = BTreeMap::from([
+        (names.backend_type.clone(), ours.backend_type.clone()),
+        (names.subnet_manager.clone(), "true".to_string()),
+    ]);
+    for (family, (ip, data)) in ours.families.present() {
+        let k = keys(names, family);
+        wanted.insert(k.public_ip.to_string(), ip.to_string());
+        wanted.insert(k.data.to_string(), data.clone());
+    }
+    wanted
 }
 
 /// The annotations' names as the fields judging refers to.
