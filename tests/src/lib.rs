@@ -26,6 +26,7 @@ pub mod netns;
 pub mod node;
 pub mod packets;
 pub mod pki;
+pub mod plot;
 pub mod pods;
 pub mod probe;
 pub mod procs;

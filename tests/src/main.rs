@@ -133,17 +133,29 @@ enum BenchCmd {
         #[arg(long, default_value = "bench-dataplane.json")]
         json: std::path::PathBuf,
     },
-    /// weftd's control plane at scale: sync time, add->route latency, memory, idle CPU.
+    /// weftd's control plane over cluster sizes: sync time and its phases,
+    /// add->route latency, memory, CPU, API bytes; an SVG of the curves
+    /// next to the JSON.
     ControlPlane {
-        /// Nodes in the cluster (weftd's node included).
-        #[arg(long, default_value_t = 5000)]
-        nodes: usize,
-        /// Nodes added one at a time for the latency figures.
-        #[arg(long, default_value_t = 200)]
+        /// Cluster sizes (the agent's node included), comma-separated;
+        /// measured in one lab, the API server filled up between them.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "100,500,1000,2000,5000,10000"
+        )]
+        nodes: Vec<usize>,
+        /// Nodes added one at a time at each size, for the latency figures.
+        #[arg(long, default_value_t = 100)]
         adds: usize,
-        /// Seconds of idleness over which CPU is measured.
-        #[arg(long, default_value_t = 30)]
+        /// Seconds of idleness over which CPU is measured, at each size.
+        #[arg(long, default_value_t = 10)]
         idle_seconds: u64,
+        /// Another flannel-compatible agent binary in weftd's place (a
+        /// flanneld you built, say), started as kube-flannel.yml's
+        /// container starts flanneld.
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
         /// Where to write the JSON report.
         #[arg(long, default_value = "bench-control-plane.json")]
         json: std::path::PathBuf,
@@ -390,26 +402,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             nodes,
             adds,
             idle_seconds,
+            agent,
             json,
         }) => {
             watch_ctrl_c()?;
             let bench = weft_lab::bench::ControlPlaneBench {
-                nodes,
+                sizes: nodes,
                 adds,
                 idle: std::time::Duration::from_secs(idle_seconds),
+                agent,
             };
             let name = if cli.name == "default" {
                 "bench-cp".to_string()
             } else {
                 cli.name.clone()
             };
-            let log = json.with_extension("weftd.log");
-            let report = bench.run(&name, &log)?;
-            eprintln!("==> weftd's log kept as {}", log.display());
-            report.print_table(&mut std::io::stdout())?;
-            std::fs::write(&json, serde_json::to_string_pretty(&report)?)
+            let log = json.with_extension("agent.log");
+            let series = bench.run(&name, &log)?;
+            eprintln!("==> the agent's log (last size) kept as {}", log.display());
+            series.print_table(&mut std::io::stdout())?;
+            std::fs::write(&json, serde_json::to_string_pretty(&series)?)
                 .with_context(|| format!("writing {}", json.display()))?;
             eprintln!("==> JSON written to {}", json.display());
+            let svg = weft_lab::plot::svg_next_to(&json);
+            series.plot(&svg)?;
+            eprintln!("==> picture written to {}", svg.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(BenchCmd::Etcd { nodes, adds, json }) => {
@@ -425,12 +442,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     weft_lab::bench::EtcdPlaneBench { nodes: n, adds }.run(&format!("{base}-e"))?;
                 lab::teardown(&format!("{base}-e"));
                 let kube = weft_lab::bench::ControlPlaneBench {
-                    nodes: n,
+                    sizes: vec![n],
                     adds,
                     idle: std::time::Duration::from_secs(1),
+                    agent: None,
                 };
                 let log = json.with_extension(format!("{n}.weftd.log"));
-                let kube = kube.run(&format!("{base}-k"), &log)?;
+                let kube = kube.run(&format!("{base}-k"), &log)?.points.remove(0);
                 runs.push((etcd, kube));
             }
             weft_lab::bench::print_comparison(&mut std::io::stdout(), &runs)?;

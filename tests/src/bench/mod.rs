@@ -1,16 +1,22 @@
-//! `weft-lab bench control-plane`: how fast weftd converges with thousands
-//! of nodes, measured on a real API server holding realistic Node objects.
+//! `weft-lab bench control-plane`: how weftd's cost grows with the cluster,
+//! measured on a real API server holding realistic Node objects, over a
+//! series of sizes in one lab.
 //!
-//! One lab node runs weftd; the API server holds N−1 other Nodes of ~10 KB
-//! each (addresses, conditions, capacity, 40 images), all carrying valid
-//! flannel annotations (public IPs from 198.18.0.0/15, the benchmarking
-//! range: FDB destinations only, no traffic is ever sent to them). Figures:
-//! start → every kernel entry programmed; Node added in the API → its route
-//! in the kernel (p50/p99); peak RSS; CPU while idle. In the same run, the
-//! same entries written by `ip -batch` on a scratch device, as a yardstick.
+//! One lab node runs weftd (or another flannel-compatible agent); the API
+//! server holds N−1 other Nodes of ~10 KB each (addresses, conditions,
+//! capacity, 40 images), all carrying valid flannel annotations (public IPs
+//! from 198.18.0.0/15, the benchmarking range: FDB destinations only, no
+//! traffic is ever sent to them), filled up between sizes. Per size: start →
+//! every kernel entry programmed, the sync's phases, Node added → its route
+//! in the kernel (p50/p99, from the create call and from the API server's
+//! event), RSS and its parts, CPU idle and per change, bytes received from
+//! the API server, kernel writes per peer, the API server's and etcd's RSS.
+//! In the same run, the same entries written by `ip -batch` on a scratch
+//! device, as a yardstick.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -21,11 +27,13 @@ use kube::Api;
 use kube::api::PostParams;
 use serde::Serialize;
 
+use crate::cluster;
 use crate::lab::{Lab, LabConfig, LabError};
-use crate::{cluster, procs};
 
 mod etcd;
 pub mod fill;
+pub mod phases;
+pub mod report;
 
 pub use etcd::{EtcdPlaneBench, EtcdPlaneReport, print_comparison};
 
@@ -37,18 +45,26 @@ pub const NETWORK: &str = "10.128.0.0/9";
 /// Options of the control-plane benchmark.
 #[derive(Debug, Clone)]
 pub struct ControlPlaneBench {
-    pub nodes: usize,
+    /// Cluster sizes (the agent's node included), measured one after the
+    /// other in one lab, the API server filled up between them.
+    pub sizes: Vec<usize>,
     pub adds: usize,
     pub idle: Duration,
+    /// Another flannel-compatible agent binary in weftd's place, started as
+    /// kube-flannel.yml's container runs flanneld (its command line, env
+    /// and in-cluster credentials); None: weftd with the chart's flags.
+    pub agent: Option<PathBuf>,
 }
 
-/// Its results.
+/// One size's results.
 #[derive(Debug, Clone, Serialize)]
 pub struct ControlPlaneReport {
     pub nodes: usize,
     pub kernel_entries: usize,
     pub api_fill_seconds: f64,
     pub node_object_bytes: usize,
+    /// Start → every kernel entry programmed: weftd's readiness (its first
+    /// full reconcile), or for another agent the kernel polled every 20 ms.
     pub sync_seconds: f64,
     /// From the API server's ADDED event to the route in the kernel.
     pub add_to_route_ms_p50: f64,
@@ -65,8 +81,26 @@ pub struct ControlPlaneReport {
     pub adds: usize,
     pub rss_mb_after_sync: f64,
     pub rss_mb_peak: f64,
+    /// Of the RSS after sync: anonymous memory (heap, stacks) and pages of
+    /// files (the binary's code and data).
+    pub rss_anon_mb: f64,
+    pub rss_file_mb: f64,
     pub idle_cpu_seconds: f64,
     pub idle_seconds: f64,
+    /// CPU (user + system) the agent used per Node added, over the adds.
+    pub cpu_ms_per_add: f64,
+    /// Bytes the agent's node received on its underlay from start to
+    /// sync: the API server's answers (TLS, with TCP/IP headers).
+    pub api_rx_mb: f64,
+    /// Kernel writes per peer (weftd's weft_netlink_operations_total).
+    pub netlink_writes_per_peer: Option<f64>,
+    /// Time weftd spent in reconcile passes up to readiness
+    /// (weft_reconcile_duration_seconds_sum): its netlink share.
+    pub reconcile_seconds: Option<f64>,
+    /// The sync's phases, each timed alone by the bench.
+    pub phases: phases::Phases,
+    pub apiserver_rss_mb: f64,
+    pub etcd_rss_mb: f64,
     pub ip_batch_seconds: f64,
 }
 
@@ -202,78 +236,255 @@ fn say(msg: &str) {
     eprintln!("==> {msg}");
 }
 
+/// A series: one report per size, with who was measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlPlaneSeries {
+    /// `weftd`, or the other agent's path.
+    pub agent: String,
+    pub points: Vec<ControlPlaneReport>,
+}
+
+/// VmRSS split as `/proc/PID/smaps_rollup` does: anonymous and file pages, MB.
+fn rss_split_mb(pid: u32) -> (f64, f64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let kb = |k: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(k)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let anon = kb("Anonymous:");
+    (anon / 1024.0, (kb("Rss:") - anon).max(0.0) / 1024.0)
+}
+
+/// Bytes `node`'s eth0 has received.
+fn rx_bytes(lab: &Lab, node: &str) -> Result<u64, LabError> {
+    let out = lab.run(node, &["ip", "-j", "-s", "link", "show", "eth0"])?;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    Ok(v[0]["stats64"]["rx"]["bytes"].as_u64().unwrap_or(0))
+}
+
+/// A sample's value in a Prometheus text exposition (the sum over its
+/// label sets when `name` names a family).
+fn sample_sum(text: &str, name: &str) -> Option<f64> {
+    let vals: Vec<f64> = text
+        .lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|r| r.starts_with(' ') || r.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!vals.is_empty()).then(|| vals.iter().sum())
+}
+
+/// Waits until `node`'s flannel.1 holds `peers` routes, neighbours and FDB
+/// entries, looking every 20 ms.
+fn wait_entries(lab: &Lab, node: &str, peers: usize, limit: Duration) -> Result<(), LabError> {
+    let deadline = Instant::now() + limit;
+    let mut stage = 0;
+    let lists: [&[&str]; 3] = [
+        &["ip", "-j", "route", "show", "dev", "flannel.1"],
+        &["ip", "-j", "neigh", "show", "dev", "flannel.1"],
+        &["bridge", "-j", "fdb", "show", "dev", "flannel.1"],
+    ];
+    while stage < lists.len() {
+        if count_json(lab, node, lists[stage]).unwrap_or(0) >= peers {
+            stage += 1;
+            continue;
+        }
+        if Instant::now() > deadline {
+            return Err(bench_err(&format!(
+                "the agent on {node} did not program {peers} peers within {} s",
+                limit.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// kube-flannel.yml's flannel container (its command, args and env), for
+/// running another agent as flanneld runs.
+fn kube_flannel_container() -> Result<k8s_openapi::api::core::v1::Container, LabError> {
+    let text = include_str!("../../fixtures/kube-flannel-container.json");
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| bench_err(&e.to_string()))?;
+    serde_json::from_value(v["container"].clone()).map_err(|e| bench_err(&e.to_string()))
+}
+
 impl ControlPlaneBench {
-    /// Runs the benchmark in a lab of its own named `name`.
-    pub fn run(
-        &self,
-        name: &str,
-        keep_log: &std::path::Path,
-    ) -> Result<ControlPlaneReport, LabError> {
-        let peers = self.nodes.saturating_sub(1);
+    /// Runs the series in a lab of its own named `name`; the agent's log of
+    /// the last size is kept as `keep_log`.
+    pub fn run(&self, name: &str, keep_log: &Path) -> Result<ControlPlaneSeries, LabError> {
+        let mut sizes = self.sizes.clone();
+        sizes.sort_unstable();
+        sizes.dedup();
         say(&format!(
-            "bringing up lab {name} (2 nodes: node-1 runs weftd, node-2 the ip -batch yardstick)"
+            "bringing up lab {name} (2 nodes: node-1 runs the agent, node-2 the ip -batch yardstick)"
         ));
         let mut lab = Lab::up(&LabConfig {
             verbose: false,
             ..LabConfig::new(name, 2)
         })?;
-        say(&format!(
-            "creating {peers} realistic Nodes in the API server"
-        ));
-        let t0 = Instant::now();
-        fill_api(&lab, 0..peers)?;
-        let api_fill_seconds = t0.elapsed().as_secs_f64();
-        let node_object_bytes = serde_json::to_vec(&realistic_node(0))
-            .map(|v| v.len())
-            .unwrap_or(0);
-        say(&format!(
-            "  {peers} Nodes of ~{} KB in {api_fill_seconds:.1} s",
-            node_object_bytes / 1024
-        ));
-
-        // node-2 must not be a peer (no annotations: it runs no weftd), and
+        // node-2 must not be a peer (no annotations: it runs no agent), and
         // node-1's podCIDR 10.244.0.0/24 lies inside the bench's Network.
+        let agent = self.agent.clone();
+        let container = match &agent {
+            Some(_) => Some(kube_flannel_container()?),
+            None => None,
+        };
         lab.set_node("node-1", |s| {
             s.net_conf = Some(format!(
                 r#"{{"Network":"{NETWORK}","Backend":{{"Type":"vxlan"}}}}"#
-            ))
+            ));
+            s.agent = agent.clone();
+            s.container = container;
         })?;
-        say("starting weftd on node-1");
+        let mut in_api = 0;
+        let mut points = Vec::new();
+        for size in sizes {
+            let peers = size.saturating_sub(1).max(in_api);
+            say(&format!("{} Nodes: filling the API server", peers + 1));
+            let t0 = Instant::now();
+            fill_api(&lab, in_api..peers)?;
+            let api_fill_seconds = t0.elapsed().as_secs_f64();
+            in_api = peers;
+            let point = self.point(&mut lab, peers, api_fill_seconds, keep_log)?;
+            in_api += point.adds;
+            points.push(point);
+        }
+        Ok(ControlPlaneSeries {
+            agent: self
+                .agent
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "weftd".into()),
+            points,
+        })
+    }
+
+    /// One size: the agent started on a clean node-1 with `peers` Nodes in
+    /// the API server, then stopped and its device and table removed.
+    fn point(
+        &self,
+        lab: &mut Lab,
+        peers: usize,
+        api_fill_seconds: f64,
+        keep_log: &Path,
+    ) -> Result<ControlPlaneReport, LabError> {
+        let weftd = self.agent.is_none();
+        let node_object_bytes = serde_json::to_vec(&realistic_node(0))
+            .map(|v| v.len())
+            .unwrap_or(0);
+        let phases = phases::measure(lab)?;
+        let rx0 = rx_bytes(lab, "node-1")?;
+        say("  starting the agent on node-1");
         let t0 = Instant::now();
         let pid = lab.start_weftd("node-1")?;
-        lab.wait_weftd_ready(&["node-1"], Duration::from_secs(120))?;
+        if weftd {
+            lab.wait_weftd_ready(&["node-1"], Duration::from_secs(180))?;
+        } else {
+            wait_entries(lab, "node-1", peers, Duration::from_secs(180))?;
+        }
         let sync_seconds = t0.elapsed().as_secs_f64();
-        let routes = count_json(
-            &lab,
-            "node-1",
-            &["ip", "-j", "route", "show", "dev", "flannel.1"],
-        )?;
-        let neighs = count_json(
-            &lab,
-            "node-1",
-            &["ip", "-j", "neigh", "show", "dev", "flannel.1"],
-        )?;
-        let fdb = count_json(
-            &lab,
-            "node-1",
-            &["bridge", "-j", "fdb", "show", "dev", "flannel.1"],
-        )?;
+        let api_rx_mb = rx_bytes(lab, "node-1")?.saturating_sub(rx0) as f64 / 1e6;
+        let count = |args: &[&str]| count_json(lab, "node-1", args);
+        let routes = count(&["ip", "-j", "route", "show", "dev", "flannel.1"])?;
+        let neighs = count(&["ip", "-j", "neigh", "show", "dev", "flannel.1"])?;
+        let fdb = count(&["bridge", "-j", "fdb", "show", "dev", "flannel.1"])?;
         let kernel_entries = routes + neighs + fdb;
         say(&format!(
-            "  ready after {sync_seconds:.3} s: {routes} routes, {neighs} neighbours, {fdb} fdb entries"
+            "  synced after {sync_seconds:.3} s: {routes} routes, {neighs} neighbours, {fdb} fdb entries"
         ));
         let (rss_mb_after_sync, _) = rss_mb(pid);
+        let (rss_anon_mb, rss_file_mb) = rss_split_mb(pid);
+        let metrics = if weftd {
+            lab.weftd_metrics("node-1").ok()
+        } else {
+            None
+        };
+        let netlink_writes_per_peer = metrics
+            .as_deref()
+            .and_then(|m| sample_sum(m, "weft_netlink_operations_total"))
+            .map(|w| w / peers.max(1) as f64);
+        let reconcile_seconds = metrics
+            .as_deref()
+            .and_then(|m| sample_sum(m, "weft_reconcile_duration_seconds_sum"));
 
-        say(&format!("measuring idle CPU for {} s", self.idle.as_secs()));
         let c0 = cpu_seconds(pid);
         std::thread::sleep(self.idle);
         let idle_cpu_seconds = cpu_seconds(pid) - c0;
 
         say(&format!(
-            "adding {} Nodes one at a time, timing each until its route is in the kernel",
+            "  adding {} Nodes one at a time, timing each until its route is in the kernel",
             self.adds
         ));
-        let (mut child, rx) = route_monitor(&lab, "node-1")?;
+        let c0 = cpu_seconds(pid);
+        let times = self.adds_timed(lab, peers)?;
+        let cpu_ms_per_add = (cpu_seconds(pid) - c0) * 1e3 / self.adds.max(1) as f64;
+        let AddTimes {
+            from_call: mut lat,
+            mut from_event,
+            before_event: add_to_route_before_event,
+        } = times;
+        lat.sort_by(f64::total_cmp);
+        from_event.sort_by(f64::total_cmp);
+        let (_, rss_mb_peak) = rss_mb(pid);
+        let apiserver_rss_mb = rss_mb(lab.state.apiserver_pid).0;
+        let etcd_rss_mb = rss_mb(lab.state.etcd_pid).0;
+
+        let log = lab.node("node-1")?.dir.join("logs/weftd.log");
+        std::fs::copy(&log, keep_log).map_err(|source| LabError::State {
+            path: keep_log.to_path_buf(),
+            source,
+        })?;
+        lab.stop_weftd("node-1", nix::sys::signal::Signal::SIGTERM)?;
+        // The next size starts from nothing, as a new node would.
+        let _ = lab.exec("node-1", &["ip", "link", "del", "flannel.1"]);
+        let _ = lab.exec("node-1", &["nft", "delete", "table", "inet", "weft"]);
+
+        say("  same-run yardstick: the same entries through ip -batch / bridge -batch on node-2");
+        let ip_batch_seconds = ip_batch_yardstick(lab, "node-2", peers)?;
+        Ok(ControlPlaneReport {
+            nodes: peers + 1,
+            kernel_entries,
+            api_fill_seconds,
+            node_object_bytes,
+            sync_seconds,
+            add_to_route_ms_p50: percentile(&from_event, 0.50),
+            add_to_route_ms_p99: percentile(&from_event, 0.99),
+            add_to_route_ms_max: from_event.last().copied().unwrap_or(f64::NAN),
+            add_to_route_before_event,
+            create_to_route_ms_p50: percentile(&lat, 0.50),
+            create_to_route_ms_p99: percentile(&lat, 0.99),
+            adds: lat.len(),
+            rss_mb_after_sync,
+            rss_mb_peak,
+            rss_anon_mb,
+            rss_file_mb,
+            idle_cpu_seconds,
+            idle_seconds: self.idle.as_secs_f64(),
+            cpu_ms_per_add,
+            api_rx_mb,
+            netlink_writes_per_peer,
+            reconcile_seconds,
+            phases,
+            apiserver_rss_mb,
+            etcd_rss_mb,
+            ip_batch_seconds,
+        })
+    }
+
+    /// Adds `self.adds` Nodes after the first `peers`, one at a time; each
+    /// timed from its create call and from the bench's own watch event to
+    /// its route in node-1's kernel.
+    fn adds_timed(&self, lab: &Lab, peers: usize) -> Result<AddTimes, LabError> {
+        let (mut child, rx) = route_monitor(lab, "node-1")?;
         // The bench watches Nodes too: the moment the API server announces a
         // Node (its ADDED event) is when it is "added in the API".
         let (etx, erx) = mpsc::channel::<(String, Instant)>();
@@ -318,7 +529,7 @@ impl ControlPlaneBench {
         // announces the route.
         let admin = lab.admin_kubeconfig();
         let adds = self.adds;
-        let lat = lab.block_on(|| async move {
+        let times = lab.block_on(|| async move {
             let client = cluster::client(&admin).await?;
             let api: Api<Node> = Api::all(client);
             let mut times = AddTimes::default();
@@ -339,133 +550,6 @@ impl ControlPlaneBench {
         let _ = watcher.join();
         let _ = child.kill();
         let _ = child.wait();
-        let AddTimes {
-            from_call: mut lat,
-            mut from_event,
-            before_event: add_to_route_before_event,
-        } = lat??;
-        lat.sort_by(f64::total_cmp);
-        from_event.sort_by(f64::total_cmp);
-        let (_, rss_mb_peak) = rss_mb(pid);
-
-        say("same-run yardstick: the same entries through ip -batch / bridge -batch on node-2");
-        let ip_batch_seconds = ip_batch_yardstick(&lab, "node-2", peers)?;
-        let log = lab.node("node-1")?.dir.join("logs/weftd.log");
-        std::fs::copy(&log, keep_log).map_err(|source| LabError::State {
-            path: keep_log.to_path_buf(),
-            source,
-        })?;
-        let _ = procs::alive(pid as i32);
-        Ok(ControlPlaneReport {
-            nodes: self.nodes,
-            kernel_entries,
-            api_fill_seconds,
-            node_object_bytes,
-            sync_seconds,
-            add_to_route_ms_p50: percentile(&from_event, 0.50),
-            add_to_route_ms_p99: percentile(&from_event, 0.99),
-            add_to_route_ms_max: from_event.last().copied().unwrap_or(f64::NAN),
-            add_to_route_before_event,
-            create_to_route_ms_p50: percentile(&lat, 0.50),
-            create_to_route_ms_p99: percentile(&lat, 0.99),
-            adds: lat.len(),
-            rss_mb_after_sync,
-            rss_mb_peak,
-            idle_cpu_seconds,
-            idle_seconds: self.idle.as_secs_f64(),
-            ip_batch_seconds,
-        })
-    }
-}
-
-impl ControlPlaneReport {
-    /// The table: each figure, its target, and flanneld v0.20.2's figure from
-    /// an earlier run on this kind of machine (not measured in this run; the
-    /// table says so).
-    pub fn print_table(&self, out: &mut impl Write) -> std::io::Result<()> {
-        let rows: [(&str, String, &str, &str); 9] = [
-            (
-                "start -> all kernel entries (s)",
-                format!("{:.3}", self.sync_seconds),
-                "<= 2",
-                "3.8",
-            ),
-            (
-                "add -> route p50 (ms)",
-                format!("{:.2}", self.add_to_route_ms_p50),
-                "<= 2",
-                "2.5",
-            ),
-            (
-                "add -> route p99 (ms)",
-                format!("{:.2}", self.add_to_route_ms_p99),
-                "<= 10",
-                "12",
-            ),
-            (
-                "create call -> route p50 (ms)",
-                format!("{:.2}", self.create_to_route_ms_p50),
-                "-",
-                "-",
-            ),
-            (
-                "create call -> route p99 (ms)",
-                format!("{:.2}", self.create_to_route_ms_p99),
-                "-",
-                "-",
-            ),
-            (
-                "RSS after sync (MB)",
-                format!("{:.1}", self.rss_mb_after_sync),
-                "<= 30",
-                "229",
-            ),
-            (
-                "peak RSS (MB)",
-                format!("{:.1}", self.rss_mb_peak),
-                "<= 30",
-                "281",
-            ),
-            (
-                "CPU while idle (s)",
-                format!("{:.3} in {:.0} s", self.idle_cpu_seconds, self.idle_seconds),
-                "~ 0",
-                "-",
-            ),
-            (
-                "ip -batch, same entries (s)",
-                format!("{:.3}", self.ip_batch_seconds),
-                "yardstick",
-                "-",
-            ),
-        ];
-        writeln!(
-            out,
-            "control plane, {} nodes ({} kernel entries; {} Nodes of ~{} KB filled in {:.1} s; {} adds)",
-            self.nodes,
-            self.kernel_entries,
-            self.nodes.saturating_sub(1),
-            self.node_object_bytes / 1024,
-            self.api_fill_seconds,
-            self.adds
-        )?;
-        writeln!(
-            out,
-            "{:<34} {:>18} {:>10} {:>16}",
-            "figure", "weftd", "target", "flanneld v0.20.2*"
-        )?;
-        for (k, v, t, f) in rows {
-            writeln!(out, "{k:<34} {v:>18} {t:>10} {f:>16}")?;
-        }
-        writeln!(
-            out,
-            "* flanneld's figures are from an earlier run on this kind of machine, not measured in this run"
-        )?;
-        writeln!(
-            out,
-            "add -> route: in {} of {} adds the route was in the kernel before the bench's own watch saw the ADDED event (counted as 0 ms: those figures are biased low; create call -> route is not)",
-            self.add_to_route_before_event, self.adds
-        )?;
-        Ok(())
+        times?
     }
 }
