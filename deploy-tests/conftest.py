@@ -104,6 +104,11 @@ def cleanup() -> Rendered:
     return rendered("cleanup-values")
 
 
+@pytest.fixture
+def monitoring() -> Rendered:
+    return rendered("monitoring-values")
+
+
 @pytest.fixture(scope="session")
 def image_archive(tmp_path_factory) -> Path:
     """$WEFT_IMAGE_ARCHIVE (scripts/check-deploy builds it with

@@ -13,7 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from conftest import VALUE_SETS, rendered
-from kubernetes_validate.utils import all_versions
+from kubernetes_validate.utils import SchemaNotFoundError, all_versions
 import weftchart
 
 # The newest API the schemas know, and the oldest they ship (1.25: Pod
@@ -38,9 +38,21 @@ def test_helm_lint_strict_finds_no_warning_or_error(name):
     assert not bad and not report["errors"], bad or report["errors"]
 
 
+# The Prometheus Operator's kinds (ServiceMonitor, PodMonitor,
+# PrometheusRule) are CRDs: kubernetes-validate ships only the Kubernetes
+# API's own schemas and raises SchemaNotFoundError for them. They are skipped
+# here (after checking that it still cannot validate them) and their fields
+# asserted in the monitoring tests below.
+CRD_API_VERSION = "monitoring.coreos.com/v1"
+
+
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 def test_every_object_is_valid_kubernetes_strictly(every_render, version):
     for obj in every_render.objects:
+        if obj["apiVersion"] == CRD_API_VERSION:
+            with pytest.raises(SchemaNotFoundError):
+                kubernetes_validate.validate(obj, version, strict=True)
+            continue
         try:
             kubernetes_validate.validate(obj, version, strict=True)
         except kubernetes_validate.ValidationError as e:
@@ -458,6 +470,245 @@ def test_cleanup_keeps_the_names_so_it_replaces_the_agent(default, cleanup):
     ]
 
 
+# --- monitoring (Prometheus Operator, Grafana) --------------------------------
+
+
+# What weftd's /metrics serves (daemon/src/metrics.rs), nothing else: the
+# summary weft_reconcile_duration_seconds as its _sum and _count only, the
+# weft_udp_* counters with the udp backend only.
+WEFTD_METRICS = {
+    "weft_ready",
+    "weft_peers",
+    "weft_skipped_peers",
+    "weft_node_events_total",
+    "weft_reconciles_total",
+    "weft_reconcile_errors_total",
+    "weft_reconcile_duration_seconds_sum",
+    "weft_reconcile_duration_seconds_count",
+    "weft_reconcile_last_duration_seconds",
+    "weft_netlink_operations_total",
+    "weft_netlink_errors_total",
+    "weft_nft_syncs_total",
+    "weft_nft_restorations_total",
+    "weft_file_restorations_total",
+    "weft_nft_errors_total",
+    "weft_allowlist_dropped_packets_total",
+    "weft_device_creations_total",
+    "weft_udp_packets_total",
+    "weft_udp_bytes_total",
+    "weft_udp_dropped_packets_total",
+}
+# Prometheus' own, per target.
+SCRAPE_METRICS = {"up"}
+MONITORING_FILES = weftchart.CHART / "files"
+RULES_FILE = MONITORING_FILES / "prometheus-rules.yaml"
+DASHBOARD_FILE = MONITORING_FILES / "grafana-dashboard.json"
+# The alerts an operator needs (see the rules file for each one's why).
+REQUIRED_ALERTS = {
+    "WeftDown",
+    "WeftNotReady",
+    "WeftPeersSkipped",
+    "WeftReconcileErrors",
+    "WeftNftablesErrors",
+    "WeftRulesRestoredRepeatedly",
+    "WeftAllowListDropsRising",
+    "WeftUdpDrops",
+    "WeftNetlinkErrors",
+}
+MONITOR_ENDPOINTS = {"ServiceMonitor": "endpoints", "PodMonitor": "podMetricsEndpoints"}
+PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "inf", "nan"}
+
+
+def promql_selectors(expr: str) -> list[tuple[str, str]]:
+    """Each metric an expression selects, with its label matchers ("{...}",
+    or "" without): every name that is not a function, keyword or label."""
+    # Label lists of aggregations and vector matching, and range durations.
+    e = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    e = re.sub(r"\[[^\]]*\]", " ", e)
+    # Numbers and durations (offset 5m).
+    e = re.sub(r"(?<![A-Za-z0-9_:])[0-9][0-9A-Za-z.]*", " ", e)
+    found = []
+    for m in re.finditer(r"([A-Za-z_:][A-Za-z0-9_:]*)\s*(\{[^}]*\})?\s*(\()?", e):
+        name, matchers, call = m.groups()
+        if call or name in PROMQL_KEYWORDS:
+            continue
+        found.append((name, matchers or ""))
+    return found
+
+
+def test_promql_selectors_finds_metrics_not_functions_or_labels():
+    assert promql_selectors(
+        'count(up{job="weft"} == 0) or sum by (instance, kind) (rate(weft_x_total{a=~"$node"}[5m])) * 8'
+        " and on(instance) weft_y offset 1h"
+    ) == [("up", '{job="weft"}'), ("weft_x_total", '{a=~"$node"}'), ("weft_y", "")]
+
+
+def monitoring_objects(r) -> list[dict]:
+    return [
+        o for o in r.objects
+        if o["apiVersion"] == CRD_API_VERSION
+        or o["metadata"]["name"] in ("weft-metrics", "weft-grafana-dashboard")
+    ]
+
+
+def test_monitoring_is_all_off_by_default(default, every_render):
+    values = yaml.safe_load((weftchart.CHART / "values.yaml").read_text())["monitoring"]
+    assert {k: v["enabled"] for k, v in values.items()} == dict.fromkeys(values, False)
+    assert monitoring_objects(default) == []
+    # Only the values set that asks for them renders them.
+    if every_render.values and "monitoring" in every_render.values:
+        assert monitoring_objects(every_render)
+    else:
+        assert monitoring_objects(every_render) == []
+
+
+def test_monitors_scrape_weftds_metrics_port_on_weft_pods_only(monitoring):
+    ds = monitoring.one("DaemonSet")
+    pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+    (port,) = monitoring.container("weftd")["ports"]
+    service = monitoring.one("Service")
+    (service_port,) = service["spec"]["ports"]
+    for kind, key in MONITOR_ENDPOINTS.items():
+        m = monitoring.one(kind)
+        assert m["apiVersion"] == CRD_API_VERSION
+        assert m["metadata"]["labels"]["release"] == "prometheus"
+        # Wherever the monitor lives, it looks in the release's namespace.
+        assert m["spec"]["namespaceSelector"] == {"matchNames": ["kube-weft"]}
+        (ep,) = m["spec"][key]
+        assert ep["port"] == port["name"] and ep["path"] == "/metrics" and ep["scheme"] == "http"
+        # instance: the node's name, not the host network's IP:port.
+        assert ep["relabelings"] == [
+            {"action": "replace", "sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "instance"}
+        ]
+        selector = m["spec"]["selector"]["matchLabels"]
+        if kind == "PodMonitor":
+            assert selector == ds["spec"]["selector"]["matchLabels"]
+            assert selector.items() <= pod_labels.items()
+        else:
+            assert selector.items() <= service["metadata"]["labels"].items()
+            assert service_port["name"] == port["name"]
+    assert monitoring.one("PodMonitor")["metadata"]["namespace"] == "monitoring"
+    assert monitoring.one("ServiceMonitor")["metadata"]["namespace"] == "kube-weft"
+    assert monitoring.one("ServiceMonitor")["spec"]["endpoints"][0]["interval"] == "30s"
+    assert monitoring.one("ServiceMonitor")["spec"]["endpoints"][0]["scrapeTimeout"] == "10s"
+    assert "scrapeTimeout" not in monitoring.one("PodMonitor")["spec"]["podMetricsEndpoints"][0]
+
+
+def test_both_monitors_give_the_job_the_rules_match(monitoring):
+    # jobLabel names a label of the scraped object (the Service for the
+    # ServiceMonitor, the pod for the PodMonitor) whose value becomes job.
+    pod_labels = monitoring.one("DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    service_labels = monitoring.one("Service")["metadata"]["labels"]
+    for kind, labels in (("PodMonitor", pod_labels), ("ServiceMonitor", service_labels)):
+        job_label = monitoring.one(kind)["spec"]["jobLabel"]
+        assert labels[job_label] == "weft", kind
+    up = [s for r in alert_rules(monitoring) for s in promql_selectors(r["expr"]) if s[0] == "up"]
+    assert up and all(m == '{job="weft"}' for _, m in up)
+
+
+def test_metrics_service_is_headless_and_selects_exactly_the_daemonset_pods(monitoring):
+    ds = monitoring.one("DaemonSet")
+    service = monitoring.one("Service")
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == ds["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"].items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    (port,) = monitoring.container("weftd")["ports"]
+    assert service["spec"]["ports"] == [
+        {"name": port["name"], "port": port["containerPort"], "targetPort": port["name"], "protocol": "TCP"}
+    ]
+    # Not-ready weftd are scraped too: weft_ready == 0 is what WeftNotReady sees.
+    assert service["spec"]["publishNotReadyAddresses"] is True
+
+
+def test_metrics_service_only_with_the_service_monitor():
+    docs = weftchart.render({"monitoring": {"podMonitor": {"enabled": True}}})
+    assert [d.kind for d in docs if d.kind in ("Service", "ServiceMonitor", "PodMonitor")] == ["PodMonitor"]
+
+
+def alert_rules(r) -> list[dict]:
+    return [rule for g in r.one("PrometheusRule")["spec"]["groups"] for rule in g["rules"]]
+
+
+def test_prometheus_rule_groups_are_the_files(monitoring):
+    rule = monitoring.one("PrometheusRule")
+    assert rule["apiVersion"] == CRD_API_VERSION
+    assert rule["metadata"]["labels"]["release"] == "prometheus"
+    assert rule["metadata"]["labels"]["role"] == "alert-rules"
+    assert rule["spec"]["groups"] == yaml.safe_load(RULES_FILE.read_text())["groups"]
+
+
+def test_every_alert_has_severity_summary_description_and_known_metrics(monitoring):
+    rules = alert_rules(monitoring)
+    names = [r["alert"] for r in rules]
+    assert len(names) == len(set(names)) and REQUIRED_ALERTS <= set(names)
+    for r in rules:
+        assert r["labels"]["severity"] in ("critical", "warning", "info"), r["alert"]
+        assert r["annotations"]["summary"].strip() and r["annotations"]["description"].strip(), r["alert"]
+        assert re.fullmatch(r"[0-9]+[smh]", r.get("for", "0s")), r["alert"]
+        metrics = {name for name, _ in promql_selectors(r["expr"])}
+        assert metrics and metrics <= WEFTD_METRICS | SCRAPE_METRICS, (r["alert"], metrics)
+
+
+def test_rule_selector_replaces_the_job_matcher_of_up_only(monitoring):
+    selector = 'job="kubernetes-pods",app_kubernetes_io_name="weft"'
+    docs = weftchart.render({"monitoring": {"prometheusRule": {"enabled": True, "selector": selector}}})
+    (rule,) = [d.obj for d in docs if d.kind == "PrometheusRule"]
+    got = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
+    for want in alert_rules(monitoring):
+        expr = want["expr"].replace('job="weft"', selector)
+        assert got[want["alert"]] == want | {"expr": expr}
+    assert got["WeftDown"]["expr"] == "up{" + selector + "} == 0"
+
+
+def dashboard_panels(panels: list[dict]) -> list[dict]:
+    out = []
+    for p in panels:
+        out.append(p)
+        out += dashboard_panels(p.get("panels", []))
+    return out
+
+
+def test_grafana_dashboard_configmap_is_the_files_json_for_the_sidecar(monitoring):
+    (cm,) = [o for o in monitoring.objects if o["metadata"]["name"] == "weft-grafana-dashboard"]
+    assert cm["kind"] == "ConfigMap" and cm["metadata"]["namespace"] == "monitoring"
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Network"}
+    dashboard = json.loads(cm["data"]["weft.json"])
+    assert dashboard == json.loads(DASHBOARD_FILE.read_text())
+    assert dashboard["schemaVersion"] >= 39
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert variables["node"]["query"]["query"] == "label_values(weft_ready, instance)"
+
+
+def test_sidecar_label_is_configurable():
+    docs = weftchart.render({"monitoring": {"grafanaDashboard": {
+        "enabled": True, "label": "dashboards.example.test/grafana", "labelValue": "weft"}}})
+    (cm,) = [d.obj for d in docs if d.name == "weft-grafana-dashboard"]
+    assert cm["metadata"]["labels"]["dashboards.example.test/grafana"] == "weft"
+    assert "grafana_dashboard" not in cm["metadata"]["labels"]
+    assert cm["metadata"]["namespace"] == "kube-weft"
+
+
+def test_dashboard_queries_use_only_weftds_metrics_per_node():
+    dashboard = json.loads(DASHBOARD_FILE.read_text())
+    used = set()
+    panels = [p for p in dashboard_panels(dashboard["panels"]) if p["type"] != "row"]
+    assert panels
+    for p in panels:
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        assert p["targets"], p["title"]
+        for target in p["targets"]:
+            selectors = promql_selectors(target["expr"])
+            assert selectors, (p["title"], target["expr"])
+            for name, matchers in selectors:
+                assert name in WEFTD_METRICS | SCRAPE_METRICS, (p["title"], name)
+                assert 'instance=~"$node"' in matchers, (p["title"], target["expr"])
+                used.add(name)
+    # Every metric weftd exports is on the dashboard.
+    assert used == WEFTD_METRICS | SCRAPE_METRICS
+
+
 # --- documentation ------------------------------------------------------------
 
 
@@ -473,7 +724,8 @@ def test_values_schema_and_readme_table_cover_every_value():
     schema = json.loads((weftchart.CHART / "values.schema.json").read_text())
     leaves = schema_leaves(schema)
 
-    groups = {p.rsplit(".", 1)[0] for p in leaves if "." in p}
+    # Every key that holds others (monitoring, monitoring.podMonitor, ...).
+    groups = {".".join(p.split(".")[:i]) for p in leaves for i in range(1, p.count(".") + 1)}
 
     def value_keys(v: dict, prefix: str = "") -> set[str]:
         out = set()

@@ -36,6 +36,13 @@ struct Values {
     udp: Option<Arc<Counters>>,
 }
 
+/// What an nftables sync can do (`weft_nft_syncs_total`'s results).
+pub const NFT_RESULTS: [&str; 4] = ["unchanged", "created", "rewritten", "elements"];
+
+/// The files weftd keeps (`weft_file_restorations_total`'s files): subnet.env,
+/// the conflist, the plugin.
+pub const KEPT_FILES: [&str; 3] = ["subnet.env", "10-weft.conflist", "weft"];
+
 /// Shared by the reconcile loop (writer) and the HTTP server (reader).
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -146,6 +153,20 @@ impl Metrics {
     pub fn render(&self) -> String {
         let ready = u64::from(self.ready());
         self.with(|v| {
+            // Every label value weftd can count is there from the start, at
+            // 0: a counter that appears only with its first increment hides
+            // that increment from increase() and rate(), and leaves alerts
+            // and dashboards with no series to show.
+            for k in crate::netlink::Op::KINDS {
+                v.netlink_ops.entry(k).or_default();
+                v.netlink_errors.entry(k).or_default();
+            }
+            for r in NFT_RESULTS {
+                v.nft_syncs.entry(r).or_default();
+            }
+            for f in KEPT_FILES {
+                v.file_restorations.entry(f).or_default();
+            }
             let mut s = String::new();
             let labelled =
                 |label: &str, m: &BTreeMap<&'static str, u64>| -> Vec<(String, String)> {

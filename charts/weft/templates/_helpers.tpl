@@ -196,3 +196,26 @@ volumeMounts:
     mountPath: /etc/kube-flannel
     readOnly: true
 {{- end }}
+
+{{/*
+The scrape endpoint of the ServiceMonitor and the PodMonitor (.m: its
+values): the pod's port healthz, where weftd serves /metrics. weftd runs on
+the host network, so the target's address is the node's IP; instance is set
+to the node's name instead, which is what an alert or the dashboard should
+show.
+*/}}
+{{- define "weft.scrapeEndpoint" -}}
+port: healthz
+path: /metrics
+scheme: http
+{{- with .m.interval }}
+interval: {{ . | quote }}
+{{- end }}
+{{- with .m.scrapeTimeout }}
+scrapeTimeout: {{ . | quote }}
+{{- end }}
+relabelings:
+  - action: replace
+    sourceLabels: [__meta_kubernetes_pod_node_name]
+    targetLabel: instance
+{{- end }}

@@ -53,6 +53,16 @@ pub enum Op {
 }
 
 impl Op {
+    /// Every kind's metric label.
+    pub const KINDS: [&'static str; 6] = [
+        "del_route",
+        "del_neigh",
+        "del_fdb",
+        "replace_neigh",
+        "replace_fdb",
+        "replace_route",
+    ];
+
     /// The metric label of this kind of operation.
     pub fn kind(&self) -> &'static str {
         match self {
