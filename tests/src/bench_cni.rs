@@ -30,6 +30,9 @@ pub struct CniReport {
     /// round), the steadier estimate of what weft adds.
     pub add_cpu_ms_extra_paired: f64,
     pub del_cpu_ms_extra_paired: f64,
+    /// Every run, in order: ADD wall weft, bridge; ADD CPU weft, bridge;
+    /// DEL wall weft, bridge; DEL CPU weft, bridge.
+    pub samples_ms: [Vec<f64>; 8],
 }
 
 fn children_cpu() -> Duration {
@@ -137,6 +140,7 @@ pub fn run(name: &str, runs: usize) -> Result<CniReport, LabError> {
     };
     let add_paired = paired(&m[2], &m[3]);
     let del_paired = paired(&m[6], &m[7]);
+    let samples_ms = m.clone();
     let [a, b, c, d, e, f, g, h] = &mut m;
     Ok(CniReport {
         runs,
@@ -150,10 +154,35 @@ pub fn run(name: &str, runs: usize) -> Result<CniReport, LabError> {
         del_cpu_ms_bridge: median(h),
         add_cpu_ms_extra_paired: add_paired,
         del_cpu_ms_extra_paired: del_paired,
+        samples_ms,
     })
 }
 
 impl CniReport {
+    /// Box plots of every run: ADD and DEL, wall and CPU, weft → bridge
+    /// against bridge alone.
+    pub fn plot(&self, path: &std::path::Path) -> Result<(), crate::plot::PlotError> {
+        let m = &self.samples_ms;
+        let chart = |title: &str, y: &str, w: &Vec<f64>, b: &Vec<f64>| crate::plot::Distributions {
+            title: title.into(),
+            y_label: y.into(),
+            samples: vec![
+                ("weft -> bridge".into(), w.clone()),
+                ("bridge alone".into(), b.clone()),
+            ],
+        };
+        crate::plot::distributions(
+            path,
+            &format!("CNI ADD and DEL, {} interleaved runs", self.runs),
+            &[
+                chart("ADD, CPU", "ms (user + system)", &m[2], &m[3]),
+                chart("ADD, wall", "ms", &m[0], &m[1]),
+                chart("DEL, CPU", "ms (user + system)", &m[6], &m[7]),
+                chart("DEL, wall", "ms", &m[4], &m[5]),
+            ],
+        )
+    }
+
     pub fn print_table(&self, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(
             out,

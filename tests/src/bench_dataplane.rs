@@ -253,6 +253,56 @@ pub fn run(
 }
 
 impl DataplaneReport {
+    /// Bars per path (backend, or the underlay alone) and stream count:
+    /// median Gbit/s and the machine's busy CPU.
+    pub fn plot(&self, path: &std::path::Path) -> Result<(), crate::plot::PlotError> {
+        let mut paths: Vec<String> = Vec::new();
+        let mut streams: Vec<u32> = Vec::new();
+        for (p, s, ..) in &self.medians {
+            if !paths.contains(p) {
+                paths.push(p.clone());
+            }
+            if !streams.contains(s) {
+                streams.push(*s);
+            }
+        }
+        let chart = |title: &str, y: &str, pick: fn(&(String, u32, f64, f64, f64)) -> f64| {
+            crate::plot::Bars {
+                title: title.into(),
+                y_label: y.into(),
+                groups: paths
+                    .iter()
+                    .map(|p| {
+                        let members = streams
+                            .iter()
+                            .map(|s| {
+                                let v = self
+                                    .medians
+                                    .iter()
+                                    .find(|m| &m.0 == p && m.1 == *s)
+                                    .map(pick)
+                                    .unwrap_or(f64::NAN);
+                                (format!("{s} stream{}", if *s == 1 { "" } else { "s" }), v)
+                            })
+                            .collect();
+                        (p.clone(), members)
+                    })
+                    .collect(),
+            }
+        };
+        crate::plot::bars(
+            path,
+            &format!(
+                "pod-to-pod TCP across 2 lab nodes, iperf3 {} s, median of {} reps",
+                self.seconds, self.reps
+            ),
+            &[
+                chart("throughput", "Gbit/s", |m| m.2),
+                chart("machine CPU busy", "% (200 = both cores)", |m| m.3),
+            ],
+        )
+    }
+
     pub fn print_table(&self, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(
             out,

@@ -152,6 +152,55 @@ fn no_pod(node: &str) -> LabError {
 }
 
 impl RealReport {
+    /// Bars: each node's memory by component, and the seconds each step
+    /// took.
+    pub fn plot(&self, path: &std::path::Path) -> Result<(), crate::plot::PlotError> {
+        let memory = crate::plot::Bars {
+            title: "RSS per node".into(),
+            y_label: "MiB".into(),
+            groups: self
+                .per_node
+                .iter()
+                .map(|n| {
+                    (
+                        n.node.clone(),
+                        vec![
+                            ("containerd".into(), n.containerd_mib),
+                            ("shims".into(), n.shims_mib),
+                            ("kubelet".into(), n.kubelet_mib),
+                            ("kube-proxy".into(), n.kube_proxy_mib),
+                            ("weftd".into(), n.weftd_mib),
+                        ],
+                    )
+                })
+                .collect(),
+        };
+        let steps = crate::plot::Bars {
+            title: "seconds".into(),
+            y_label: "s".into(),
+            groups: vec![
+                ("lab up".into(), vec![("".into(), self.up_seconds)]),
+                (
+                    "apply -> Ready".into(),
+                    vec![("".into(), self.apply_to_ready_seconds)],
+                ),
+                (
+                    format!("{} pods Running", self.deployment_pods),
+                    vec![("".into(), self.deployment_seconds)],
+                ),
+                ("rollout".into(), vec![("".into(), self.rollout_seconds)]),
+            ],
+        };
+        crate::plot::bars(
+            path,
+            &format!(
+                "weft on {} real nodes (kubelet, containerd, kube-proxy); rollout: {} of {} pings lost",
+                self.nodes, self.rollout_ping_lost, self.rollout_ping_sent
+            ),
+            &[steps, memory],
+        )
+    }
+
     pub fn print_table(&self, out: &mut impl Write) -> std::io::Result<()> {
         writeln!(
             out,

@@ -358,6 +358,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::fs::write(&json, serde_json::to_string_pretty(&report)?)
                 .with_context(|| format!("writing {}", json.display()))?;
             eprintln!("==> JSON written to {}", json.display());
+            let svg = weft_lab::plot::svg_next_to(&json);
+            report.plot(&svg)?;
+            eprintln!("==> picture written to {}", svg.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(BenchCmd::Cni { runs, json }) => {
@@ -372,6 +375,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::fs::write(&json, serde_json::to_string_pretty(&report)?)
                 .with_context(|| format!("writing {}", json.display()))?;
             eprintln!("==> JSON written to {}", json.display());
+            let svg = weft_lab::plot::svg_next_to(&json);
+            report.plot(&svg)?;
+            eprintln!("==> picture written to {}", svg.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(BenchCmd::Dataplane {
@@ -396,6 +402,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::fs::write(&json, serde_json::to_string_pretty(&report)?)
                 .with_context(|| format!("writing {}", json.display()))?;
             eprintln!("==> JSON written to {}", json.display());
+            let svg = weft_lab::plot::svg_next_to(&json);
+            report.plot(&svg)?;
+            eprintln!("==> picture written to {}", svg.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(BenchCmd::ControlPlane {
@@ -459,6 +468,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             std::fs::write(&json, serde_json::to_string_pretty(&out)?)
                 .with_context(|| format!("writing {}", json.display()))?;
             eprintln!("==> JSON written to {}", json.display());
+            let svg = weft_lab::plot::svg_next_to(&json);
+            weft_lab::bench::plot_comparison(&svg, &runs)?;
+            eprintln!("==> picture written to {}", svg.display());
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Faults { only, quick, json } => {

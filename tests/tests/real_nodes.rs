@@ -115,6 +115,22 @@ fn weft_installed_by_kubectl_apply_wires_every_pod_and_deletes_leave_nothing() {
     let failed: Vec<_> = results.iter().filter(|r| !r.ok()).collect();
     assert!(failed.is_empty(), "{failed:#?}");
 
+    // The node doctor, as an operator runs it: in the weft pod, with the
+    // running weftd's flags and environment.
+    let pod = weft_pods[0]["metadata"]["name"].as_str().unwrap();
+    let out = lab
+        .kubectl()
+        .args(["-n", "kube-weft", "exec", pod, "-c", "weftd", "--"])
+        .args(["/usr/local/bin/weftd", "doctor"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("no problem found"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // containerd's DEL, through libcni and weft, leaves nothing.
     let victim = pods[0].clone();
     let (id, veth) = sandbox_of(&lab, &victim);

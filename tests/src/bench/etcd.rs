@@ -288,3 +288,70 @@ pub fn print_comparison(
     }
     Ok(())
 }
+
+/// The two sources' curves over the sizes run: start → entries, add →
+/// route p99, RSS.
+pub fn plot_comparison(
+    path: &std::path::Path,
+    runs: &[(EtcdPlaneReport, super::ControlPlaneReport)],
+) -> Result<(), crate::plot::PlotError> {
+    use crate::plot::{Panel, Series};
+    let xy = |f: &dyn Fn(&(EtcdPlaneReport, super::ControlPlaneReport)) -> f64| {
+        runs.iter()
+            .map(|r| (r.0.nodes as f64, f(r)))
+            .collect::<Vec<_>>()
+    };
+    let pair = |e: Vec<(f64, f64)>, k: Vec<(f64, f64)>| {
+        vec![
+            Series {
+                name: "etcd".into(),
+                points: e,
+                reference: false,
+            },
+            Series {
+                name: "kubernetes".into(),
+                points: k,
+                reference: false,
+            },
+        ]
+    };
+    let panel = |title: &str, y: &str, log_y: bool, series| Panel {
+        title: title.into(),
+        x_label: "Nodes".into(),
+        y_label: y.into(),
+        log_x: true,
+        log_y,
+        series,
+    };
+    crate::plot::curves(
+        path,
+        "weftd's subnet managers: etcd leases against Kubernetes Nodes",
+        &[
+            panel(
+                "start -> every kernel entry",
+                "seconds",
+                true,
+                pair(xy(&|r| r.0.sync_seconds), xy(&|r| r.1.sync_seconds)),
+            ),
+            panel(
+                "put / create call -> route, p99",
+                "ms",
+                false,
+                pair(
+                    xy(&|r| r.0.put_to_route_ms_p99),
+                    xy(&|r| r.1.create_to_route_ms_p99),
+                ),
+            ),
+            panel(
+                "RSS after sync",
+                "MB",
+                false,
+                pair(
+                    xy(&|r| r.0.rss_mb_after_sync),
+                    xy(&|r| r.1.rss_mb_after_sync),
+                ),
+            ),
+        ],
+        3,
+    )
+}

@@ -35,7 +35,7 @@ pub mod fill;
 pub mod phases;
 pub mod report;
 
-pub use etcd::{EtcdPlaneBench, EtcdPlaneReport, print_comparison};
+pub use etcd::{EtcdPlaneBench, EtcdPlaneReport, plot_comparison, print_comparison};
 
 use fill::{count_json, fill_api, ip_batch_yardstick, realistic_node, synthetic};
 

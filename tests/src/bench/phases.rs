@@ -28,6 +28,14 @@ pub struct Phases {
     /// transfer).
     pub list_seconds: f64,
     pub list_mb: f64,
+    /// The same pages asked for as protobuf (what client-go's typed
+    /// clients ask for): the API server's encoding and the transfer.
+    pub list_protobuf_seconds: f64,
+    pub list_protobuf_mb: f64,
+    /// The whole list as protobuf in one answer from the API server's
+    /// watch cache (`resourceVersion=0`, where the server ignores the page
+    /// size): no etcd reads.
+    pub cache_protobuf_seconds: f64,
     /// The pages' JSON into weftd's slim Nodes.
     pub decode_seconds: f64,
     /// The slim Nodes' annotations judged, overlaps arbitrated: the peer set.
@@ -65,6 +73,12 @@ pub fn measure(lab: &Lab) -> Result<Phases, LabError> {
         Ok::<_, LabError>((pages, t0.elapsed().as_secs_f64()))
     })??;
     let (pages, list_seconds) = pages;
+    let admin = lab.admin_kubeconfig();
+    let (list_protobuf_mb, list_protobuf_seconds) =
+        lab.block_on(|| async move { list_protobuf(&admin, false).await })??;
+    let admin = lab.admin_kubeconfig();
+    let (_, cache_protobuf_seconds) =
+        lab.block_on(|| async move { list_protobuf(&admin, true).await })??;
     let list_mb = pages.iter().map(String::len).sum::<usize>() as f64 / 1e6;
 
     let t0 = Instant::now();
@@ -102,10 +116,97 @@ pub fn measure(lab: &Lab) -> Result<Phases, LabError> {
     Ok(Phases {
         list_seconds,
         list_mb,
+        list_protobuf_seconds,
+        list_protobuf_mb,
+        cache_protobuf_seconds,
         decode_seconds,
         judge_seconds,
         peers: set.peers.v4.len(),
     })
+}
+
+/// Every page of the Node list as protobuf (`cache`: in one answer from
+/// the watch cache): (MB, seconds). The continue
+/// token is found in the ListMeta at the head of each page (field 3 of
+/// ListMeta, field 1 of NodeList, inside the runtime.Unknown envelope's
+/// field 2 after the `k8s\0` magic).
+async fn list_protobuf(admin: &std::path::Path, cache: bool) -> Result<(f64, f64), LabError> {
+    let client = cluster::client(admin).await?;
+    let mut cont = String::new();
+    let mut bytes = 0usize;
+    let t0 = Instant::now();
+    loop {
+        let mut url = format!("/api/v1/nodes?limit={PAGE}");
+        if cache {
+            url.push_str("&resourceVersion=0");
+        }
+        if !cont.is_empty() {
+            url.push_str(&format!("&continue={cont}"));
+        }
+        let req = http::Request::get(url)
+            .header("Accept", "application/vnd.kubernetes.protobuf")
+            .body(Vec::new())
+            .map_err(|e| bench_err(&e.to_string()))?;
+        let resp = client
+            .send(req.map(kube::client::Body::from))
+            .await
+            .map_err(|e| bench_err(&format!("listing Nodes as protobuf: {e}")))?;
+        let body = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| bench_err(&format!("reading a protobuf page: {e}")))?
+            .to_bytes();
+        bytes += body.len();
+        cont = proto_continue(&body).unwrap_or_default();
+        if cont.is_empty() {
+            break;
+        }
+    }
+    Ok((bytes as f64 / 1e6, t0.elapsed().as_secs_f64()))
+}
+
+/// A protobuf varint at the start of `b`: (value, its length).
+fn varint(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, byte) in b.iter().enumerate().take(10) {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
+/// The length-delimited field `field` of the message `b`.
+fn field(b: &[u8], field: u64) -> Option<&[u8]> {
+    let mut i = 0;
+    while i < b.len() {
+        let (key, n) = varint(&b[i..])?;
+        i += n;
+        match key & 7 {
+            0 => i += varint(&b[i..])?.1,
+            1 => i += 8,
+            5 => i += 4,
+            2 => {
+                let (len, n) = varint(&b[i..])?;
+                let start = i + n;
+                let end = start.checked_add(len as usize)?;
+                if key >> 3 == field {
+                    return b.get(start..end);
+                }
+                i = end;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+fn proto_continue(body: &[u8]) -> Option<String> {
+    let unknown = body.strip_prefix(b"k8s\0")?;
+    let raw = field(unknown, 2)?;
+    let meta = field(raw, 1)?;
+    let cont = field(meta, 3)?;
+    Some(String::from_utf8_lossy(cont).into_owned())
 }
 
 /// The continue token of a list page: its `metadata`, which the API server

@@ -164,16 +164,28 @@ impl ControlPlaneSeries {
         writeln!(out)?;
         writeln!(
             out,
-            "{:>6} {:>10} {:>9} {:>10} {:>9} {:>12} {:>8}",
-            "nodes", "list s", "list MB", "decode s", "judge s", "reconcile s", "sync s"
+            "{:>6} {:>10} {:>9} {:>10} {:>9} {:>10} {:>10} {:>9} {:>12} {:>8}",
+            "nodes",
+            "list s",
+            "list MB",
+            "proto s",
+            "proto MB",
+            "cache s",
+            "decode s",
+            "judge s",
+            "reconcile s",
+            "sync s"
         )?;
         for p in &self.points {
             writeln!(
                 out,
-                "{:>6} {:>10.3} {:>9.1} {:>10.3} {:>9.4} {:>12} {:>8.3}",
+                "{:>6} {:>10.3} {:>9.1} {:>10.3} {:>9.1} {:>10.3} {:>10.3} {:>9.4} {:>12} {:>8.3}",
                 p.nodes,
                 p.phases.list_seconds,
                 p.phases.list_mb,
+                p.phases.list_protobuf_seconds,
+                p.phases.list_protobuf_mb,
+                p.phases.cache_protobuf_seconds,
                 p.phases.decode_seconds,
                 p.phases.judge_seconds,
                 p.reconcile_seconds
@@ -184,7 +196,7 @@ impl ControlPlaneSeries {
         }
         writeln!(
             out,
-            "  each phase timed alone by the bench with weftd's code (list: every page of 100 as weftd asks; decode: into weftd's slim Node; judge: the peer set), reconcile: weftd's own time in reconcile passes up to readiness (weft_reconcile_duration_seconds_sum); weftd overlaps them"
+            "  each phase timed alone by the bench with weftd's code (list: every page of 100 as weftd asks; proto: the same pages as protobuf, as client-go asks; cache: the whole list as protobuf from the watch cache, resourceVersion=0; decode: into weftd's slim Node; judge: the peer set), reconcile: weftd's own time in reconcile passes up to readiness (weft_reconcile_duration_seconds_sum); weftd overlaps them"
         )?;
         writeln!(out)?;
         let (base, per) = linear_fit(&self.xy(|p| p.rss_mb_after_sync));
@@ -280,6 +292,11 @@ impl ControlPlaneSeries {
                 true,
                 vec![
                     s("API list", self.xy(|p| p.phases.list_seconds), false),
+                    s(
+                        "API list, protobuf from the cache",
+                        self.xy(|p| p.phases.cache_protobuf_seconds),
+                        true,
+                    ),
                     s("decode", self.xy(|p| p.phases.decode_seconds), false),
                     s("judge", self.xy(|p| p.phases.judge_seconds), false),
                     s(
