@@ -41,6 +41,14 @@ class Rendered:
         assert len(found) == 1, f"expected one {kind}, found {len(found)}"
         return found[0]
 
+    @property
+    def config(self) -> dict:
+        """weft's own ConfigMap (net-conf.json, cni-conf.json): the Grafana
+        dashboard's is another."""
+        found = [o for o in self.objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "weft-config"]
+        assert len(found) == 1, f"expected one ConfigMap weft-config, found {len(found)}"
+        return found[0]
+
     def kinds(self) -> list[str]:
         return [o["kind"] for o in self.objects]
 

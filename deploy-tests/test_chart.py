@@ -146,7 +146,7 @@ def test_binding_ties_the_role_to_the_service_account_only(default):
 
 
 def net_conf(r) -> dict:
-    return json.loads(r.one("ConfigMap")["data"]["net-conf.json"])
+    return json.loads(r.config["data"]["net-conf.json"])
 
 
 def test_default_net_conf_is_flannels(default):
@@ -175,7 +175,7 @@ def test_every_backend_option_reaches_net_conf(all_options, udp, host_gw):
 
 
 def test_default_conflist_is_flannels_with_weft_first(default):
-    conf = json.loads(default.one("ConfigMap")["data"]["cni-conf.json"])
+    conf = json.loads(default.config["data"]["cni-conf.json"])
     assert conf == {
         "name": "cbr0",
         "cniVersion": "1.0.0",
@@ -187,12 +187,12 @@ def test_default_conflist_is_flannels_with_weft_first(default):
 
 
 def test_a_given_conflist_is_installed_as_it_is(all_options):
-    conf = json.loads(all_options.one("ConfigMap")["data"]["cni-conf.json"])
+    conf = json.loads(all_options.config["data"]["cni-conf.json"])
     assert [p["type"] for p in conf["plugins"]] == ["weft", "portmap", "bandwidth"]
 
 
 def test_auto_cni_version_leaves_the_conflist_to_install_cni(udp):
-    assert "cni-conf.json" not in udp.one("ConfigMap")["data"]
+    assert "cni-conf.json" not in udp.config["data"]
     assert not any(a.startswith("--cni-conf") for a in udp.container("install-cni")["args"])
 
 

@@ -174,7 +174,7 @@ def test_weft_answers_cni_version(bins, default):
         capture_output=True, text=True, timeout=10, check=True,
     )
     v = json.loads(out.stdout)
-    conflist = json.loads(default.one("ConfigMap")["data"]["cni-conf.json"])
+    conflist = json.loads(default.config["data"]["cni-conf.json"])
     assert conflist["cniVersion"] in v["supportedVersions"]
 
 
@@ -193,7 +193,7 @@ def test_weftd_accepts_every_flag_the_daemonset_passes(bins, name):
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_weftd_parses_the_rendered_net_conf(bins, name, tmp_path):
     conf = tmp_path / "net-conf.json"
-    conf.write_text(rendered(name).one("ConfigMap")["data"]["net-conf.json"])
+    conf.write_text(rendered(name).config["data"]["net-conf.json"])
     out = subprocess.run(
         isolated([str(bins / "weftd"), f"--net-config-path={conf}", "--kubeconfig=/nonexistent", "--healthz-addr="]),
         env={"NODE_NAME": "check-deploy"}, capture_output=True, text=True, timeout=20,
@@ -216,7 +216,7 @@ def test_the_binaries_are_shipped_stripped(bins):
 
 def test_install_cni_installs_the_rendered_conflist_once(bins, default, tmp_path):
     conf = tmp_path / "cni-conf.json"
-    conf.write_text(default.one("ConfigMap")["data"]["cni-conf.json"])
+    conf.write_text(default.config["data"]["cni-conf.json"])
     bin_dir, conf_dir = tmp_path / "bin", tmp_path / "net.d"
     argv = [str(bins / "weftd"), "install-cni", f"--bin-dir={bin_dir}", f"--conf-dir={conf_dir}", f"--cni-conf={conf}"]
     subprocess.run(argv, capture_output=True, timeout=10, check=True)
