@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 #[derive(Debug, thiserror::Error)]
@@ -182,6 +183,47 @@ pub fn curves(path: &Path, title: &str, panels: &[Panel], columns: usize) -> Res
     root.present().map_err(|x| e(&x))
 }
 
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A chart whose x axis holds one category per unit (`names[i]` centred
+/// on i + 0.5) and whose y axis spans `y`.
+fn categories<'a, 'b>(
+    area: &'a Area<'b>,
+    title: &str,
+    y_label: &str,
+    names: &[String],
+    y: std::ops::Range<f64>,
+    path: &Path,
+) -> Result<Chart<'a, 'b>, PlotError> {
+    let e = err(path);
+    let n = names.len().max(1) as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(56)
+        .build_cartesian_2d(0.0..n, y)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_desc(y_label)
+        .x_labels(names.len() * 2 + 1)
+        .x_label_formatter(&|v| {
+            let i = v.floor() as usize;
+            if (v - v.floor() - 0.5).abs() < 0.26 {
+                names.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|v| tick(*v, false))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()
+        .map_err(|x| e(&x))?;
+    Ok(chart)
+}
+
 /// Grouped bars: per group (x axis), one bar per member, with its value
 /// written above it.
 #[derive(Debug, Clone)]
@@ -205,32 +247,8 @@ fn draw_bars(area: &Area<'_>, b: &Bars, path: &Path) -> Result<(), PlotError> {
         .flat_map(|(_, m)| m.iter().map(|(_, v)| *v))
         .fold(0.0f64, f64::max)
         * 1.15;
-    let n = b.groups.len().max(1) as f64;
     let names: Vec<String> = b.groups.iter().map(|(g, _)| g.clone()).collect();
-    let mut chart = ChartBuilder::on(area)
-        .caption(&b.title, ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..n, 0.0..top.max(1e-9))
-        .map_err(|x| e(&x))?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .y_desc(b.y_label.as_str())
-        .x_labels(names.len() * 2 + 1)
-        .x_label_formatter(&|v| {
-            let i = v.floor() as usize;
-            if (v - v.floor() - 0.5).abs() < 0.26 {
-                names.get(i).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
-        .y_label_formatter(&|v| tick(*v, false))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()
-        .map_err(|x| e(&x))?;
+    let mut chart = categories(area, &b.title, &b.y_label, &names, 0.0..top.max(1e-9), path)?;
     let k = members.len().max(1) as f64;
     let w = 0.8 / k;
     for (mi, member) in members.iter().enumerate() {
@@ -317,32 +335,8 @@ fn draw_distributions(area: &Area<'_>, d: &Distributions, path: &Path) -> Result
         })
         .collect();
     let (y0, y1) = range(sorted.iter().flatten().copied(), false, true);
-    let n = d.samples.len().max(1) as f64;
     let names: Vec<String> = d.samples.iter().map(|(g, _)| g.clone()).collect();
-    let mut chart = ChartBuilder::on(area)
-        .caption(&d.title, ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(56)
-        .build_cartesian_2d(0.0..n, y0..y1)
-        .map_err(|x| e(&x))?;
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .y_desc(d.y_label.as_str())
-        .x_labels(names.len() * 2 + 1)
-        .x_label_formatter(&|v| {
-            let i = v.floor() as usize;
-            if (v - v.floor() - 0.5).abs() < 0.26 {
-                names.get(i).cloned().unwrap_or_default()
-            } else {
-                String::new()
-            }
-        })
-        .y_label_formatter(&|v| tick(*v, false))
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()
-        .map_err(|x| e(&x))?;
+    let mut chart = categories(area, &d.title, &d.y_label, &names, y0..y1, path)?;
     for (i, v) in sorted.iter().enumerate() {
         if v.is_empty() {
             continue;
