@@ -87,6 +87,15 @@ impl Report {
         self.add(Status::Unchecked, area, text);
     }
 
+    /// A step's value, or its error reported as a problem of `area`.
+    fn step<T, E: std::error::Error>(
+        &mut self,
+        area: &'static str,
+        res: Result<T, E>,
+    ) -> Option<T> {
+        res.map_err(|e| self.problem(area, chain(&e))).ok()
+    }
+
     /// How many problems it found.
     pub fn problems(&self) -> usize {
         self.findings
@@ -137,12 +146,8 @@ impl Report {
 pub async fn examine(opts: &Options) -> Report {
     let mut r = Report::default();
     let weftd = running_weftd(opts.healthz_addr, &mut r).await;
-    let cfg = match NetConfig::load(&opts.net_config_path) {
-        Ok(c) => c,
-        Err(e) => {
-            r.problem("config", chain(&e));
-            return r;
-        }
+    let Some(cfg) = r.step("config", NetConfig::load(&opts.net_config_path)) else {
+        return r;
     };
     r.ok(
         "config",
@@ -163,26 +168,18 @@ pub async fn examine(opts: &Options) -> Report {
     let Some((names, own, nodes)) = api_view(opts, &mut r).await else {
         return r;
     };
-    let nl = match Kernel::connect() {
-        Ok(k) => DryRun::new(k),
-        Err(e) => {
-            r.problem("kernel", chain(&e));
-            return r;
-        }
+    let Some(nl) = r.step("kernel", Kernel::connect().map(DryRun::new)) else {
+        return r;
     };
-    let (ext, addresses) = match agent::interface_and_addresses(&nl, &cfg, opts, &own).await {
-        Ok(x) => x,
-        Err(e) => {
-            r.problem("interface", chain(&e));
-            return r;
-        }
+    let found = agent::interface_and_addresses(&nl, &cfg, opts, &own).await;
+    let Some((ext, addresses)) = r.step("interface", found) else {
+        return r;
     };
-    let local = match agent::local_node(&cfg, opts, &own, ext, &addresses) {
-        Ok(l) => l,
-        Err(e) => {
-            r.problem("lease", chain(&e));
-            return r;
-        }
+    let Some(local) = r.step(
+        "lease",
+        agent::local_node(&cfg, opts, &own, ext, &addresses),
+    ) else {
+        return r;
     };
     r.ok(
         "interface",

@@ -44,10 +44,34 @@ pub const NFT_RESULTS: [&str; 4] = ["unchanged", "created", "rewritten", "elemen
 pub const KEPT_FILES: [&str; 3] = ["subnet.env", "10-weft.conflist", "weft"];
 
 /// Shared by the reconcile loop (writer) and the HTTP server (reader).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     v: Mutex<Values>,
     ready: AtomicBool,
+}
+
+impl Default for Metrics {
+    /// Every label value weftd can count is there from the start, at 0: a
+    /// counter that appears only with its first increment hides that
+    /// increment from increase() and rate(), and leaves alerts and
+    /// dashboards with no series to show.
+    fn default() -> Self {
+        let mut v = Values::default();
+        for k in crate::netlink::Op::KINDS {
+            v.netlink_ops.insert(k, 0);
+            v.netlink_errors.insert(k, 0);
+        }
+        for r in NFT_RESULTS {
+            v.nft_syncs.insert(r, 0);
+        }
+        for f in KEPT_FILES {
+            v.file_restorations.insert(f, 0);
+        }
+        Metrics {
+            v: Mutex::new(v),
+            ready: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Metrics {
@@ -153,20 +177,6 @@ impl Metrics {
     pub fn render(&self) -> String {
         let ready = u64::from(self.ready());
         self.with(|v| {
-            // Every label value weftd can count is there from the start, at
-            // 0: a counter that appears only with its first increment hides
-            // that increment from increase() and rate(), and leaves alerts
-            // and dashboards with no series to show.
-            for k in crate::netlink::Op::KINDS {
-                v.netlink_ops.entry(k).or_default();
-                v.netlink_errors.entry(k).or_default();
-            }
-            for r in NFT_RESULTS {
-                v.nft_syncs.entry(r).or_default();
-            }
-            for f in KEPT_FILES {
-                v.file_restorations.entry(f).or_default();
-            }
             let mut s = String::new();
             let labelled =
                 |label: &str, m: &BTreeMap<&'static str, u64>| -> Vec<(String, String)> {

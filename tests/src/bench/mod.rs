@@ -112,22 +112,26 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
+/// A `Key:   N kB` field of a /proc text, in kB (0 when absent).
+fn proc_kb(text: &str, key: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(key)?
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 /// VmRSS and VmHWM of `pid`, in MB.
 pub(crate) fn rss_mb(pid: u32) -> (f64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |k: &str| {
-        status
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(k)?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    };
-    (kb("VmRSS:") / 1024.0, kb("VmHWM:") / 1024.0)
+    (
+        proc_kb(&status, "VmRSS:") / 1024.0,
+        proc_kb(&status, "VmHWM:") / 1024.0,
+    )
 }
 
 /// CPU seconds (user + system) `pid` has used.
@@ -247,19 +251,11 @@ pub struct ControlPlaneSeries {
 /// VmRSS split as `/proc/PID/smaps_rollup` does: anonymous and file pages, MB.
 fn rss_split_mb(pid: u32) -> (f64, f64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let kb = |k: &str| {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(k)?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    };
-    let anon = kb("Anonymous:");
-    (anon / 1024.0, (kb("Rss:") - anon).max(0.0) / 1024.0)
+    let anon = proc_kb(&text, "Anonymous:");
+    (
+        anon / 1024.0,
+        (proc_kb(&text, "Rss:") - anon).max(0.0) / 1024.0,
+    )
 }
 
 /// Bytes `node`'s eth0 has received.
