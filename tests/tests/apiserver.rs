@@ -458,3 +458,99 @@ fn nodes_are_registered_like_kubelet_and_ipam_would() {
         .unwrap();
     assert_eq!(n.spec.and_then(|s| s.pod_cidr), None);
 }
+
+/// The fields weftd reads of one Node, to compare two decodings.
+fn read_by_weftd(
+    n: &weftd::lease::kube::node::SlimNode,
+) -> (String, String, Vec<String>, Vec<String>, String, String) {
+    (
+        n.name().to_string(),
+        n.created(),
+        n.pod_cidrs().into_iter().map(str::to_string).collect(),
+        n.internal_ips().map(str::to_string).collect(),
+        format!("{:?}", n.metadata.annotations),
+        n.metadata.resource_version.clone().unwrap_or_default(),
+    )
+}
+
+#[test]
+fn the_protobuf_list_reads_every_node_as_the_json_list_does() {
+    use weftd::lease::kube::list::{self, From};
+    use weftd::lease::kube::node::SlimNode;
+    let lab = lab("proto", 0);
+    let admin = lab.admin_kubeconfig();
+    lab.block_on(|| async {
+        let client = cluster::client(&admin).await.unwrap();
+        let api: Api<Node> = Api::all(client.clone());
+        for i in 0..5 {
+            let mut n: Node = serde_json::from_value(json!({
+                "metadata": {
+                    "name": format!("p{i}"),
+                    "labels": {"kubernetes.io/hostname": format!("p{i}")},
+                    "annotations": {
+                        "flannel.alpha.coreos.com/public-ip": format!("198.51.100.{}", 20 + i),
+                        "flannel.alpha.coreos.com/backend-data":
+                            format!("{{\"VNI\":1,\"VtepMAC\":\"0a:00:00:00:00:{i:02x}\"}}"),
+                        "weft.test/unicode": "ünïcødé ✓",
+                        "weft.test/empty": "",
+                    },
+                },
+                "spec": {
+                    "podCIDR": format!("10.244.{i}.0/24"),
+                    "podCIDRs": [format!("10.244.{i}.0/24"), format!("fd00:{i}::/64")],
+                    "taints": [{"key": "k", "value": "v", "effect": "NoSchedule"}],
+                },
+            }))
+            .unwrap();
+            n = api.create(&PostParams::default(), &n).await.unwrap();
+            n.status = Some(serde_json::from_value(json!({
+                "addresses": [
+                    {"type": "InternalIP", "address": format!("198.51.100.{}", 20 + i)},
+                    {"type": "Hostname", "address": format!("p{i}")},
+                ],
+                "conditions": [{"type": "Ready", "status": "True", "reason": "r", "message": "m"}],
+                "capacity": {"cpu": "2", "memory": "1Gi"},
+            }))
+            .unwrap());
+            api.replace_status(
+                &format!("p{i}"),
+                &PostParams::default(),
+                &n,
+            )
+            .await
+            .unwrap();
+        }
+        // Wait until the watch cache has the last status.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let slim: Api<SlimNode> = Api::all(client.clone());
+        let by_json: Vec<_> = slim
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(read_by_weftd)
+            .collect();
+        assert_eq!(by_json.len(), 5);
+        assert_eq!(by_json[3].3, vec!["198.51.100.23".to_string()]);
+        // From the watch cache (whole), and from etcd two at a time (three
+        // pages, continue tokens followed).
+        for (from, page) in [(From::Cache, 500), (From::Etcd, 2)] {
+            let seen = std::cell::RefCell::new(Vec::new());
+            let version = list::list(&client, "/api/v1/nodes", from, page, |n| {
+                seen.borrow_mut().push(read_by_weftd(&n));
+                async {}
+            })
+            .await
+            .unwrap();
+            assert!(version.parse::<u64>().is_ok(), "{version}");
+            assert_eq!(seen.into_inner(), by_json, "{from:?}");
+        }
+        // An error answer names what the server said.
+        let err = list::list(&client, "/api/v1/nodez", From::Etcd, 10, |_| async {})
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("404"), "{err}");
+    })
+    .unwrap();
+}

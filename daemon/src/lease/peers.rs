@@ -128,6 +128,15 @@ impl PeerIndex {
         &self.ctx
     }
 
+    /// Nodes judged so far.
+    pub fn len(&self) -> usize {
+        self.judged.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.judged.is_empty()
+    }
+
     /// Replaces everything (after a full list).
     pub fn replace_all(&mut self, judged: impl IntoIterator<Item = Judged>) {
         self.judged = judged.into_iter().map(|j| (j.name.clone(), j)).collect();

@@ -1,7 +1,7 @@
-//! The real kernel, over rtnetlink. Requests are pipelined: `apply` puts up
-//! to [`IN_FLIGHT`] requests on the one socket before collecting their acks,
-//! instead of one round trip per entry (flannel opens a fresh socket and
-//! waits for each of its three requests per peer).
+//! The real kernel, over rtnetlink. Writes are batched: `apply` sends
+//! [`batch::CHUNK`] requests per system call on a socket of its own, off
+//! the async thread, instead of one round trip per entry (flannel opens a
+//! fresh socket and waits for each of its three requests per peer).
 
 use std::net::IpAddr;
 
@@ -24,9 +24,6 @@ use rtnetlink::Handle;
 
 use super::{Change, LinkInfo, Netlink, NetlinkError, Observed, Op, VxlanSpec};
 
-/// Requests on the socket at once.
-pub const IN_FLIGHT: usize = 512;
-
 const ENOENT: i32 = 2;
 const ESRCH: i32 = 3;
 const ENODEV: i32 = 19;
@@ -34,14 +31,20 @@ const EEXIST: i32 = 17;
 const ENETUNREACH: i32 = 101;
 const EHOSTUNREACH: i32 = 113;
 
+mod batch;
 mod msg;
 
+use std::sync::{Arc, Mutex};
+
+use batch::{Batcher, Request};
 use msg::*;
 
 /// The kernel's tables through one rtnetlink socket.
 #[derive(Debug, Clone)]
 pub struct Kernel {
     handle: Handle,
+    /// The batched writes' socket.
+    batch: Arc<Mutex<Batcher>>,
 }
 
 impl Kernel {
@@ -64,8 +67,12 @@ impl Kernel {
 
     pub fn connect() -> Result<Kernel, NetlinkError> {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+        let batch = Batcher::open().map_err(NetlinkError::Connect)?;
         tokio::spawn(conn);
-        Ok(Kernel { handle })
+        Ok(Kernel {
+            handle,
+            batch: Arc::new(Mutex::new(batch)),
+        })
     }
 
     /// Sends `msg` and waits for its ack.
@@ -127,51 +134,42 @@ impl Kernel {
         .try_collect()
         .await
     }
+}
 
-    async fn carry_out(&self, op: &Op) -> Result<(), NetlinkError> {
-        let desc = format!("{op:?}");
-        let tolerant = |r: Result<(), NetlinkError>| match r {
-            Err(e) if matches!(e.errno(), Some(ENOENT | ESRCH)) => Ok(()),
-            other => other,
-        };
-        match *op {
-            Op::ReplaceNeigh(n) => {
-                self.ack(
-                    &desc,
-                    RouteNetlinkMessage::NewNeighbour(neigh_msg(&n)),
-                    NLM_F_CREATE | NLM_F_REPLACE,
-                )
-                .await
-            }
-            Op::DelNeigh(n) => tolerant(
-                self.ack(&desc, RouteNetlinkMessage::DelNeighbour(neigh_msg(&n)), 0)
-                    .await,
-            ),
-            Op::ReplaceFdb(f) => {
-                self.ack(
-                    &desc,
-                    RouteNetlinkMessage::NewNeighbour(fdb_msg(&f)),
-                    NLM_F_CREATE | NLM_F_REPLACE,
-                )
-                .await
-            }
-            Op::DelFdb(f) => tolerant(
-                self.ack(&desc, RouteNetlinkMessage::DelNeighbour(fdb_msg(&f)), 0)
-                    .await,
-            ),
-            Op::ReplaceRoute(r) => {
-                self.ack(
-                    &desc,
-                    RouteNetlinkMessage::NewRoute(route_msg(&r)),
-                    NLM_F_CREATE | NLM_F_REPLACE,
-                )
-                .await
-            }
-            Op::DelRoute(r) => tolerant(
-                self.ack(&desc, RouteNetlinkMessage::DelRoute(route_msg(&r)), 0)
-                    .await,
-            ),
-        }
+/// The request that carries out `op`.
+fn request(op: &Op) -> Request {
+    let (msg, flags) = match *op {
+        Op::ReplaceNeigh(n) => (
+            RouteNetlinkMessage::NewNeighbour(neigh_msg(&n)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        ),
+        Op::DelNeigh(n) => (RouteNetlinkMessage::DelNeighbour(neigh_msg(&n)), 0),
+        Op::ReplaceFdb(f) => (
+            RouteNetlinkMessage::NewNeighbour(fdb_msg(&f)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        ),
+        Op::DelFdb(f) => (RouteNetlinkMessage::DelNeighbour(fdb_msg(&f)), 0),
+        Op::ReplaceRoute(r) => (
+            RouteNetlinkMessage::NewRoute(route_msg(&r)),
+            NLM_F_CREATE | NLM_F_REPLACE,
+        ),
+        Op::DelRoute(r) => (RouteNetlinkMessage::DelRoute(route_msg(&r)), 0),
+    };
+    Request { msg, flags }
+}
+
+/// `op`'s result from the kernel's answer: deleting what is already gone
+/// is fine.
+fn outcome(op: &Op, answer: batch::Answer) -> Result<(), NetlinkError> {
+    let deletes = matches!(op, Op::DelNeigh(_) | Op::DelFdb(_) | Op::DelRoute(_));
+    match answer {
+        Ok(()) => Ok(()),
+        Err(ENOENT | ESRCH) if deletes => Ok(()),
+        Err(errno) => Err(request_err(
+            &format!("{op:?}"),
+            std::io::Error::from_raw_os_error(errno).to_string(),
+            Some(errno),
+        )),
     }
 }
 
@@ -482,10 +480,27 @@ impl Netlink for Kernel {
     }
 
     async fn apply(&self, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {
-        futures::stream::iter(ops.iter().map(|op| self.carry_out(op)))
-            .buffered(IN_FLIGHT)
-            .collect()
-            .await
+        if ops.is_empty() {
+            return Vec::new();
+        }
+        let requests: Vec<Request> = ops.iter().map(request).collect();
+        let batch = self.batch.clone();
+        let written = tokio::task::spawn_blocking(move || match batch.lock() {
+            Ok(mut b) => b.write(requests),
+            Err(p) => p.into_inner().write(requests),
+        })
+        .await;
+        match written {
+            Ok(answers) => ops
+                .iter()
+                .zip(answers)
+                .map(|(op, a)| outcome(op, a))
+                .collect(),
+            Err(e) => ops
+                .iter()
+                .map(|op| Err(request_err(&format!("{op:?}"), e.to_string(), None)))
+                .collect(),
+        }
     }
 
     fn watch_changes(

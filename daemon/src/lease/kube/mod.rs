@@ -3,7 +3,9 @@
 //! every other Node with those annotations is a peer.
 
 pub mod acquire;
+pub mod list;
 pub mod node;
+pub mod proto;
 pub mod watch;
 
 use std::collections::BTreeMap;

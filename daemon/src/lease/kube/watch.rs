@@ -2,20 +2,24 @@
 //! change (never single events: a delete missed while weftd was down is
 //! still pruned, because what is not in the list is not a peer).
 //!
-//! During the initial list nothing is handed on until the list is complete;
-//! events that arrive together are applied together and the peer set is
-//! derived once for the batch.
+//! The list streams in as protobuf ([`list`]) and the watch then follows
+//! from its version. During the first list what has arrived is handed on
+//! as incomplete (added, nothing deleted); events that arrive together are
+//! applied together and the peer set is derived once for the batch.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, watcher};
-use tokio::sync::watch;
+use kube::api::WatchParams;
+use kube::runtime::watcher;
+use tokio::sync::{mpsc, watch};
 
+use super::list;
 use super::node::SlimNode;
 use crate::annotations::Names;
+use crate::chain;
 use crate::lease::judge::{self, Context, Judged, Skip};
 use crate::lease::peers::PeerIndex;
 use crate::lease::{Update, report};
@@ -54,6 +58,128 @@ fn watch_backoff() -> impl kube::runtime::utils::Backoff {
     )
 }
 
+/// What the Node watch hands on.
+#[derive(Debug)]
+enum NodeEvent {
+    /// A list starts.
+    Init,
+    /// A Node of the list.
+    InitApply(SlimNode),
+    /// The list is complete.
+    InitDone,
+    /// A Node was added or changed.
+    Apply(SlimNode),
+    /// A Node was deleted.
+    Delete(SlimNode),
+    /// Listing or watching failed; it is retried with backoff.
+    Failed(String),
+}
+
+/// Lists every Node, then watches from the list's version, forever: a
+/// watch that ends is opened again from the last version seen; one whose
+/// version expired (410 Gone) lists again, from etcd. Failures are handed
+/// on and retried with [`watch_backoff`]. Ends when nobody listens.
+async fn produce(api: Api<SlimNode>, tx: mpsc::Sender<NodeEvent>) {
+    use kube::api::WatchEvent;
+    let client = api.clone().into_client();
+    let url = api.resource_url().to_string();
+    let mut backoff = watch_backoff();
+    let mut version: Option<String> = None;
+    let mut from = list::From::Cache;
+    loop {
+        let Some(since) = version.clone() else {
+            if tx.send(NodeEvent::Init).await.is_err() {
+                return;
+            }
+            let sent = list::list(&client, &url, from, list::PAGE, |n| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(NodeEvent::InitApply(n)).await;
+                }
+            })
+            .await;
+            if tx.is_closed() {
+                return;
+            }
+            match sent {
+                Ok(v) => {
+                    version = Some(v);
+                    if tx.send(NodeEvent::InitDone).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if tx.send(NodeEvent::Failed(chain(&e))).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff.next().unwrap_or(MAX_WAIT)).await;
+                }
+            }
+            continue;
+        };
+        let params = WatchParams::default().timeout(WATCH_SECONDS);
+        let failed = match api.watch(&params, &since).await {
+            // Some servers refuse an expired version at once, not as an event.
+            Err(kube::Error::Api(s)) if s.code == 410 => {
+                version = None;
+                from = list::From::Etcd;
+                None
+            }
+            Err(e) => Some(chain(&e)),
+            Ok(stream) => {
+                let mut stream = std::pin::pin!(stream);
+                let mut failed = None;
+                while let Some(ev) = stream.next().await {
+                    let ev = match ev {
+                        Ok(WatchEvent::Added(n) | WatchEvent::Modified(n)) => {
+                            version = n.metadata.resource_version.clone().or(version);
+                            NodeEvent::Apply(n)
+                        }
+                        Ok(WatchEvent::Deleted(n)) => {
+                            version = n.metadata.resource_version.clone().or(version);
+                            NodeEvent::Delete(n)
+                        }
+                        Ok(WatchEvent::Bookmark(b)) => {
+                            version = Some(b.metadata.resource_version);
+                            continue;
+                        }
+                        Ok(WatchEvent::Error(s)) if s.code == 410 => {
+                            version = None;
+                            from = list::From::Etcd;
+                            break;
+                        }
+                        Ok(WatchEvent::Error(s)) => {
+                            failed =
+                                Some(format!("the watch ended with {}: {}", s.code, s.message));
+                            break;
+                        }
+                        Err(e) => {
+                            failed = Some(chain(&e));
+                            break;
+                        }
+                    };
+                    if tx.send(ev).await.is_err() {
+                        return;
+                    }
+                }
+                failed
+            }
+        };
+        if let Some(why) = failed {
+            if tx.send(NodeEvent::Failed(why)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(backoff.next().unwrap_or(MAX_WAIT)).await;
+        }
+    }
+}
+
+/// Nodes between the partial sets handed on during the first list.
+const PARTIAL_STEP: usize = 1000;
+
+/// The longest wait between attempts.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
+
 /// Starts the watch; the receiver sees `None` until the first page.
 pub fn spawn(
     api: Api<SlimNode>,
@@ -62,29 +188,25 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> watch::Receiver<Option<Update>> {
     let (tx, rx) = watch::channel(None);
+    // A short queue: the list streams in as fast as Nodes are judged.
+    let (events_tx, mut events) = mpsc::channel(256);
+    tokio::spawn(produce(api, events_tx));
     tokio::spawn(async move {
         // Only the judgement of each node is kept, not the node.
         let mut index = PeerIndex::new(ctx);
         let mut listing: Option<Vec<Judged>> = None;
         let mut listed = false;
+        // Nodes in the index when a partial set was last handed on.
+        let mut handed = 0;
         let mut warned: BTreeSet<Skip> = BTreeSet::new();
         // An outage is one warning when it starts and one line when it
         // ends, not a line per retry: (since, failed attempts).
         let mut failing: Option<(std::time::Instant, u32)> = None;
-        // Small pages: with 5000 Nodes of ~10 KB a page of 100 is ~1 MB,
-        // so memory peaks at a fraction of one big list, and each page is
-        // judged while the next is on its way (measured: faster than one
-        // list from the watch cache, and peak RSS 18 MB instead of 36).
-        let config = watcher::Config::default()
-            .page_size(100)
-            .timeout(WATCH_SECONDS);
-        let stream = watcher(api, config).backoff(watch_backoff());
-        let mut stream = std::pin::pin!(stream);
         loop {
             // Nobody listening any more (the agent set up again after an
             // underlay change): stop watching.
             let first = tokio::select! {
-                ev = stream.next() => match ev {
+                ev = events.recv() => match ev {
                     Some(ev) => ev,
                     None => break,
                 },
@@ -96,15 +218,15 @@ pub fn spawn(
             while let Some(ev) = item {
                 metrics.node_event();
                 match (&ev, &mut failing) {
-                    (Err(e), None) => {
+                    (NodeEvent::Failed(e), None) => {
                         tracing::warn!(error = %e, "watching Nodes failed; retrying with backoff (until it is back, further failures are logged at debug level)");
                         failing = Some((std::time::Instant::now(), 1));
                     }
-                    (Err(e), Some((_, n))) => {
+                    (NodeEvent::Failed(e), Some((_, n))) => {
                         *n += 1;
                         tracing::debug!(error = %e, attempt = *n, "watching Nodes failed again");
                     }
-                    (Ok(_), Some((since, n))) => {
+                    (_, Some((since, n))) => {
                         tracing::info!(
                             failed_attempts = *n,
                             seconds = since.elapsed().as_secs(),
@@ -112,20 +234,21 @@ pub fn spawn(
                         );
                         failing = None;
                     }
-                    (Ok(_), None) => {}
+                    (_, None) => {}
                 }
                 match ev {
-                    // The first list builds the index page by page; a relist
-                    // (after 410 Gone) replaces it whole at the end.
-                    Ok(watcher::Event::Init) => {
+                    // The first list builds the index as Nodes arrive; a
+                    // relist (after 410 Gone, or a first list that failed
+                    // half way) replaces it whole at the end.
+                    NodeEvent::Init => {
                         if listed {
                             tracing::info!(
                                 "listing every Node again (the watch's resourceVersion expired: 410 Gone)"
                             );
                         }
-                        listing = listed.then(Vec::new);
+                        listing = (listed || !index.is_empty()).then(Vec::new);
                     }
-                    Ok(watcher::Event::InitApply(n)) => {
+                    NodeEvent::InitApply(n) => {
                         let j = judge::judge(index.context(), &n.record(&names));
                         match listing.as_mut() {
                             Some(l) => l.extend(j),
@@ -135,28 +258,36 @@ pub fn spawn(
                             }
                         }
                     }
-                    Ok(watcher::Event::InitDone) => {
+                    NodeEvent::InitDone => {
                         if let Some(l) = listing.take() {
                             index.replace_all(l);
                         }
                         listed = true;
                         changed = true;
                     }
-                    Ok(watcher::Event::Apply(n)) => {
+                    NodeEvent::Apply(n) => {
                         let j = judge::judge(index.context(), &n.record(&names));
                         index.upsert(n.name(), j);
                         changed = true;
                     }
-                    Ok(watcher::Event::Delete(n)) => {
+                    NodeEvent::Delete(n) => {
                         index.remove(n.name());
                         changed = true;
                     }
-                    Err(_) => {}
+                    NodeEvent::Failed(_) => {}
                 }
-                item = stream.next().now_or_never().flatten();
+                item = events.try_recv().ok();
             }
             if !changed || listing.is_some() {
                 continue;
+            }
+            // While the first list streams in, a part is handed on every
+            // PARTIAL_STEP Nodes (each costs a pass over all so far).
+            if !listed {
+                if index.len() < handed + PARTIAL_STEP {
+                    continue;
+                }
+                handed = index.len();
             }
             let t0 = std::time::Instant::now();
             let set = index.peer_set();
