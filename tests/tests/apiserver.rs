@@ -512,13 +512,9 @@ fn the_protobuf_list_reads_every_node_as_the_json_list_does() {
                 "capacity": {"cpu": "2", "memory": "1Gi"},
             }))
             .unwrap());
-            api.replace_status(
-                &format!("p{i}"),
-                &PostParams::default(),
-                &n,
-            )
-            .await
-            .unwrap();
+            api.replace_status(&format!("p{i}"), &PostParams::default(), &n)
+                .await
+                .unwrap();
         }
         // Wait until the watch cache has the last status.
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -4,7 +4,9 @@
 use super::plan::{self, PeerEntry};
 use super::{DeviceConfig, VxlanError, ensure_device};
 use crate::backend::{Outcome, carry_out, diff};
-use crate::netlink::{Change, Netlink, Op};
+use std::collections::HashSet;
+
+use crate::netlink::{Change, Netlink, Observed, Op};
 
 /// Makes the device and its per-peer entries match `peers`: ensures the
 /// device, then plans against the kernel and applies the difference.
@@ -28,8 +30,54 @@ pub struct Device {
     pub cfg: DeviceConfig,
     /// The link index and the (sorted) peers the kernel was last made to hold.
     known: Option<(u32, Vec<PeerEntry>)>,
-    /// During the first list: the link index and the peers added so far.
-    partial: Option<(u32, Vec<PeerEntry>)>,
+    /// During the first list: what the kernel held when it began and the
+    /// peers added since.
+    partial: Option<Partial>,
+}
+
+/// The first list's passes: the device's tables as the first one found
+/// them (so a restart rewrites nothing that is already right) and the
+/// (sorted) peers added since. The complete set's pass plans against both
+/// instead of reading the kernel again.
+#[derive(Debug, Clone)]
+struct Partial {
+    index: u32,
+    base: Observed,
+    done: Vec<PeerEntry>,
+}
+
+/// The tables after writing `written` over `base`: a route replaces its
+/// destination's, a neighbour its address's; an FDB entry is added to its
+/// MAC's (the plan deletes extra destinations, and deleting one the
+/// kernel replaced already is no failure).
+fn overlay(base: &Observed, written: &Observed) -> Observed {
+    let dsts: HashSet<_> = written.routes.iter().map(|r| (r.link, r.dst)).collect();
+    let ips: HashSet<_> = written.neighs.iter().map(|n| (n.link, n.ip)).collect();
+    let fdb: HashSet<_> = written.fdb.iter().collect();
+    let mut out = Observed {
+        routes: base
+            .routes
+            .iter()
+            .filter(|r| !dsts.contains(&(r.link, r.dst)))
+            .copied()
+            .collect(),
+        neighs: base
+            .neighs
+            .iter()
+            .filter(|n| !ips.contains(&(n.link, n.ip)))
+            .copied()
+            .collect(),
+        fdb: base
+            .fdb
+            .iter()
+            .filter(|f| !fdb.contains(f))
+            .copied()
+            .collect(),
+    };
+    out.routes.extend_from_slice(&written.routes);
+    out.neighs.extend_from_slice(&written.neighs);
+    out.fdb.extend_from_slice(&written.fdb);
+    out
 }
 
 impl Device {
@@ -83,25 +131,34 @@ impl Device {
     }
 
     /// Adds (never deletes) the entries of a partial peer set, so that the
-    /// first list's pages are programmed while the next ones arrive. The
-    /// reconcile that follows the complete set is a full one.
+    /// first list's Nodes are programmed while the next ones arrive. The
+    /// first such pass reads the device's tables; the reconcile that
+    /// follows the complete set plans against them and what was added.
     pub async fn add_partial<N: Netlink>(
         &mut self,
         nl: &N,
         peers: &[PeerEntry],
     ) -> Result<Outcome, VxlanError> {
         self.known = None;
-        let (index, done, created) = match self.partial.take() {
-            Some((i, d)) => (i, d, false),
+        let (mut part, created) = match self.partial.take() {
+            Some(p) => (p, false),
             None => {
                 let (link, created) = ensure_device(nl, &self.cfg).await?;
-                (link.index, Vec::new(), created)
+                let base = self.observe(nl, link.index).await?;
+                let part = Partial {
+                    index: link.index,
+                    base,
+                    done: Vec::new(),
+                };
+                (part, created)
             }
         };
         let mut sorted = peers.to_vec();
         sorted.sort_unstable();
-        let (gone, new) = diff(&done, &sorted);
-        let ops: Vec<Op> = plan::plan(index, &new, &plan::desired(index, &gone))
+        let (_, new) = diff(&part.done, &sorted);
+        // Against the tables as they were: what is right already is not
+        // written again; nothing is deleted before the list is complete.
+        let ops: Vec<Op> = plan::plan(part.index, &new, &part.base)
             .into_iter()
             .filter(|op| {
                 matches!(
@@ -112,9 +169,19 @@ impl Device {
             .collect();
         let out = carry_out(nl, ops, created).await;
         if out.failed.is_empty() {
-            self.partial = Some((index, sorted));
+            part.done = sorted;
+            self.partial = Some(part);
         }
         Ok(out)
+    }
+
+    async fn observe<N: Netlink>(&self, nl: &N, index: u32) -> Result<Observed, VxlanError> {
+        nl.observe(index, self.cfg.subnet.is_ipv6())
+            .await
+            .map_err(|source| VxlanError::Observe {
+                name: self.cfg.spec.name.clone(),
+                source,
+            })
     }
 
     /// Forgets the known state: the next reconcile is a full one.
@@ -131,23 +198,23 @@ impl Device {
         let mut created = false;
         let mut sorted = peers.to_vec();
         sorted.sort_unstable();
-        let (index, ops) = match self.known.take() {
+        let (index, ops) = match (self.known.take(), self.partial.take()) {
             // Quick: only the peers that changed since the kernel was last
             // made to match (a Node event touches one or two).
-            Some((index, old)) if !full => {
+            (Some((index, old)), _) if !full => {
                 let (gone, new) = diff(&old, &sorted);
                 (index, plan::plan(index, &new, &plan::desired(index, &gone)))
+            }
+            // The list is complete: against what the first list's passes
+            // found and wrote, deleting what is not wanted.
+            (None, Some(part)) if !full => {
+                let have = overlay(&part.base, &plan::desired(part.index, &part.done));
+                (part.index, plan::plan(part.index, &sorted, &have))
             }
             _ => {
                 let (link, c) = ensure_device(nl, &self.cfg).await?;
                 created = c;
-                let observed = nl
-                    .observe(link.index, self.cfg.subnet.is_ipv6())
-                    .await
-                    .map_err(|source| VxlanError::Observe {
-                        name: self.cfg.spec.name.clone(),
-                        source,
-                    })?;
+                let observed = self.observe(nl, link.index).await?;
                 (link.index, plan::plan(link.index, &sorted, &observed))
             }
         };
@@ -337,6 +404,40 @@ mod tests {
                 want,
                 "the complete set prunes the stale peer"
             );
+        });
+    }
+
+    #[test]
+    fn after_a_restart_the_first_list_rewrites_nothing_and_prunes_without_reading_again() {
+        block_on(async {
+            let nl = Fake::new();
+            let c = cfg(nl.add_link("eth0", 1500));
+            // What the previous run left: peers 2..4, and 9 which is gone.
+            let before = [peer(2), peer(3), peer(4), peer(9)];
+            reconcile(&nl, &c, &before).await.unwrap();
+            let link = nl.link_by_name("flannel.1").await.unwrap().unwrap().index;
+            let writes = nl.writes();
+            let mut dev = Device::new(c);
+            dev.add_partial(&nl, &[peer(2), peer(3)]).await.unwrap();
+            // Peer 4 changed its VTEP MAC while weftd was down.
+            let mut moved = peer(4);
+            moved.vtep_mac = Mac([0x0a, 0, 0, 0, 1, 4]);
+            let now = [peer(2), peer(3), moved];
+            dev.add_partial(&nl, &now).await.unwrap();
+            assert_eq!(
+                nl.writes() - writes,
+                2,
+                "only peer 4's changed neighbour and FDB entry are written"
+            );
+            // The complete set's pass deletes what the first pass found
+            // unwanted, without reading the kernel again.
+            let out = dev.reconcile(&nl, &now, false).await.unwrap();
+            assert!(out.failed.is_empty(), "{out:?}");
+            let mut want = plan::desired(link, &now);
+            want.fdb.sort();
+            let mut have = nl.dump(link);
+            have.fdb.sort();
+            assert_eq!(have, want, "peer 9 pruned, peer 4's old FDB entry gone");
         });
     }
 

@@ -174,8 +174,8 @@ async fn produce(api: Api<SlimNode>, tx: mpsc::Sender<NodeEvent>) {
     }
 }
 
-/// Nodes between the partial sets handed on during the first list.
-const PARTIAL_STEP: usize = 1000;
+/// Nodes in the first partial set handed on during the first list.
+const FIRST_PART: usize = 250;
 
 /// The longest wait between attempts.
 const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(8);
@@ -281,10 +281,13 @@ pub fn spawn(
             if !changed || listing.is_some() {
                 continue;
             }
-            // While the first list streams in, a part is handed on every
-            // PARTIAL_STEP Nodes (each costs a pass over all so far).
+            // While the first list streams in, a part is handed on early
+            // (the kernel's writes, the longest part of a sync, start at
+            // once) and then each time the index grew by a quarter: each
+            // costs a pass over all so far, so the passes add up to a few
+            // over the whole list.
             if !listed {
-                if index.len() < handed + PARTIAL_STEP {
+                if index.len() < (handed + handed / 4).max(FIRST_PART) {
                     continue;
                 }
                 handed = index.len();

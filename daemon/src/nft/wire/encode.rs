@@ -365,17 +365,8 @@ pub fn set_updates_from(
     for set in &rs.sets {
         let mut cur = current(set.name);
         cur.sort_unstable();
-        let gone: Vec<IpAddr> = cur
-            .iter()
-            .filter(|c| set.elements.binary_search(c).is_err())
-            .copied()
-            .collect();
-        let new: Vec<IpAddr> = set
-            .elements
-            .iter()
-            .filter(|e| cur.binary_search(e).is_err())
-            .copied()
-            .collect();
+        cur.dedup();
+        let (gone, new) = crate::backend::diff(&cur, &set.elements);
         if !gone.is_empty() {
             removed += gone.len();
             out.extend(elements_msgs(msg::DELSETELEM, set, &gone, None));
