@@ -63,13 +63,13 @@ pub(super) fn peer(n: u8) -> Peer {
 
 fn update(peers: &[Peer], complete: bool) -> Option<Update> {
     Some(Update {
-        set: Arc::new(PeerSet {
-            peers: PerFamily {
+        set: Arc::new(PeerSet::new(
+            PerFamily {
                 v4: peers.to_vec(),
                 v6: vec![],
             },
-            skipped: vec![],
-        }),
+            vec![],
+        )),
         complete,
     })
 }

@@ -7,7 +7,7 @@
 //! to date one Node at a time ([`PeerIndex`]), and equal to a full pass over
 //! all nodes ([`derive`]) after any sequence of changes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -23,16 +23,33 @@ use crate::family::{Family, PerFamily};
 pub struct PeerSet {
     pub peers: PerFamily<Vec<Peer>>,
     pub skipped: Vec<Skip>,
+    /// Every peer's public IP, both families, sorted, each once.
+    ips: Vec<IpAddr>,
 }
 
 impl PeerSet {
-    /// Every peer's public IP, both families.
-    pub fn public_ips(&self) -> Vec<IpAddr> {
-        self.peers
+    pub fn new(peers: PerFamily<Vec<Peer>>, skipped: Vec<Skip>) -> PeerSet {
+        let ips = peers
             .iter()
             .flat_map(|(_, v)| v.iter().map(|p| p.public_ip))
-            .collect()
+            .collect();
+        PeerSet {
+            peers,
+            skipped,
+            ips: sorted_once(ips),
+        }
     }
+
+    /// Every peer's public IP, both families, sorted, each once.
+    pub fn public_ips(&self) -> Vec<IpAddr> {
+        self.ips.clone()
+    }
+}
+
+fn sorted_once(mut ips: Vec<IpAddr>) -> Vec<IpAddr> {
+    ips.sort_unstable();
+    ips.dedup();
+    ips
 }
 
 /// Whether two networks share any address.
@@ -68,6 +85,10 @@ struct Accepted {
 #[derive(Debug, Clone, Default)]
 struct FamilyIndex {
     accepted: BTreeMap<u128, Accepted>,
+    /// The accepted peers' entries, sorted: the peer set is a copy of it.
+    peers: Vec<Peer>,
+    /// The accepted peers' public IPs, with how many peers have each.
+    ips: BTreeMap<IpAddr, u32>,
     start_of: BTreeMap<String, u128>,
     /// The accepted peers' VTEP MACs: the first address of their subnet.
     mac_of: BTreeMap<Mac, u128>,
@@ -77,6 +98,40 @@ struct FamilyIndex {
 }
 
 impl FamilyIndex {
+    fn accept(&mut self, start: u128, a: Accepted) {
+        self.start_of.insert(a.name.clone(), start);
+        if let PeerData::VtepMac(mac) = a.entry.data {
+            self.mac_of.insert(mac, start);
+        }
+        if let Err(at) = self.peers.binary_search(&a.entry) {
+            self.peers.insert(at, a.entry);
+        }
+        *self.ips.entry(a.entry.public_ip).or_default() += 1;
+        self.accepted.insert(start, a);
+    }
+
+    /// Takes `name`'s accepted place away, if it has one.
+    fn withdraw(&mut self, name: &str) -> bool {
+        let Some(start) = self.start_of.remove(name) else {
+            return false;
+        };
+        if let Some(gone) = self.accepted.remove(&start) {
+            if let PeerData::VtepMac(mac) = gone.entry.data {
+                self.mac_of.remove(&mac);
+            }
+            if let Ok(at) = self.peers.binary_search(&gone.entry) {
+                self.peers.remove(at);
+            }
+            if let Some(n) = self.ips.get_mut(&gone.entry.public_ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.ips.remove(&gone.entry.public_ip);
+                }
+            }
+        }
+        true
+    }
+
     /// The accepted peer whose subnet overlaps `subnet`, if any.
     fn clash(&self, subnet: &IpNetwork) -> Option<&Accepted> {
         let (start, end) = range(subnet);
@@ -105,13 +160,16 @@ fn lifted_by_others(reason: SkipReason) -> bool {
 }
 
 /// The peer set, kept up to date one Node at a time: a Node event costs a
-/// few map operations, not a pass over every node. Only when a change could
-/// let a refused (overlapping) node in is the family rebuilt from scratch,
-/// older nodes first.
+/// few map operations, not a pass over every node, and the set handed on
+/// is a copy of sorted lists kept along. Only when a change could let a
+/// refused (overlapping) node in is the family rebuilt from scratch, older
+/// nodes first.
 #[derive(Debug, Clone)]
 pub struct PeerIndex {
     ctx: Context,
     judged: BTreeMap<String, Judged>,
+    /// The judged nodes refused in some family by judging alone.
+    refused_by_judge: BTreeSet<String>,
     fams: PerFamily<FamilyIndex>,
 }
 
@@ -120,6 +178,7 @@ impl PeerIndex {
         PeerIndex {
             ctx,
             judged: BTreeMap::new(),
+            refused_by_judge: BTreeSet::new(),
             fams: Default::default(),
         }
     }
@@ -140,6 +199,12 @@ impl PeerIndex {
     /// Replaces everything (after a full list).
     pub fn replace_all(&mut self, judged: impl IntoIterator<Item = Judged>) {
         self.judged = judged.into_iter().map(|j| (j.name.clone(), j)).collect();
+        self.refused_by_judge = self
+            .judged
+            .values()
+            .filter(|j| has_refusal(j))
+            .map(|j| j.name.clone())
+            .collect();
         for f in Family::ALL {
             self.rebuild(f);
         }
@@ -147,8 +212,12 @@ impl PeerIndex {
 
     /// A node was added or changed (`None`: it is no peer candidate at all).
     pub fn upsert(&mut self, name: &str, judged: Option<Judged>) {
+        self.refused_by_judge.remove(name);
         match judged {
             Some(j) => {
+                if has_refusal(&j) {
+                    self.refused_by_judge.insert(name.to_string());
+                }
                 self.judged.insert(name.to_string(), j);
             }
             None => {
@@ -174,12 +243,7 @@ impl PeerIndex {
         let Some(fam) = self.local(f) else { return };
         let idx = self.fams.get_mut(f);
         let mut rebuild = false;
-        if let Some(start) = idx.start_of.remove(name) {
-            if let Some(gone) = idx.accepted.remove(&start)
-                && let PeerData::VtepMac(mac) = gone.entry.data
-            {
-                idx.mac_of.remove(&mac);
-            }
+        if idx.withdraw(name) {
             // A refused node may have been refused because of this one.
             rebuild |= idx.refused.values().any(|(r, _)| lifted_by_others(*r));
         }
@@ -228,13 +292,18 @@ impl PeerIndex {
 
     /// The complete peer set and every skip, sorted.
     pub fn peer_set(&self) -> PeerSet {
-        let peers = self.fams.map(|_, idx| {
-            let mut v: Vec<Peer> = idx.accepted.values().map(|a| a.entry).collect();
-            v.sort_unstable();
-            v
-        });
+        let peers = self.fams.map(|_, idx| idx.peers.clone());
+        let ips = self
+            .fams
+            .iter()
+            .flat_map(|(_, idx)| idx.ips.keys().copied())
+            .collect();
         let mut skipped: Vec<Skip> = Vec::new();
-        for j in self.judged.values() {
+        for j in self
+            .refused_by_judge
+            .iter()
+            .filter_map(|n| self.judged.get(n))
+        {
             for (f, r) in j.families.iter() {
                 if let Some(Err((reason, detail))) = r {
                     skipped.push(Skip {
@@ -275,7 +344,11 @@ impl PeerIndex {
             }
         }
         skipped.sort();
-        PeerSet { peers, skipped }
+        PeerSet {
+            peers,
+            skipped,
+            ips: sorted_once(ips),
+        }
     }
 }
 
@@ -303,11 +376,7 @@ fn place(idx: &mut FamilyIndex, fam: &Subnets, name: &str, created: String, e: P
         return true;
     }
     let (start, end) = range(&e.subnet);
-    idx.start_of.insert(name.to_string(), start);
-    if let PeerData::VtepMac(mac) = e.data {
-        idx.mac_of.insert(mac, start);
-    }
-    idx.accepted.insert(
+    idx.accept(
         start,
         Accepted {
             end,
@@ -317,6 +386,11 @@ fn place(idx: &mut FamilyIndex, fam: &Subnets, name: &str, created: String, e: P
         },
     );
     true
+}
+
+/// Whether judging alone refused `j` in some family.
+fn has_refusal(j: &Judged) -> bool {
+    j.families.iter().any(|(_, r)| matches!(r, Some(Err(_))))
 }
 
 /// Assembles the complete peer set from judged nodes in one go.
