@@ -33,6 +33,8 @@ pub struct Device {
     /// During the first list: what the kernel held when it began and the
     /// peers added since.
     partial: Option<Partial>,
+    /// The list a quick pass replaced, kept for the next ([`Device::buffer`]).
+    spare: Vec<PeerEntry>,
 }
 
 /// The first list's passes: the device's tables as the first one found
@@ -86,6 +88,7 @@ impl Device {
             cfg,
             known: None,
             partial: None,
+            spare: Vec::new(),
         }
     }
 
@@ -195,14 +198,33 @@ impl Device {
         peers: &[PeerEntry],
         full: bool,
     ) -> Result<Outcome, VxlanError> {
+        self.reconcile_owned(nl, peers.to_vec(), full).await
+    }
+
+    /// An empty list with room, for the next pass's peers: what the pass
+    /// before last held (a pass at thousands of peers then allocates
+    /// nothing, and touches no fresh pages).
+    pub fn buffer(&mut self) -> Vec<PeerEntry> {
+        let mut v = std::mem::take(&mut self.spare);
+        v.clear();
+        v
+    }
+
+    /// [`Device::reconcile`] over a list it may keep.
+    pub async fn reconcile_owned<N: Netlink>(
+        &mut self,
+        nl: &N,
+        mut sorted: Vec<PeerEntry>,
+        full: bool,
+    ) -> Result<Outcome, VxlanError> {
         let mut created = false;
-        let mut sorted = peers.to_vec();
         sorted.sort_unstable();
         let (index, ops) = match (self.known.take(), self.partial.take()) {
             // Quick: only the peers that changed since the kernel was last
             // made to match (a Node event touches one or two).
             (Some((index, old)), _) if !full => {
                 let (gone, new) = diff(&old, &sorted);
+                self.spare = old;
                 (index, plan::plan(index, &new, &plan::desired(index, &gone)))
             }
             // The list is complete: against what the first list's passes

@@ -406,13 +406,14 @@ impl<N: Netlink> Backend<N> for Vxlan {
                 // device. Without, the external interface holds no route
                 // inside the pod network (a first-list page, which only
                 // adds, has nothing to do there).
-                let entries: Vec<PeerEntry> = if self.direct_routing {
+                let mut entries = dev.buffer();
+                if self.direct_routing {
                     let (near, far) = self.direct.split(all);
                     ok &= self
                         .direct
                         .reconcile(nl, dev.cfg.network, &near, pass, metrics)
                         .await;
-                    far.iter().filter_map(PeerEntry::of).collect()
+                    entries.extend(far.iter().filter_map(PeerEntry::of));
                 } else {
                     if pass != Pass::Partial {
                         ok &= self
@@ -420,16 +421,17 @@ impl<N: Netlink> Backend<N> for Vxlan {
                             .reconcile(nl, dev.cfg.network, &[], pass, metrics)
                             .await;
                     }
-                    all.iter().filter_map(PeerEntry::of).collect()
-                };
+                    entries.extend(all.iter().filter_map(PeerEntry::of));
+                }
                 let t0 = Instant::now();
+                let count = entries.len();
                 let result = match pass {
                     Pass::Partial => dev.add_partial(nl, &entries).await,
-                    Pass::Quick => dev.reconcile(nl, &entries, false).await,
-                    Pass::Full => dev.reconcile(nl, &entries, true).await,
+                    Pass::Quick => dev.reconcile_owned(nl, entries, false).await,
+                    Pass::Full => dev.reconcile_owned(nl, entries, true).await,
                 };
                 let name = dev.cfg.spec.name.clone();
-                ok &= record(metrics, &name, entries.len(), pass, t0, result);
+                ok &= record(metrics, &name, count, pass, t0, result);
             }
             ok
         })

@@ -126,8 +126,26 @@ pub(super) fn count_json(lab: &Lab, node: &str, args: &[&str]) -> Result<usize, 
     Ok(v.len())
 }
 
-/// `ip -batch` writing the same entries on a scratch device on `node`.
-pub(super) fn ip_batch_yardstick(lab: &Lab, node: &str, peers: usize) -> Result<f64, LabError> {
+/// The yardstick's times, seconds.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Yardstick {
+    /// Every entry (neighbour, route, FDB) through `ip -batch` and
+    /// `bridge -batch`.
+    pub all: f64,
+    /// flannel's routes alone (`via GW dev D onlink`), on an empty device.
+    pub gw_routes: f64,
+    /// The same destinations as routes without a gateway (`dev D`).
+    pub dev_routes: f64,
+}
+
+/// `ip -batch` writing the same entries on a scratch device on `node`;
+/// then the routes alone, as flannel writes them and without a gateway,
+/// to show the kernel's own cost of flannel's route shape.
+pub(super) fn ip_batch_yardstick(
+    lab: &Lab,
+    node: &str,
+    peers: usize,
+) -> Result<Yardstick, LabError> {
     lab.run(
         node,
         &["bash", "-euc", "ip link add yardstick type vxlan id 99 local 198.51.100.12 dev eth0 dstport 8999 nolearning && ip link set yardstick up"],
@@ -164,7 +182,34 @@ pub(super) fn ip_batch_yardstick(lab: &Lab, node: &str, peers: usize) -> Result<
     let t0 = Instant::now();
     lab.run(node, &["ip", "-batch", ipb.to_str().unwrap_or("")])?;
     lab.run(node, &["bridge", "-batch", fdbb.to_str().unwrap_or("")])?;
-    let secs = t0.elapsed().as_secs_f64();
+    let all = t0.elapsed().as_secs_f64();
+    let routes_alone = |gateway: bool| -> Result<f64, LabError> {
+        lab.run(node, &["ip", "route", "flush", "dev", "yardstick"])?;
+        let mut batch = String::new();
+        for i in 0..peers {
+            let (_, cidr, _, _) = synthetic(i);
+            let gw = cidr.trim_end_matches("/24");
+            batch.push_str(&if gateway {
+                format!("route replace {cidr} via {gw} dev yardstick onlink\n")
+            } else {
+                format!("route replace {cidr} dev yardstick\n")
+            });
+        }
+        let path = dir.join("yardstick.routes");
+        std::fs::write(&path, batch).map_err(|source| LabError::State {
+            path: path.clone(),
+            source,
+        })?;
+        let t0 = Instant::now();
+        lab.run(node, &["ip", "-batch", path.to_str().unwrap_or("")])?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    let gw_routes = routes_alone(true)?;
+    let dev_routes = routes_alone(false)?;
     lab.run(node, &["ip", "link", "del", "yardstick"])?;
-    Ok(secs)
+    Ok(Yardstick {
+        all,
+        gw_routes,
+        dev_routes,
+    })
 }

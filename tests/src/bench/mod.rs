@@ -102,6 +102,12 @@ pub struct ControlPlaneReport {
     pub apiserver_rss_mb: f64,
     pub etcd_rss_mb: f64,
     pub ip_batch_seconds: f64,
+    /// flannel's routes alone through `ip -batch` on an empty device: the
+    /// kernel's share of a sync (it looks up every route's next hop among
+    /// all the device's others: quadratic).
+    pub kernel_gw_routes_seconds: f64,
+    /// The same destinations as routes without a gateway (linear).
+    pub kernel_dev_routes_seconds: f64,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -445,7 +451,7 @@ impl ControlPlaneBench {
         let _ = lab.exec("node-1", &["nft", "delete", "table", "inet", "weft"]);
 
         say("  same-run yardstick: the same entries through ip -batch / bridge -batch on node-2");
-        let ip_batch_seconds = ip_batch_yardstick(lab, "node-2", peers)?;
+        let yardstick = ip_batch_yardstick(lab, "node-2", peers)?;
         Ok(ControlPlaneReport {
             nodes: peers + 1,
             kernel_entries,
@@ -472,7 +478,9 @@ impl ControlPlaneBench {
             phases,
             apiserver_rss_mb,
             etcd_rss_mb,
-            ip_batch_seconds,
+            ip_batch_seconds: yardstick.all,
+            kernel_gw_routes_seconds: yardstick.gw_routes,
+            kernel_dev_routes_seconds: yardstick.dev_routes,
         })
     }
 

@@ -1,9 +1,10 @@
 //! Where an agent's first sync goes, phase by phase, each timed alone by
-//! the bench with weftd's own code: the API list as weftd pages it (100
-//! Nodes a page, TLS, from the lab's hub), decoding those pages into the
-//! slice of a Node weftd keeps, and judging the peer set from them. weftd
-//! overlaps these (each page is judged while the next is on its way), so
-//! they add up to more than their share of the sync; the kernel writes are
+//! the bench with weftd's own code: the API list (as JSON pages of 100, as
+//! protobuf pages, and as weftd asks: protobuf from the watch cache, TLS,
+//! from the lab's hub), decoding it into the slice of a Node weftd keeps,
+//! and judging the peer set from them. weftd overlaps these (Nodes are
+//! judged as they stream in and the kernel's writes start early), so they
+//! add up to more than their share of the sync; the kernel writes are
 //! weftd's own reconcile time, from its metrics.
 
 use std::time::Instant;
@@ -36,8 +37,11 @@ pub struct Phases {
     /// watch cache (`resourceVersion=0`, where the server ignores the page
     /// size): no etcd reads.
     pub cache_protobuf_seconds: f64,
-    /// The pages' JSON into weftd's slim Nodes.
+    /// The watch cache's protobuf answer into weftd's slim Nodes, with
+    /// weftd's streaming decoder (what weftd does).
     pub decode_seconds: f64,
+    /// The JSON pages into the same slim Nodes (how weftd decoded before).
+    pub decode_json_seconds: f64,
     /// The slim Nodes' annotations judged, overlaps arbitrated: the peer set.
     pub judge_seconds: f64,
     pub peers: usize,
@@ -74,19 +78,33 @@ pub fn measure(lab: &Lab) -> Result<Phases, LabError> {
     })??;
     let (pages, list_seconds) = pages;
     let admin = lab.admin_kubeconfig();
-    let (list_protobuf_mb, list_protobuf_seconds) =
+    let (list_protobuf_mb, list_protobuf_seconds, _) =
         lab.block_on(|| async move { list_protobuf(&admin, false).await })??;
     let admin = lab.admin_kubeconfig();
-    let (_, cache_protobuf_seconds) =
+    let (_, cache_protobuf_seconds, cached) =
         lab.block_on(|| async move { list_protobuf(&admin, true).await })??;
     let list_mb = pages.iter().map(String::len).sum::<usize>() as f64 / 1e6;
 
     let t0 = Instant::now();
-    let mut nodes: Vec<SlimNode> = Vec::new();
+    let mut from_json: Vec<SlimNode> = Vec::new();
     for p in &pages {
         let list: ObjectList<SlimNode> =
             serde_json::from_str(p).map_err(|e| bench_err(&format!("decoding a page: {e}")))?;
-        nodes.extend(list.items);
+        from_json.extend(list.items);
+    }
+    let decode_json_seconds = t0.elapsed().as_secs_f64();
+    drop(from_json);
+
+    // As weftd reads it: in the pieces a TLS stream delivers.
+    let t0 = Instant::now();
+    let mut nodes: Vec<SlimNode> = Vec::new();
+    for body in &cached {
+        let mut d = weftd::lease::kube::proto::Decoder::new();
+        for piece in body.chunks(16 * 1024) {
+            d.feed(piece, &mut |n| nodes.push(n))
+                .map_err(|e| bench_err(&e.to_string()))?;
+        }
+        d.finish().map_err(|e| bench_err(&e.to_string()))?;
     }
     let decode_seconds = t0.elapsed().as_secs_f64();
 
@@ -120,20 +138,25 @@ pub fn measure(lab: &Lab) -> Result<Phases, LabError> {
         list_protobuf_mb,
         cache_protobuf_seconds,
         decode_seconds,
+        decode_json_seconds,
         judge_seconds,
         peers: set.peers.v4.len(),
     })
 }
 
 /// Every page of the Node list as protobuf (`cache`: in one answer from
-/// the watch cache): (MB, seconds). The continue
+/// the watch cache): (MB, seconds, the answers). The continue
 /// token is found in the ListMeta at the head of each page (field 3 of
 /// ListMeta, field 1 of NodeList, inside the runtime.Unknown envelope's
 /// field 2 after the `k8s\0` magic).
-async fn list_protobuf(admin: &std::path::Path, cache: bool) -> Result<(f64, f64), LabError> {
+async fn list_protobuf(
+    admin: &std::path::Path,
+    cache: bool,
+) -> Result<(f64, f64, Vec<bytes::Bytes>), LabError> {
     let client = cluster::client(admin).await?;
     let mut cont = String::new();
     let mut bytes = 0usize;
+    let mut bodies = Vec::new();
     let t0 = Instant::now();
     loop {
         let mut url = format!("/api/v1/nodes?limit={PAGE}");
@@ -157,11 +180,12 @@ async fn list_protobuf(admin: &std::path::Path, cache: bool) -> Result<(f64, f64
             .to_bytes();
         bytes += body.len();
         cont = proto_continue(&body).unwrap_or_default();
+        bodies.push(body);
         if cont.is_empty() {
             break;
         }
     }
-    Ok((bytes as f64 / 1e6, t0.elapsed().as_secs_f64()))
+    Ok((bytes as f64 / 1e6, t0.elapsed().as_secs_f64(), bodies))
 }
 
 /// A protobuf varint at the start of `b`: (value, its length).

@@ -164,39 +164,45 @@ impl ControlPlaneSeries {
         writeln!(out)?;
         writeln!(
             out,
-            "{:>6} {:>10} {:>9} {:>10} {:>9} {:>10} {:>10} {:>9} {:>12} {:>8}",
+            "{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>10} {:>9} {:>9} {:>7}",
             "nodes",
             "list s",
             "list MB",
             "proto s",
             "proto MB",
             "cache s",
+            "json s",
             "decode s",
             "judge s",
-            "reconcile s",
+            "reconcile",
+            "gw-routes",
+            "dev-rts",
             "sync s"
         )?;
         for p in &self.points {
             writeln!(
                 out,
-                "{:>6} {:>10.3} {:>9.1} {:>10.3} {:>9.1} {:>10.3} {:>10.3} {:>9.4} {:>12} {:>8.3}",
+                "{:>6} {:>8.3} {:>8.1} {:>8.3} {:>8.1} {:>8.3} {:>8.3} {:>9.4} {:>8.4} {:>10} {:>9.3} {:>9.3} {:>7.3}",
                 p.nodes,
                 p.phases.list_seconds,
                 p.phases.list_mb,
                 p.phases.list_protobuf_seconds,
                 p.phases.list_protobuf_mb,
                 p.phases.cache_protobuf_seconds,
+                p.phases.decode_json_seconds,
                 p.phases.decode_seconds,
                 p.phases.judge_seconds,
                 p.reconcile_seconds
                     .map(|r| format!("{r:.3}"))
                     .unwrap_or_else(|| "-".into()),
+                p.kernel_gw_routes_seconds,
+                p.kernel_dev_routes_seconds,
                 p.sync_seconds,
             )?;
         }
         writeln!(
             out,
-            "  each phase timed alone by the bench with weftd's code (list: every page of 100 as weftd asks; proto: the same pages as protobuf, as client-go asks; cache: the whole list as protobuf from the watch cache, resourceVersion=0; decode: into weftd's slim Node; judge: the peer set), reconcile: weftd's own time in reconcile passes up to readiness (weft_reconcile_duration_seconds_sum); weftd overlaps them"
+            "  each phase timed alone by the bench with weftd's code (list: every page of 100 as JSON; proto: the same pages as protobuf, as client-go asks; cache: the whole list as protobuf from the watch cache, resourceVersion=0, as weftd asks; json: the JSON pages into weftd's slim Node; decode: the cache's protobuf into it with weftd's streaming decoder; judge: the peer set), reconcile: weftd's own time in reconcile passes up to readiness (weft_reconcile_duration_seconds_sum); weftd overlaps them. gw-routes: flannel's routes alone (via GW dev D onlink) through ip -batch on an empty device, the kernel's share (it compares each new route's next hop with every other route's on the device: quadratic); dev-rts: the same destinations without a gateway"
         )?;
         writeln!(out)?;
         let (base, per) = linear_fit(&self.xy(|p| p.rss_mb_after_sync));
