@@ -126,6 +126,13 @@ pub(super) fn count_json(lab: &Lab, node: &str, args: &[&str]) -> Result<usize, 
     Ok(v.len())
 }
 
+fn write_batch(path: &std::path::Path, text: String) -> Result<(), LabError> {
+    std::fs::write(path, text).map_err(|source| LabError::State {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// The yardstick's times, seconds.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Yardstick {
@@ -171,14 +178,8 @@ pub(super) fn ip_batch_yardstick(
     }
     let dir = lab.node(node)?.dir.clone();
     let (ipb, fdbb) = (dir.join("yardstick.ip"), dir.join("yardstick.fdb"));
-    std::fs::write(&ipb, batch).map_err(|source| LabError::State {
-        path: ipb.clone(),
-        source,
-    })?;
-    std::fs::write(&fdbb, fdb).map_err(|source| LabError::State {
-        path: fdbb.clone(),
-        source,
-    })?;
+    write_batch(&ipb, batch)?;
+    write_batch(&fdbb, fdb)?;
     let t0 = Instant::now();
     lab.run(node, &["ip", "-batch", ipb.to_str().unwrap_or("")])?;
     lab.run(node, &["bridge", "-batch", fdbb.to_str().unwrap_or("")])?;
@@ -196,10 +197,7 @@ pub(super) fn ip_batch_yardstick(
             });
         }
         let path = dir.join("yardstick.routes");
-        std::fs::write(&path, batch).map_err(|source| LabError::State {
-            path: path.clone(),
-            source,
-        })?;
+        write_batch(&path, batch)?;
         let t0 = Instant::now();
         lab.run(node, &["ip", "-batch", path.to_str().unwrap_or("")])?;
         Ok(t0.elapsed().as_secs_f64())
