@@ -145,12 +145,17 @@ impl HostRoutes {
         let (_, puts) = route_ops(&want, ours);
         let out = carry_out(nl, puts.clone(), false).await;
         if out.failed.is_empty() {
-            for op in puts {
-                if let Op::ReplaceRoute(r) = op {
-                    have.retain(|h| h.dst != r.dst);
-                    have.push(r);
-                }
-            }
+            // One pass, not one per put: a first page holds thousands.
+            let put: Vec<Route> = puts
+                .into_iter()
+                .filter_map(|op| match op {
+                    Op::ReplaceRoute(r) => Some(r),
+                    _ => None,
+                })
+                .collect();
+            let dsts: std::collections::HashSet<IpNetwork> = put.iter().map(|r| r.dst).collect();
+            have.retain(|h| !dsts.contains(&h.dst));
+            have.extend(put);
             self.partial.insert(network, have);
         }
         Ok(out)
