@@ -4,6 +4,7 @@
 //! fresh socket and waits for each of its three requests per peer).
 
 use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
@@ -33,8 +34,6 @@ const EHOSTUNREACH: i32 = 113;
 
 mod batch;
 mod msg;
-
-use std::sync::{Arc, Mutex};
 
 use batch::{Batcher, Request};
 use msg::*;

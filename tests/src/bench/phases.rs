@@ -145,10 +145,8 @@ pub fn measure(lab: &Lab) -> Result<Phases, LabError> {
 }
 
 /// Every page of the Node list as protobuf (`cache`: in one answer from
-/// the watch cache): (MB, seconds, the answers). The continue
-/// token is found in the ListMeta at the head of each page (field 3 of
-/// ListMeta, field 1 of NodeList, inside the runtime.Unknown envelope's
-/// field 2 after the `k8s\0` magic).
+/// the watch cache): (MB, seconds, the answers). Each page's continue
+/// token is read with weftd's decoder, its Nodes left undecoded.
 async fn list_protobuf(
     admin: &std::path::Path,
     cache: bool,
@@ -179,58 +177,15 @@ async fn list_protobuf(
             .map_err(|e| bench_err(&format!("reading a protobuf page: {e}")))?
             .to_bytes();
         bytes += body.len();
-        cont = proto_continue(&body).unwrap_or_default();
+        cont = weftd::lease::kube::proto::list_meta_of(&body)
+            .map_err(|e| bench_err(&e.to_string()))?
+            .continue_;
         bodies.push(body);
         if cont.is_empty() {
             break;
         }
     }
     Ok((bytes as f64 / 1e6, t0.elapsed().as_secs_f64(), bodies))
-}
-
-/// A protobuf varint at the start of `b`: (value, its length).
-fn varint(b: &[u8]) -> Option<(u64, usize)> {
-    let mut v = 0u64;
-    for (i, byte) in b.iter().enumerate().take(10) {
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((v, i + 1));
-        }
-    }
-    None
-}
-
-/// The length-delimited field `field` of the message `b`.
-fn field(b: &[u8], field: u64) -> Option<&[u8]> {
-    let mut i = 0;
-    while i < b.len() {
-        let (key, n) = varint(&b[i..])?;
-        i += n;
-        match key & 7 {
-            0 => i += varint(&b[i..])?.1,
-            1 => i += 8,
-            5 => i += 4,
-            2 => {
-                let (len, n) = varint(&b[i..])?;
-                let start = i + n;
-                let end = start.checked_add(len as usize)?;
-                if key >> 3 == field {
-                    return b.get(start..end);
-                }
-                i = end;
-            }
-            _ => return None,
-        }
-    }
-    None
-}
-
-fn proto_continue(body: &[u8]) -> Option<String> {
-    let unknown = body.strip_prefix(b"k8s\0")?;
-    let raw = field(unknown, 2)?;
-    let meta = field(raw, 1)?;
-    let cont = field(meta, 3)?;
-    Some(String::from_utf8_lossy(cont).into_owned())
 }
 
 /// The continue token of a list page: its `metadata`, which the API server

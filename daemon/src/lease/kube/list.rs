@@ -79,11 +79,7 @@ pub async fn list<F: Future<Output = ()>>(
             .is_some_and(|v| v.starts_with(proto::CONTENT_TYPE));
         let mut body = resp.into_body();
         if !status.is_success() {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| ListError::Body(Box::new(e)))?
-                .to_bytes();
+            let bytes = whole(body).await?;
             let message = if is_proto {
                 proto::status_message(&bytes)
             } else {
@@ -112,11 +108,7 @@ pub async fn list<F: Future<Output = ()>>(
             let meta = d.finish()?;
             (meta.resource_version, meta.continue_)
         } else {
-            let bytes = body
-                .collect()
-                .await
-                .map_err(|e| ListError::Body(Box::new(e)))?
-                .to_bytes();
+            let bytes = whole(body).await?;
             let list: ObjectList<SlimNode> =
                 serde_json::from_slice(&bytes).map_err(ListError::Json)?;
             for n in list.items {
@@ -132,4 +124,13 @@ pub async fn list<F: Future<Output = ()>>(
         }
         cont = next;
     }
+}
+
+/// An answer's whole body.
+async fn whole(body: kube::client::Body) -> Result<impl std::ops::Deref<Target = [u8]>, ListError> {
+    Ok(body
+        .collect()
+        .await
+        .map_err(|e| ListError::Body(Box::new(e)))?
+        .to_bytes())
 }

@@ -370,20 +370,34 @@ fn status(b: &[u8]) -> Result<SlimStatus, ProtoError> {
     Ok(s)
 }
 
-/// The message of a protobuf `Status` (an error answer), if it is one.
-pub fn status_message(body: &[u8]) -> Option<String> {
+/// The `raw` object inside a whole answer's `runtime.Unknown` envelope.
+fn raw(body: &[u8]) -> Option<&[u8]> {
     let unknown = body.strip_prefix(b"k8s\0")?;
-    let raw = fields(unknown, "Status")
+    fields(unknown, "the envelope")
         .ok()?
         .into_iter()
         .find_map(|(n, v)| match (n, v) {
             (2, Value::Bytes(b)) => Some(b),
             _ => None,
-        })?;
-    fields(raw, "Status")
+        })
+}
+
+/// The message of a protobuf `Status` (an error answer), if it is one.
+pub fn status_message(body: &[u8]) -> Option<String> {
+    fields(raw(body)?, "Status")
         .ok()?
         .into_iter()
         .find_map(|(n, v)| (n == 3).then(|| text(v, "message").ok()).flatten())
+}
+
+/// A whole protobuf Node list's own metadata, its Nodes left undecoded
+/// (for a page's continue token).
+pub fn list_meta_of(body: &[u8]) -> Result<ListMeta, ProtoError> {
+    let raw = raw(body).ok_or_else(|| bad("no NodeList in the envelope"))?;
+    match fields(raw, "NodeList")?.into_iter().find(|(n, _)| *n == 1) {
+        Some((_, v)) => list_meta(message(v, "NodeList metadata")?),
+        None => Ok(ListMeta::default()),
+    }
 }
 
 #[cfg(test)]
@@ -523,5 +537,12 @@ mod tests {
         let body = [b"k8s\0".to_vec(), ld(2, &status)].concat();
         assert_eq!(status_message(&body).as_deref(), Some("nodes is forbidden"));
         assert_eq!(status_message(b"{}"), None);
+    }
+
+    #[test]
+    fn a_pages_metadata_is_read_without_its_nodes() {
+        let body = list_bytes(&[node_bytes("n1", "10.244.1.0/24", "198.51.100.11")]);
+        assert_eq!(list_meta_of(&body).unwrap().resource_version, "4711");
+        assert!(list_meta_of(b"{}").is_err());
     }
 }

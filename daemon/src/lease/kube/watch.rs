@@ -80,90 +80,52 @@ enum NodeEvent {
 /// version expired (410 Gone) lists again, from etcd. Failures are handed
 /// on and retried with [`watch_backoff`]. Ends when nobody listens.
 async fn produce(api: Api<SlimNode>, tx: mpsc::Sender<NodeEvent>) {
-    use kube::api::WatchEvent;
     let client = api.clone().into_client();
     let url = api.resource_url().to_string();
     let mut backoff = watch_backoff();
     let mut version: Option<String> = None;
     let mut from = list::From::Cache;
     loop {
-        let Some(since) = version.clone() else {
-            if tx.send(NodeEvent::Init).await.is_err() {
-                return;
-            }
-            let sent = list::list(&client, &url, from, list::PAGE, |n| {
-                let tx = tx.clone();
-                async move {
-                    let _ = tx.send(NodeEvent::InitApply(n)).await;
+        let failed = match version.clone() {
+            None => {
+                if tx.send(NodeEvent::Init).await.is_err() {
+                    return;
                 }
-            })
-            .await;
-            if tx.is_closed() {
-                return;
-            }
-            match sent {
-                Ok(v) => {
-                    version = Some(v);
-                    if tx.send(NodeEvent::InitDone).await.is_err() {
-                        return;
+                let listed = list::list(&client, &url, from, list::PAGE, |n| {
+                    let tx = tx.clone();
+                    async move {
+                        let _ = tx.send(NodeEvent::InitApply(n)).await;
                     }
-                }
-                Err(e) => {
-                    if tx.send(NodeEvent::Failed(chain(&e))).await.is_err() {
-                        return;
+                })
+                .await;
+                match listed {
+                    Ok(v) => {
+                        version = Some(v);
+                        if tx.send(NodeEvent::InitDone).await.is_err() {
+                            return;
+                        }
+                        None
                     }
-                    tokio::time::sleep(backoff.next().unwrap_or(MAX_WAIT)).await;
+                    Err(e) => Some(chain(&e)),
                 }
             }
-            continue;
-        };
-        let params = WatchParams::default().timeout(WATCH_SECONDS);
-        let failed = match api.watch(&params, &since).await {
-            // Some servers refuse an expired version at once, not as an event.
-            Err(kube::Error::Api(s)) if s.code == 410 => {
-                version = None;
-                from = list::From::Etcd;
-                None
-            }
-            Err(e) => Some(chain(&e)),
-            Ok(stream) => {
-                let mut stream = std::pin::pin!(stream);
-                let mut failed = None;
-                while let Some(ev) = stream.next().await {
-                    let ev = match ev {
-                        Ok(WatchEvent::Added(n) | WatchEvent::Modified(n)) => {
-                            version = n.metadata.resource_version.clone().or(version);
-                            NodeEvent::Apply(n)
-                        }
-                        Ok(WatchEvent::Deleted(n)) => {
-                            version = n.metadata.resource_version.clone().or(version);
-                            NodeEvent::Delete(n)
-                        }
-                        Ok(WatchEvent::Bookmark(b)) => {
-                            version = Some(b.metadata.resource_version);
-                            continue;
-                        }
-                        Ok(WatchEvent::Error(s)) if s.code == 410 => {
-                            version = None;
-                            from = list::From::Etcd;
-                            break;
-                        }
-                        Ok(WatchEvent::Error(s)) => {
-                            failed =
-                                Some(format!("the watch ended with {}: {}", s.code, s.message));
-                            break;
-                        }
-                        Err(e) => {
-                            failed = Some(chain(&e));
-                            break;
-                        }
-                    };
-                    if tx.send(ev).await.is_err() {
-                        return;
-                    }
+            Some(since) => match watch_from(&api, &since, &tx).await {
+                Watched::Ended(last) => {
+                    version = last.or(version);
+                    None
                 }
-                failed
-            }
+                // List again, from etcd: the cache may be as old.
+                Watched::Expired => {
+                    version = None;
+                    from = list::From::Etcd;
+                    None
+                }
+                Watched::Failed(last, why) => {
+                    version = last.or(version);
+                    Some(why)
+                }
+                Watched::Closed => return,
+            },
         };
         if let Some(why) = failed {
             if tx.send(NodeEvent::Failed(why)).await.is_err() {
@@ -172,6 +134,57 @@ async fn produce(api: Api<SlimNode>, tx: mpsc::Sender<NodeEvent>) {
             tokio::time::sleep(backoff.next().unwrap_or(MAX_WAIT)).await;
         }
     }
+}
+
+/// How one watch ended (with the last resourceVersion it saw, if any).
+enum Watched {
+    /// The server ended it (its timeout): watch again from there.
+    Ended(Option<String>),
+    /// Its version is too old (410 Gone).
+    Expired,
+    Failed(Option<String>, String),
+    /// Nobody listens any more.
+    Closed,
+}
+
+/// One watch from `since`, its events handed on.
+async fn watch_from(api: &Api<SlimNode>, since: &str, tx: &mpsc::Sender<NodeEvent>) -> Watched {
+    use kube::api::WatchEvent;
+    let params = WatchParams::default().timeout(WATCH_SECONDS);
+    let stream = match api.watch(&params, since).await {
+        Ok(stream) => stream,
+        // Some servers refuse an expired version at once, not as an event.
+        Err(kube::Error::Api(s)) if s.code == 410 => return Watched::Expired,
+        Err(e) => return Watched::Failed(None, chain(&e)),
+    };
+    let mut stream = std::pin::pin!(stream);
+    let mut last: Option<String> = None;
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(WatchEvent::Added(n) | WatchEvent::Modified(n)) => {
+                last = n.metadata.resource_version.clone().or(last);
+                NodeEvent::Apply(n)
+            }
+            Ok(WatchEvent::Deleted(n)) => {
+                last = n.metadata.resource_version.clone().or(last);
+                NodeEvent::Delete(n)
+            }
+            Ok(WatchEvent::Bookmark(b)) => {
+                last = Some(b.metadata.resource_version);
+                continue;
+            }
+            Ok(WatchEvent::Error(s)) if s.code == 410 => return Watched::Expired,
+            Ok(WatchEvent::Error(s)) => {
+                let why = format!("the watch ended with {}: {}", s.code, s.message);
+                return Watched::Failed(last, why);
+            }
+            Err(e) => return Watched::Failed(last, chain(&e)),
+        };
+        if tx.send(ev).await.is_err() {
+            return Watched::Closed;
+        }
+    }
+    Watched::Ended(last)
 }
 
 /// Nodes in the first partial set handed on during the first list.

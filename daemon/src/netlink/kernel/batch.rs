@@ -7,8 +7,6 @@
 //! blocking socket, off the async thread, so Node decoding goes on while
 //! the kernel works.
 
-use std::collections::HashMap;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
@@ -50,7 +48,7 @@ impl Batcher {
         let tv = nix::sys::time::TimeVal::new(ACK_TIMEOUT.as_secs() as i64, 0);
         nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
             .map_err(std::io::Error::from)?;
-        Ok(Batcher { sock, seq: 1 })
+        Ok(Batcher { sock, seq: 0 })
     }
 
     /// Sends every request and returns the kernel's answers, in order.
@@ -61,30 +59,28 @@ impl Batcher {
         let mut requests = requests.into_iter().peekable();
         while requests.peek().is_some() {
             buf.clear();
-            // seq -> position in this chunk
-            let mut pending: HashMap<u32, usize> = HashMap::with_capacity(CHUNK);
+            // A chunk's requests carry consecutive sequence numbers from
+            // `first`: an ack's number gives its place.
             let base = answers.len();
-            for (i, r) in requests.by_ref().take(CHUNK).enumerate() {
-                let seq = self.next_seq();
+            let first = self.seq.wrapping_add(1);
+            for r in requests.by_ref().take(CHUNK) {
+                self.seq = self.seq.wrapping_add(1);
                 let mut m = NetlinkMessage::from(r.msg);
                 m.header.flags = NLM_F_REQUEST | NLM_F_ACK | r.flags;
-                m.header.sequence_number = seq;
+                m.header.sequence_number = self.seq;
                 m.finalize();
                 let at = buf.len();
                 buf.resize(at + m.buffer_len(), 0);
                 m.serialize(&mut buf[at..]);
-                pending.insert(seq, i);
-                answers.push(Err(libc_eio()));
+                answers.push(None);
             }
-            let sent = self.sock.send(&buf, 0);
-            if let Err(e) = sent {
-                let errno = e.raw_os_error().unwrap_or(libc_eio());
-                for a in &mut answers[base..] {
-                    *a = Err(errno);
-                }
+            if let Err(e) = self.sock.send(&buf, 0) {
+                let errno = e.raw_os_error().unwrap_or(EIO);
+                answers[base..].fill(Some(Err(errno)));
                 continue;
             }
-            while !pending.is_empty() {
+            let mut pending = answers.len() - base;
+            while pending > 0 {
                 let n = match self.sock.recv(&mut &mut rx[..], 0) {
                     Ok(n) => n.min(rx.len()),
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -93,30 +89,21 @@ impl Batcher {
                     Err(_) => break,
                 };
                 for (seq, errno) in acks(&rx[..n]) {
-                    if let Some(i) = pending.remove(&seq) {
-                        answers[base + i] = if errno == 0 { Ok(()) } else { Err(errno) };
+                    // Acks of an earlier chunk given up on fall outside.
+                    let i = seq.wrapping_sub(first) as usize;
+                    if let Some(slot @ None) = answers[base..].get_mut(i) {
+                        *slot = Some(if errno == 0 { Ok(()) } else { Err(errno) });
+                        pending -= 1;
                     }
                 }
             }
         }
-        answers
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1).max(1);
-        self.seq
+        answers.into_iter().map(|a| a.unwrap_or(Err(EIO))).collect()
     }
 }
 
-impl AsRawFd for Batcher {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.sock.as_raw_fd()
-    }
-}
-
-fn libc_eio() -> i32 {
-    5
-}
+/// The errno of a request whose ack never came.
+const EIO: i32 = 5;
 
 /// The (sequence number, errno) of every ack in one datagram.
 fn acks(mut data: &[u8]) -> Vec<(u32, i32)> {
