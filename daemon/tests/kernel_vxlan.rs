@@ -295,3 +295,55 @@ fn blackhole_route_is_added_once_and_yields_to_the_bridge_s_route() {
         assert!(sh("ip -6 route show type blackhole").contains("blackhole fd00:10:244:7::/64"));
     });
 }
+
+/// Tables of thousands of entries span many datagrams of a dump: every
+/// entry is read (a second pass writes nothing), and the blackhole check
+/// and the default-route lookup read past them too.
+#[test]
+fn tables_of_thousands_are_read_whole() {
+    in_private_netns(|| async move {
+        use weftd::netlink::Netlink;
+        sh("ip link add eth0 type veth peer name eth0p
+            ip addr add 198.51.100.11/24 dev eth0
+            ip link set eth0p up
+            ip link set eth0 up
+            ip route add default via 198.51.100.1 dev eth0");
+        let eth0 = json("ip -j link show eth0")[0]["ifindex"].as_u64().unwrap() as u32;
+        let nl = Kernel::connect().unwrap();
+        let cfg = device(false, eth0);
+        let peers: Vec<PeerEntry> = (32..3032u16)
+            .map(|n| PeerEntry {
+                subnet: format!("10.244.{}.{}/28", n / 16, (n % 16) * 16)
+                    .parse()
+                    .unwrap(),
+                public_ip: format!("198.18.{}.{}", n / 250, n % 250 + 1)
+                    .parse()
+                    .unwrap(),
+                vtep_mac: Mac([0x0a, 4, 0, 0, (n >> 8) as u8, n as u8]),
+            })
+            .collect();
+        let first = vxlan::reconcile(&nl, &cfg, &peers).await.unwrap();
+        assert!(first.failed.is_empty(), "{first:?}");
+        assert_eq!(first.writes(), 3 * peers.len() as u64);
+        let index = nl
+            .link_by_name(&cfg.spec.name)
+            .await
+            .unwrap()
+            .unwrap()
+            .index;
+        let seen = nl.observe(index, false).await.unwrap();
+        assert_eq!(
+            (seen.routes.len(), seen.neighs.len(), seen.fdb.len()),
+            (peers.len(), peers.len(), peers.len())
+        );
+        let second = vxlan::reconcile(&nl, &cfg, &peers).await.unwrap();
+        assert_eq!(second, Outcome::default(), "a second pass writes nothing");
+        assert_eq!(nl.default_route_link(false).await.unwrap(), Some(eth0));
+        let blackhole: IpNetwork = "10.244.255.0/24".parse().unwrap();
+        assert!(nl.ensure_blackhole(blackhole).await.unwrap(), "added");
+        assert!(
+            !nl.ensure_blackhole(blackhole).await.unwrap(),
+            "found among thousands"
+        );
+    });
+}

@@ -102,9 +102,9 @@ pub type Verdict = Result<Peer, (SkipReason, String)>;
 /// Computed once per Node event, so a change to one node costs one parse.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Judged {
-    pub name: String,
+    pub name: Arc<str>,
     /// RFC 3339 creation time: the older of two overlapping nodes wins.
-    pub created: String,
+    pub created: Arc<str>,
     /// `None` for a disabled family.
     pub families: PerFamily<Option<Verdict>>,
 }
@@ -116,8 +116,8 @@ pub fn judge(ctx: &Context, node: &Record<'_>) -> Option<Judged> {
         return None;
     }
     Some(Judged {
-        name: node.name.to_string(),
-        created: node.created.clone(),
+        name: node.name.into(),
+        created: node.created.as_str().into(),
         families: ctx
             .families
             .map(|f, subnets| subnets.as_ref().map(|s| entry(ctx, s, f, node))),

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnetwork::IpNetwork;
 
@@ -72,11 +73,13 @@ fn range(n: &IpNetwork) -> (u128, u128) {
     (start, start.saturating_add(size_minus_one))
 }
 
+/// An accepted peer; its name and creation time are the judged node's
+/// own (shared, not copied: the index holds thousands).
 #[derive(Debug, Clone)]
 struct Accepted {
     end: u128,
-    created: String,
-    name: String,
+    created: Arc<str>,
+    name: Arc<str>,
     entry: Peer,
 }
 
@@ -87,14 +90,15 @@ struct FamilyIndex {
     accepted: BTreeMap<u128, Accepted>,
     /// The accepted peers' entries, sorted: the peer set is a copy of it.
     peers: Vec<Peer>,
-    /// The accepted peers' public IPs, with how many peers have each.
-    ips: BTreeMap<IpAddr, u32>,
-    start_of: BTreeMap<String, u128>,
+    /// The accepted peers' public IPs, sorted, with how many peers have
+    /// each (a list: the peer set copies it after every change).
+    ips: Vec<(IpAddr, u32)>,
+    start_of: BTreeMap<Arc<str>, u128>,
     /// The accepted peers' VTEP MACs: the first address of their subnet.
     mac_of: BTreeMap<Mac, u128>,
     /// Refused nodes: why, and their entry (the skip's text is made when
     /// the peer set is, from the accepted subnets of that moment).
-    refused: BTreeMap<String, (SkipReason, Peer)>,
+    refused: BTreeMap<Arc<str>, (SkipReason, Peer)>,
 }
 
 impl FamilyIndex {
@@ -106,7 +110,11 @@ impl FamilyIndex {
         if let Err(at) = self.peers.binary_search(&a.entry) {
             self.peers.insert(at, a.entry);
         }
-        *self.ips.entry(a.entry.public_ip).or_default() += 1;
+        let ip = a.entry.public_ip;
+        match self.ips.binary_search_by_key(&ip, |(ip, _)| *ip) {
+            Ok(at) => self.ips[at].1 += 1,
+            Err(at) => self.ips.insert(at, (ip, 1)),
+        }
         self.accepted.insert(start, a);
     }
 
@@ -122,10 +130,11 @@ impl FamilyIndex {
             if let Ok(at) = self.peers.binary_search(&gone.entry) {
                 self.peers.remove(at);
             }
-            if let Some(n) = self.ips.get_mut(&gone.entry.public_ip) {
-                *n -= 1;
-                if *n == 0 {
-                    self.ips.remove(&gone.entry.public_ip);
+            let ip = gone.entry.public_ip;
+            if let Ok(at) = self.ips.binary_search_by_key(&ip, |(ip, _)| *ip) {
+                self.ips[at].1 -= 1;
+                if self.ips[at].1 == 0 {
+                    self.ips.remove(at);
                 }
             }
         }
@@ -167,9 +176,9 @@ fn lifted_by_others(reason: SkipReason) -> bool {
 #[derive(Debug, Clone)]
 pub struct PeerIndex {
     ctx: Context,
-    judged: BTreeMap<String, Judged>,
+    judged: BTreeMap<Arc<str>, Judged>,
     /// The judged nodes refused in some family by judging alone.
-    refused_by_judge: BTreeSet<String>,
+    refused_by_judge: BTreeSet<Arc<str>>,
     fams: PerFamily<FamilyIndex>,
 }
 
@@ -216,9 +225,9 @@ impl PeerIndex {
         match judged {
             Some(j) => {
                 if has_refusal(&j) {
-                    self.refused_by_judge.insert(name.to_string());
+                    self.refused_by_judge.insert(j.name.clone());
                 }
-                self.judged.insert(name.to_string(), j);
+                self.judged.insert(j.name.clone(), j);
             }
             None => {
                 self.judged.remove(name);
@@ -252,13 +261,13 @@ impl PeerIndex {
             && let Some(j) = self.judged.get(name)
             && let Some(Ok(e)) = j.families.get(f)
         {
-            let (created, e) = (j.created.clone(), *e);
+            let (name, created, e) = (j.name.clone(), j.created.clone(), *e);
             let idx = self.fams.get_mut(f);
-            rebuild = !place(idx, &fam, name, created, e);
+            rebuild = !place(idx, &fam, &name, created, e);
             // Accepted now, it may be the first reason of a younger node
             // refused for another (an overlap where a shared MAC was, or
             // the other way round): the reasons are a full pass's.
-            rebuild |= idx.start_of.contains_key(name)
+            rebuild |= idx.start_of.contains_key(&*name)
                 && idx.refused.values().any(|(r, other)| {
                     lifted_by_others(*r)
                         && (overlaps(&other.subnet, &e.subnet)
@@ -274,30 +283,29 @@ impl PeerIndex {
     fn rebuild(&mut self, f: Family) {
         *self.fams.get_mut(f) = FamilyIndex::default();
         let Some(fam) = self.local(f) else { return };
-        let mut cands: Vec<(&str, &str, Peer)> = self
+        let mut cands: Vec<(Arc<str>, Arc<str>, Peer)> = self
             .judged
             .values()
             .filter_map(|j| match j.families.get(f) {
-                Some(Ok(e)) => Some((j.created.as_str(), j.name.as_str(), *e)),
+                Some(Ok(e)) => Some((j.created.clone(), j.name.clone(), *e)),
                 _ => None,
             })
             .collect();
-        cands.sort_unstable_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        cands.sort_unstable_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
         let idx = self.fams.get_mut(f);
         for (created, name, e) in cands {
             // In age order a newcomer never displaces an accepted node.
-            place(idx, &fam, name, created.to_string(), e);
+            place(idx, &fam, &name, created, e);
         }
     }
 
     /// The complete peer set and every skip, sorted.
     pub fn peer_set(&self) -> PeerSet {
         let peers = self.fams.map(|_, idx| idx.peers.clone());
-        let ips = self
-            .fams
-            .iter()
-            .flat_map(|(_, idx)| idx.ips.keys().copied())
-            .collect();
+        let mut ips = Vec::with_capacity(self.fams.v4.ips.len() + self.fams.v6.ips.len());
+        for (_, idx) in self.fams.iter() {
+            ips.extend(idx.ips.iter().map(|(ip, _)| *ip));
+        }
         let mut skipped: Vec<Skip> = Vec::new();
         for j in self
             .refused_by_judge
@@ -307,7 +315,7 @@ impl PeerIndex {
             for (f, r) in j.families.iter() {
                 if let Some(Err((reason, detail))) = r {
                     skipped.push(Skip {
-                        node: j.name.clone(),
+                        node: j.name.to_string(),
                         family: f,
                         reason: *reason,
                         detail: detail.clone(),
@@ -336,7 +344,7 @@ impl PeerIndex {
                     ),
                 };
                 skipped.push(Skip {
-                    node: name.clone(),
+                    node: name.to_string(),
                     family: f,
                     reason: *reason,
                     detail,
@@ -355,10 +363,16 @@ impl PeerIndex {
 /// Accepts `e` for `name` unless it overlaps our subnet or an accepted
 /// peer's. Returns false when it overlaps a YOUNGER accepted peer (which
 /// should yield to it: the caller rebuilds the family).
-fn place(idx: &mut FamilyIndex, fam: &Subnets, name: &str, created: String, e: Peer) -> bool {
+fn place(
+    idx: &mut FamilyIndex,
+    fam: &Subnets,
+    name: &Arc<str>,
+    created: Arc<str>,
+    e: Peer,
+) -> bool {
     if overlaps(&e.subnet, &fam.local_subnet) {
         idx.refused
-            .insert(name.to_string(), (SkipReason::OverlapsLocal, e));
+            .insert(name.clone(), (SkipReason::OverlapsLocal, e));
         return true;
     }
     let clash = idx
@@ -369,10 +383,10 @@ fn place(idx: &mut FamilyIndex, fam: &Subnets, name: &str, created: String, e: P
                 .map(|o| (o, SkipReason::DuplicateVtepMac))
         });
     if let Some((other, reason)) = clash {
-        if (other.created.as_str(), other.name.as_str()) > (created.as_str(), name) {
+        if (&other.created, &other.name) > (&created, name) {
             return false;
         }
-        idx.refused.insert(name.to_string(), (reason, e));
+        idx.refused.insert(name.clone(), (reason, e));
         return true;
     }
     let (start, end) = range(&e.subnet);
@@ -381,7 +395,7 @@ fn place(idx: &mut FamilyIndex, fam: &Subnets, name: &str, created: String, e: P
         Accepted {
             end,
             created,
-            name: name.to_string(),
+            name: name.clone(),
             entry: e,
         },
     );

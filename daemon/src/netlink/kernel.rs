@@ -1,7 +1,8 @@
 //! The real kernel, over rtnetlink. Writes are batched: `apply` sends
 //! [`batch::CHUNK`] requests per system call on a socket of its own, off
 //! the async thread, instead of one round trip per entry (flannel opens a
-//! fresh socket and waits for each of its three requests per peer).
+//! fresh socket and waits for each of its three requests per peer). Dumps
+//! are read on that socket too, each answer parsed as it arrives.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -9,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use futures::{StreamExt, TryStreamExt};
 use ipnetwork::IpNetwork;
 use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST, NetlinkMessage,
     NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -98,13 +99,34 @@ impl Kernel {
         Ok(())
     }
 
-    /// Sends a dump request and collects the answers.
-    async fn dump(
+    /// Sends a dump request on the batch socket, off the async thread, and
+    /// keeps what `keep` makes of each answer as it arrives: a dump of
+    /// thousands of routes is never held whole, nor queued.
+    async fn dump<T: Send + 'static>(
         &self,
-        op: &str,
+        op: &'static str,
         msg: RouteNetlinkMessage,
-    ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
-        self.collect(op, msg, NLM_F_DUMP).await
+        mut keep: impl FnMut(RouteNetlinkMessage) -> Option<T> + Send + 'static,
+    ) -> Result<Vec<T>, NetlinkError> {
+        let batch = self.batch.clone();
+        let dumped = tokio::task::spawn_blocking(move || {
+            let mut b = match batch.lock() {
+                Ok(b) => b,
+                Err(p) => p.into_inner(),
+            };
+            let mut out = Vec::new();
+            b.dump(msg, &mut |m| out.extend(keep(m))).map(|()| out)
+        })
+        .await;
+        match dumped {
+            Ok(Ok(out)) => Ok(out),
+            Ok(Err(errno)) => Err(request_err(
+                op,
+                std::io::Error::from_raw_os_error(errno).to_string(),
+                Some(errno),
+            )),
+            Err(e) => Err(request_err(op, e.to_string(), None)),
+        }
     }
 
     /// Sends a request with `flags` and collects the answers.
@@ -174,19 +196,16 @@ fn outcome(op: &Op, answer: batch::Answer) -> Result<(), NetlinkError> {
 
 impl Netlink for Kernel {
     async fn links(&self) -> Result<Vec<LinkInfo>, NetlinkError> {
-        let msgs = self
+        let mut links = self
             .dump(
                 "dump links",
                 RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                |m| match m {
+                    RouteNetlinkMessage::NewLink(l) => Some(link_info(&l)),
+                    _ => None,
+                },
             )
             .await?;
-        let mut links: Vec<LinkInfo> = msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewLink(l) => Some(link_info(l)),
-                _ => None,
-            })
-            .collect();
         links.sort_by_key(|l| l.index);
         Ok(links)
     }
@@ -198,21 +217,25 @@ impl Netlink for Kernel {
         } else {
             AddressFamily::Inet
         };
-        let msgs = self
-            .dump("dump routes", RouteNetlinkMessage::GetRoute(req))
-            .await?;
-        Ok(msgs.iter().find_map(|m| match m {
-            RouteNetlinkMessage::NewRoute(r)
-                if r.header.destination_prefix_length == 0
-                    && r.header.table == RouteHeader::RT_TABLE_MAIN =>
-            {
-                r.attributes.iter().find_map(|a| match a {
-                    RouteAttribute::Oif(o) => Some(*o),
+        let oifs = self
+            .dump(
+                "dump routes",
+                RouteNetlinkMessage::GetRoute(req),
+                |m| match m {
+                    RouteNetlinkMessage::NewRoute(r)
+                        if r.header.destination_prefix_length == 0
+                            && r.header.table == RouteHeader::RT_TABLE_MAIN =>
+                    {
+                        r.attributes.iter().find_map(|a| match a {
+                            RouteAttribute::Oif(o) => Some(*o),
+                            _ => None,
+                        })
+                    }
                     _ => None,
-                })
-            }
-            _ => None,
-        }))
+                },
+            )
+            .await?;
+        Ok(oifs.first().copied())
     }
 
     async fn ensure_blackhole(&self, dst: IpNetwork) -> Result<bool, NetlinkError> {
@@ -222,21 +245,26 @@ impl Netlink for Kernel {
         } else {
             AddressFamily::Inet
         };
-        let routes = self
-            .dump("dump routes", RouteNetlinkMessage::GetRoute(req))
+        let found = self
+            .dump(
+                "dump routes",
+                RouteNetlinkMessage::GetRoute(req),
+                move |m| match m {
+                    RouteNetlinkMessage::NewRoute(r)
+                        if r.header.kind == RouteType::BlackHole
+                            && r.header.table == RouteHeader::RT_TABLE_MAIN
+                            && r.header.destination_prefix_length == dst.prefix()
+                            && r.attributes.iter().any(|a| {
+                                matches!(a, RouteAttribute::Destination(d) if route_ip(d) == Some(dst.network()))
+                            }) =>
+                    {
+                        Some(())
+                    }
+                    _ => None,
+                },
+            )
             .await?;
-        let there = routes.iter().any(|m| match m {
-            RouteNetlinkMessage::NewRoute(r) => {
-                r.header.kind == RouteType::BlackHole
-                    && r.header.table == RouteHeader::RT_TABLE_MAIN
-                    && r.header.destination_prefix_length == dst.prefix()
-                    && r.attributes.iter().any(|a| {
-                        matches!(a, RouteAttribute::Destination(d) if route_ip(d) == Some(dst.network()))
-                    })
-            }
-            _ => false,
-        });
-        if there {
+        if !found.is_empty() {
             return Ok(false);
         }
         let desc = format!("add blackhole route {dst}");
@@ -372,15 +400,10 @@ impl Netlink for Kernel {
     }
 
     async fn addresses(&self, index: u32) -> Result<Vec<IpNetwork>, NetlinkError> {
-        let msgs = self
-            .dump(
-                "dump addresses",
-                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-            )
-            .await?;
-        Ok(msgs
-            .into_iter()
-            .filter_map(|m| match m {
+        self.dump(
+            "dump addresses",
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            move |m| match m {
                 RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
                     let ip = a.attributes.iter().find_map(|x| match x {
                         AddressAttribute::Local(ip) => Some(*ip),
@@ -395,8 +418,9 @@ impl Netlink for Kernel {
                     IpNetwork::new(ip, a.header.prefix_len).ok()
                 }
                 _ => None,
-            })
-            .collect())
+            },
+        )
+        .await
     }
 
     async fn set_address(
@@ -442,40 +466,37 @@ impl Netlink for Kernel {
         fdb_req.header.family = AddressFamily::Bridge;
         let mut route_req = RouteMessage::default();
         route_req.header.address_family = fam;
-        let (neighs, fdb, routes) = futures::try_join!(
-            self.dump(
-                "dump neighbours",
-                RouteNetlinkMessage::GetNeighbour(neigh_req)
-            ),
-            self.dump("dump fdb", RouteNetlinkMessage::GetNeighbour(fdb_req)),
-            self.dump("dump routes", RouteNetlinkMessage::GetRoute(route_req)),
-        )?;
-        let mut out = Observed::default();
-        for m in &neighs {
-            if let RouteNetlinkMessage::NewNeighbour(n) = m
-                && let Some(n) = parse_neigh(n)
-                && n.link == index
-            {
-                out.neighs.push(n);
-            }
-        }
-        for m in &fdb {
-            if let RouteNetlinkMessage::NewNeighbour(n) = m
-                && let Some(f) = parse_fdb(n)
-                && f.link == index
-            {
-                out.fdb.push(f);
-            }
-        }
-        for m in &routes {
-            if let RouteNetlinkMessage::NewRoute(r) = m
-                && let Some(r) = parse_route(r)
-                && r.link == index
-            {
-                out.routes.push(r);
-            }
-        }
-        Ok(out)
+        // Only this device's entries are kept, as the answers arrive.
+        let neighs = self.dump(
+            "dump neighbours",
+            RouteNetlinkMessage::GetNeighbour(neigh_req),
+            move |m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => parse_neigh(&n).filter(|n| n.link == index),
+                _ => None,
+            },
+        );
+        let fdb = self.dump(
+            "dump fdb",
+            RouteNetlinkMessage::GetNeighbour(fdb_req),
+            move |m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) => parse_fdb(&n).filter(|f| f.link == index),
+                _ => None,
+            },
+        );
+        let routes = self.dump(
+            "dump routes",
+            RouteNetlinkMessage::GetRoute(route_req),
+            move |m| match m {
+                RouteNetlinkMessage::NewRoute(r) => parse_route(&r).filter(|r| r.link == index),
+                _ => None,
+            },
+        );
+        let (neighs, fdb, routes) = futures::try_join!(neighs, fdb, routes)?;
+        Ok(Observed {
+            neighs,
+            fdb,
+            routes,
+        })
     }
 
     async fn apply(&self, ops: &[Op]) -> Vec<Result<(), NetlinkError>> {

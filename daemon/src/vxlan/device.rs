@@ -107,6 +107,14 @@ impl Device {
                 .ok()
                 .map(|i| peers[i])
         };
+        // A neighbour is a peer's subnet address; the (disjoint) subnets
+        // sort as their first addresses do.
+        let by_address = |ip: &std::net::IpAddr| {
+            peers
+                .binary_search_by(|p| p.subnet.network().cmp(ip))
+                .ok()
+                .map(|i| peers[i])
+        };
         match change {
             Change::LinkDeleted(name) => *name == self.cfg.spec.name,
             Change::Route(r, deleted) if want(r.link) => {
@@ -117,12 +125,10 @@ impl Device {
                     wanted != Some(*r)
                 }
             }
-            Change::Neigh(n) if want(n.link) => !peers
-                .iter()
-                .any(|p| p.subnet.network() == n.ip && p.vtep_mac == n.mac),
-            Change::NeighDeleted { link, ip } if want(*link) => {
-                peers.iter().any(|p| p.subnet.network() == *ip)
+            Change::Neigh(n) if want(n.link) => {
+                by_address(&n.ip).is_none_or(|p| p.vtep_mac != n.mac)
             }
+            Change::NeighDeleted { link, ip } if want(*link) => by_address(ip).is_some(),
             Change::Fdb(f, deleted) if want(f.link) => {
                 let wanted = peers
                     .iter()

@@ -60,11 +60,15 @@ pub async fn list<F: Future<Output = ()>>(
             q.push_str("&continue=");
             q.push_str(&cont);
         }
+        // The connection closes after the answer: its read buffers grew
+        // to hold a list of thousands of Nodes (half a megabyte in hyper
+        // alone) and would stay that size in the pool for good.
         let req = http::Request::get(q)
             .header(
                 http::header::ACCEPT,
                 format!("{}, application/json", proto::CONTENT_TYPE),
             )
+            .header(http::header::CONNECTION, "close")
             .body(Vec::new())
             .map_err(ListError::Build)?;
         let resp = client

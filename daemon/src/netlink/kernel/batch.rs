@@ -5,11 +5,13 @@
 //! not stop the rest), so a chunk costs one round trip where `ip -batch`
 //! and the message-per-send socket cost one per entry. It runs on its own
 //! blocking socket, off the async thread, so Node decoding goes on while
-//! the kernel works.
+//! the kernel works. Dumps go through it too ([`Batcher::dump`]): each
+//! answer is handed on as its datagram arrives, so reading a table of
+//! tens of thousands of entries leaves no grown buffer or queue behind.
 
 use std::time::Duration;
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, protocols::NETLINK_ROUTE};
 
@@ -31,7 +33,7 @@ pub struct Request {
 /// What the kernel said to one request: `Ok`, or its errno.
 pub type Answer = Result<(), i32>;
 
-/// A blocking rtnetlink socket for batched writes.
+/// A blocking rtnetlink socket for batched writes and dumps.
 #[derive(Debug)]
 pub struct Batcher {
     sock: Socket,
@@ -99,6 +101,63 @@ impl Batcher {
             }
         }
         answers.into_iter().map(|a| a.unwrap_or(Err(EIO))).collect()
+    }
+}
+
+impl Batcher {
+    /// Sends one dump request (`msg`, flags REQUEST|DUMP) and hands each
+    /// answer to `each` as its datagram arrives, until the kernel's DONE;
+    /// the kernel's errno if it refused. Nothing is queued: a dump of tens
+    /// of thousands of entries costs one receive buffer.
+    pub fn dump(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        each: &mut dyn FnMut(RouteNetlinkMessage),
+    ) -> Result<(), i32> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut m = NetlinkMessage::from(msg);
+        m.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        m.header.sequence_number = seq;
+        m.finalize();
+        let mut buf = vec![0u8; m.buffer_len()];
+        m.serialize(&mut buf);
+        self.sock
+            .send(&buf, 0)
+            .map_err(|e| e.raw_os_error().unwrap_or(EIO))?;
+        // A dump's datagrams are at most 32 KB (the kernel's cap).
+        let mut rx = vec![0u8; 64 * 1024];
+        loop {
+            let n = match self.sock.recv(&mut &mut rx[..], 0) {
+                Ok(n) => n.min(rx.len()),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.raw_os_error().unwrap_or(EIO)),
+            };
+            let mut data = &rx[..n];
+            while data.len() >= 16 {
+                let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+                if len < 16 || len > data.len() {
+                    break;
+                }
+                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len]);
+                data = &data[((len + 3) & !3).min(data.len())..];
+                // A message that does not parse, or leftovers of an earlier
+                // exchange given up on, are passed over.
+                let Ok(m) = m else { continue };
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                match m.payload {
+                    NetlinkPayload::InnerMessage(inner) => each(inner),
+                    NetlinkPayload::Done(_) => return Ok(()),
+                    NetlinkPayload::Error(e) => match e.code {
+                        Some(c) => return Err(-c.get()),
+                        None => return Ok(()),
+                    },
+                    _ => {}
+                }
+            }
+        }
     }
 }
 
