@@ -205,9 +205,7 @@ pub async fn examine(opts: &Options) -> Report {
                 Ok(mut backend) => {
                     let shown = Shown::of(backend.as_ref(), &local);
                     let set = common(&shown, &local, opts, &names, &own, &nodes, weftd, &mut r);
-                    backend
-                        .reconcile(&nl, &set.peers, Pass::Full, &metrics)
-                        .await;
+                    backend.reconcile(&nl, &set, Pass::Full, &metrics).await;
                     kernel_writes(&nl, &mut r).await;
                     check_nft(&local, opts, backend.guarded_port(), &set, &mut r);
                 }

@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use crate::lease::peers::PeerSet;
 use crate::metrics::Metrics;
 use crate::nft::kernel::{Nft, NftError, Synced};
 use crate::nft::{self, Ruleset, RulesetInput, wire};
@@ -24,6 +25,8 @@ pub struct Firewall {
     last_drops: u64,
     /// Whether this process has synced the table before.
     synced_once: bool,
+    /// The number of the peer set whose public IPs `applied` holds.
+    generation: Option<u64>,
 }
 
 impl Firewall {
@@ -36,6 +39,7 @@ impl Firewall {
             applied: None,
             last_drops: 0,
             synced_once: false,
+            generation: None,
         })
     }
 
@@ -50,10 +54,59 @@ impl Firewall {
     /// The complete peer set changed: bring the table along. Before the
     /// first complete set nothing is written (a table left by an earlier run
     /// keeps the allow-list it had, so a restart drops no peer's traffic).
-    pub fn peers_changed(&mut self, peers: Vec<IpAddr>, m: &Metrics) -> Result<(), NftError> {
+    pub fn peers_changed(&mut self, set: &PeerSet, m: &Metrics) -> Result<(), NftError> {
+        // A Node event: only the public IPs that came or went, when the
+        // table holds the set they start from (most events change none).
+        if let Some(c) = set.changes_since(self.generation)
+            && let Some(applied) = &mut self.applied
+        {
+            let msgs: Vec<_> = applied
+                .sets
+                .iter()
+                .flat_map(|s| {
+                    let of = |ips: &[IpAddr]| -> Vec<IpAddr> {
+                        ips.iter()
+                            .copied()
+                            .filter(|ip| ip.is_ipv6() == s.v6)
+                            .collect()
+                    };
+                    wire::element_changes(s, &of(&c.ips_removed), &of(&c.ips_added))
+                })
+                .collect();
+            if msgs.is_empty() {
+                self.generation = Some(set.generation);
+                return Ok(());
+            }
+            if self.nft.transact(&msgs).is_ok() {
+                for s in &mut applied.sets {
+                    for ip in c.ips_removed.iter().filter(|ip| ip.is_ipv6() == s.v6) {
+                        if let Ok(at) = s.elements.binary_search(ip) {
+                            s.elements.remove(at);
+                        }
+                    }
+                    for ip in c.ips_added.iter().filter(|ip| ip.is_ipv6() == s.v6) {
+                        if let Err(at) = s.elements.binary_search(ip) {
+                            s.elements.insert(at, *ip);
+                        }
+                    }
+                }
+                m.nft_synced("elements", false);
+                tracing::debug!(
+                    added = c.ips_added.len(),
+                    removed = c.ips_removed.len(),
+                    "allow-list updated"
+                );
+                self.peers = Some(set.public_ips());
+                self.generation = Some(set.generation);
+                return Ok(());
+            }
+            // Someone changed the table under us: the whole way, below.
+        }
+        self.generation = None;
+        let peers = set.public_ips();
         let rs = self.want(&peers);
         self.peers = Some(peers);
-        match &self.applied {
+        let result = match &self.applied {
             Some(old) if *old == rs => Ok(()),
             Some(old) if old.chains == rs.chains => {
                 let (msgs, added, removed) = wire::set_updates_from(&rs, |name| {
@@ -78,7 +131,11 @@ impl Firewall {
                 }
             }
             _ => self.resync(m),
+        };
+        if result.is_ok() && self.applied.is_some() {
+            self.generation = Some(set.generation);
         }
+        result
     }
 
     /// Reads the table back and repairs whatever differs. Nothing to do

@@ -19,8 +19,9 @@ use futures::future::LocalBoxFuture;
 use ipnetwork::IpNetwork;
 
 use crate::backend::routes::{HostRoutes, on_link};
-use crate::backend::{Backend, BackendError, Local, Pass, Peer, PeerCodec, PeerData, Refusal};
+use crate::backend::{Backend, BackendError, Local, Pass, PeerCodec, PeerData, Refusal};
 use crate::family::{Family, PerFamily};
+use crate::lease::peers::PeerSet;
 use crate::metrics::Metrics;
 use crate::netlink::{Change, Netlink};
 
@@ -146,7 +147,7 @@ impl<N: Netlink> Backend<N> for HostGw {
     fn reconcile<'a>(
         &'a mut self,
         nl: &'a N,
-        peers: &'a PerFamily<Vec<Peer>>,
+        set: &'a PeerSet,
         pass: Pass,
         metrics: &'a Metrics,
     ) -> LocalBoxFuture<'a, bool> {
@@ -155,7 +156,7 @@ impl<N: Netlink> Backend<N> for HostGw {
             for (family, network) in self.networks.present() {
                 ok &= self
                     .routes
-                    .reconcile(nl, *network, peers.get(family), pass, metrics)
+                    .reconcile(nl, *network, set.peers.get(family), pass, metrics)
                     .await;
             }
             ok
@@ -166,6 +167,7 @@ impl<N: Netlink> Backend<N> for HostGw {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Peer;
     use crate::netlink::fake::Fake;
     use crate::netlink::{Op, Route};
     use crate::testing::{add_eth0, block_on, local};
@@ -200,7 +202,10 @@ mod tests {
                 v6: vec![],
             };
             let m = Metrics::default();
-            assert!(hg.reconcile(&nl, &peers, Pass::Full, &m).await);
+            assert!(
+                hg.reconcile(&nl, &PeerSet::new(peers.clone(), vec![]), Pass::Full, &m)
+                    .await
+            );
             // Routes to the pod network (the default route stays as it was).
             let pod_routes = || -> Vec<Route> {
                 let net: IpNetwork = "10.244.0.0/16".parse().unwrap();
@@ -233,7 +238,10 @@ mod tests {
                 &hg,
                 &Change::Route(routes[0], true)
             ));
-            assert!(hg.reconcile(&nl, &peers, Pass::Full, &m).await);
+            assert!(
+                hg.reconcile(&nl, &PeerSet::new(peers.clone(), vec![]), Pass::Full, &m)
+                    .await
+            );
             assert_eq!(pod_routes(), routes);
         });
     }

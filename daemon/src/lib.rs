@@ -18,6 +18,7 @@ pub mod files;
 pub mod firewall;
 pub mod flanneld;
 pub mod health;
+pub mod heap;
 pub mod hostgw;
 pub mod iface;
 pub mod install;

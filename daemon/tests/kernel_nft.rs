@@ -202,3 +202,99 @@ fn five_thousand_peers_go_in_one_transaction_and_read_back_unchanged() {
         assert_eq!(n, 5000);
     });
 }
+
+/// A peer set's changes, applied by the firewall to the table holding the
+/// set before, leave what writing the whole set would; changes from a set
+/// the table does not hold are not applied, the whole set is written.
+#[test]
+fn the_firewall_applies_a_peer_sets_changes_as_a_whole_write_would() {
+    use std::net::IpAddr;
+    use weftd::annotations::Mac;
+    use weftd::backend::{Peer, PeerData};
+    use weftd::family::PerFamily;
+    use weftd::firewall::Firewall;
+    use weftd::lease::peers::{Changes, PeerSet};
+    use weftd::metrics::Metrics;
+
+    fn peer(n: u8, ip: &str) -> Peer {
+        Peer {
+            subnet: format!("10.244.{n}.0/24").parse().unwrap(),
+            public_ip: ip.parse().unwrap(),
+            data: PeerData::VtepMac(Mac([0x0a, 0, 0, 0, 0, n])),
+        }
+    }
+    fn set(peers: &[Peer]) -> PeerSet {
+        let v4 = peers.to_vec();
+        PeerSet::new(PerFamily { v4, v6: vec![] }, vec![])
+    }
+    fn ips(s: &[&str]) -> Vec<IpAddr> {
+        s.iter().map(|ip| ip.parse().unwrap()).collect()
+    }
+    in_private_netns(|| {
+        sh("ip link set lo up");
+        let m = Metrics::default();
+        let mut fw = Firewall::new(input(&[], false)).unwrap();
+        let (a, b, c) = (
+            peer(2, "198.51.100.12"),
+            peer(3, "198.51.100.13"),
+            peer(4, "198.51.100.14"),
+        );
+        let first = set(&[a, b]);
+        fw.peers_changed(&first, &m).unwrap();
+        assert_eq!(
+            listed(),
+            nft::listing(&nft::build(&input(
+                &["198.51.100.12", "198.51.100.13"],
+                false
+            )))
+        );
+        // b leaves, c comes: the changes from `first`.
+        let mut second = set(&[a, c]);
+        second.changes = Some(Changes {
+            since: first.generation,
+            removed: PerFamily {
+                v4: vec![b],
+                v6: vec![],
+            },
+            added: PerFamily {
+                v4: vec![c],
+                v6: vec![],
+            },
+            ips_removed: ips(&["198.51.100.13"]),
+            ips_added: ips(&["198.51.100.14"]),
+        });
+        let handles = sh("nft -a list chain inet weft input");
+        fw.peers_changed(&second, &m).unwrap();
+        let want = nft::listing(&nft::build(&input(
+            &["198.51.100.12", "198.51.100.14"],
+            false,
+        )));
+        assert_eq!(listed(), want);
+        assert_eq!(
+            sh("nft -a list chain inet weft input"),
+            handles,
+            "rules untouched"
+        );
+        // Changes that touch no address (a status update) write nothing;
+        // the table's own check then finds nothing to repair.
+        let mut third = set(&[a, c]);
+        third.changes = Some(Changes {
+            since: second.generation,
+            ..Changes::default()
+        });
+        fw.peers_changed(&third, &m).unwrap();
+        fw.resync(&m).unwrap();
+        assert_eq!(listed(), want);
+        // Changes claimed from a set the table never held: the whole set.
+        let mut stray = set(&[b]);
+        stray.changes = Some(Changes {
+            since: first.generation,
+            ..Changes::default()
+        });
+        fw.peers_changed(&stray, &m).unwrap();
+        assert_eq!(
+            listed(),
+            nft::listing(&nft::build(&input(&["198.51.100.13"], false)))
+        );
+    });
+}

@@ -5,7 +5,6 @@
 //! drive it on the in-memory fake.
 
 use std::future::Future;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -16,6 +15,7 @@ use super::machine::{Action, Event, Machine};
 use crate::backend::{Backend, Pass};
 use crate::firewall::Firewall;
 use crate::lease::Update;
+use crate::lease::peers::PeerSet;
 use crate::metrics::Metrics;
 use crate::netlink::{Change, Netlink};
 use crate::nft::kernel::NftError;
@@ -24,14 +24,14 @@ use crate::nft::kernel::NftError;
 /// the peers, and check the table (repairing what someone changed).
 pub trait Rules {
     type Error: std::error::Error;
-    fn peers_changed(&mut self, peers: Vec<IpAddr>, m: &Metrics) -> Result<(), Self::Error>;
+    fn peers_changed(&mut self, set: &PeerSet, m: &Metrics) -> Result<(), Self::Error>;
     fn resync(&mut self, m: &Metrics) -> Result<(), Self::Error>;
 }
 
 impl Rules for Firewall {
     type Error = NftError;
-    fn peers_changed(&mut self, peers: Vec<IpAddr>, m: &Metrics) -> Result<(), NftError> {
-        Firewall::peers_changed(self, peers, m)
+    fn peers_changed(&mut self, set: &PeerSet, m: &Metrics) -> Result<(), NftError> {
+        Firewall::peers_changed(self, set, m)
     }
     fn resync(&mut self, m: &Metrics) -> Result<(), NftError> {
         Firewall::resync(self, m)
@@ -107,9 +107,9 @@ pub async fn drive<N: Netlink, R: Rules>(
             next = match action {
                 Action::Reconcile { pass, set } => {
                     let t0 = Instant::now();
-                    let mut ok = backend.reconcile(nl, &set.peers, pass, metrics).await;
+                    let mut ok = backend.reconcile(nl, &set, pass, metrics).await;
                     if pass != Pass::Partial
-                        && let Err(e) = rules.peers_changed(set.public_ips(), metrics)
+                        && let Err(e) = rules.peers_changed(&set, metrics)
                     {
                         tracing::warn!(error = %chain(&e), "writing the nftables table failed; will retry");
                         ok = false;
@@ -120,10 +120,16 @@ pub async fn drive<N: Netlink, R: Rules>(
                         us = t0.elapsed().as_micros() as u64,
                         "reconcile pass"
                     );
+                    // A full pass reads and plans every entry in passing.
+                    if pass == Pass::Full {
+                        crate::heap::release_free_pages();
+                    }
                     machine.handle(Event::Reconciled { pass, ok }, Instant::now())
                 }
                 Action::BecomeReady => {
                     metrics.set_ready();
+                    // The first list and its passes are behind us.
+                    crate::heap::release_free_pages();
                     let peers = machine.current().map(|u| u.set.peers.map(|_, v| v.len()));
                     tracing::info!(
                         peers_v4 = peers.map(|p| p.v4).unwrap_or_default(),

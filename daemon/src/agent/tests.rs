@@ -39,13 +39,13 @@ pub(super) struct FakeRules(pub(super) Rc<RefCell<RulesLog>>);
 
 impl Rules for FakeRules {
     type Error = Injected;
-    fn peers_changed(&mut self, peers: Vec<IpAddr>, _: &Metrics) -> Result<(), Injected> {
+    fn peers_changed(&mut self, set: &PeerSet, _: &Metrics) -> Result<(), Injected> {
         let mut log = self.0.borrow_mut();
         if log.fail_next > 0 {
             log.fail_next -= 1;
             return Err(Injected);
         }
-        log.allowed = Some(peers);
+        log.allowed = Some(set.public_ips());
         Ok(())
     }
     fn resync(&mut self, _: &Metrics) -> Result<(), Injected> {

@@ -27,6 +27,7 @@ use ipnetwork::IpNetwork;
 use crate::annotations::Mac;
 use crate::family::{Family, PerFamily};
 use crate::iface::ExtIface;
+use crate::lease::peers::PeerSet;
 use crate::metrics::Metrics;
 use crate::netlink::kernel::Kernel;
 use crate::netlink::{Change, Netlink, NetlinkError, Op};
@@ -139,10 +140,12 @@ pub trait Backend<N: Netlink> {
     fn contradicted_by(&self, change: &Change) -> bool;
     /// Makes the kernel match the peer set; whether everything succeeded
     /// (failures are logged and counted; the loop retries with backoff).
+    /// A quick pass may apply the set's changes to the set it last
+    /// reconciled ([`PeerSet::changes_since`]) instead of comparing all.
     fn reconcile<'a>(
         &'a mut self,
         nl: &'a N,
-        peers: &'a PerFamily<Vec<Peer>>,
+        set: &'a PeerSet,
         pass: Pass,
         metrics: &'a Metrics,
     ) -> LocalBoxFuture<'a, bool>;

@@ -95,8 +95,8 @@ fn judged(ctx: &Context, lease: &Lease) -> Option<Judged> {
     judge::judge(ctx, &lease.record())
 }
 
-fn send(s: &State) {
-    if let (Some(tx), Some(index)) = (&s.tx, &s.index) {
+fn send(s: &mut State) {
+    if let (Some(tx), Some(index)) = (&s.tx, &mut s.index) {
         let _ = tx.send(Some(Update {
             set: Arc::new(index.peer_set()),
             complete: true,

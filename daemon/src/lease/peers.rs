@@ -19,13 +19,61 @@ use crate::annotations::Mac;
 use crate::backend::{Peer, PeerData};
 use crate::family::{Family, PerFamily};
 
-/// The complete peer set, per family, plus what was skipped.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The complete peer set, per family, plus what was skipped, and what
+/// changed since the set handed on before it.
+#[derive(Debug, Clone, Default)]
 pub struct PeerSet {
     pub peers: PerFamily<Vec<Peer>>,
     pub skipped: Vec<Skip>,
     /// Every peer's public IP, both families, sorted, each once.
     ips: Vec<IpAddr>,
+    /// This set's number, unique in the process.
+    pub generation: u64,
+    /// What differs from the set numbered `changes.since` (`None`: not
+    /// known, compare whole). A consumer that holds that set applies these
+    /// instead of comparing thousands of peers.
+    pub changes: Option<Changes>,
+}
+
+/// Two sets are equal when they hold the same peers and skips, whatever
+/// their numbers and histories.
+impl PartialEq for PeerSet {
+    fn eq(&self, other: &PeerSet) -> bool {
+        self.peers == other.peers && self.skipped == other.skipped && self.ips == other.ips
+    }
+}
+
+/// What changed between two sets handed on one after the other: the net
+/// difference (a peer withdrawn and accepted again unchanged, as every
+/// Node status update does, is no change).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// The number of the set these apply to.
+    pub since: u64,
+    /// Peers gone and come, per family, sorted.
+    pub removed: PerFamily<Vec<Peer>>,
+    pub added: PerFamily<Vec<Peer>>,
+    /// Public IPs no peer has any more, and new ones, sorted.
+    pub ips_removed: Vec<IpAddr>,
+    pub ips_added: Vec<IpAddr>,
+}
+
+impl Changes {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.removed.iter().all(|(_, v)| v.is_empty())
+            && self.added.iter().all(|(_, v)| v.is_empty())
+            && self.ips_removed.is_empty()
+            && self.ips_added.is_empty()
+    }
+}
+
+/// A new set number, unique in the process (so that sets of two indexes,
+/// before and after the agent sets up again, are never taken for each
+/// other).
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl PeerSet {
@@ -38,12 +86,50 @@ impl PeerSet {
             peers,
             skipped,
             ips: sorted_once(ips),
+            generation: next_generation(),
+            changes: None,
         }
     }
 
     /// Every peer's public IP, both families, sorted, each once.
     pub fn public_ips(&self) -> Vec<IpAddr> {
         self.ips.clone()
+    }
+
+    /// The changes from the set numbered `generation`, if they are known.
+    pub fn changes_since(&self, generation: Option<u64>) -> Option<&Changes> {
+        self.changes
+            .as_ref()
+            .filter(|c| Some(c.since) == generation)
+    }
+}
+
+/// `added` and `removed` without what is in both (each sorted after).
+fn net<T: Ord + Copy>(added: &mut Vec<T>, removed: &mut Vec<T>) {
+    added.sort_unstable();
+    removed.sort_unstable();
+    let (a, r) = (std::mem::take(added), std::mem::take(removed));
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() || j < r.len() {
+        match (a.get(i), r.get(j)) {
+            (Some(x), Some(y)) if x == y => {
+                i += 1;
+                j += 1;
+            }
+            (Some(x), Some(y)) if x < y => {
+                added.push(*x);
+                i += 1;
+            }
+            (Some(_), Some(y)) | (None, Some(y)) => {
+                removed.push(*y);
+                j += 1;
+            }
+            (Some(x), None) => {
+                added.push(*x);
+                i += 1;
+            }
+            (None, None) => break,
+        }
     }
 }
 
@@ -99,6 +185,17 @@ struct FamilyIndex {
     /// Refused nodes: why, and their entry (the skip's text is made when
     /// the peer set is, from the accepted subnets of that moment).
     refused: BTreeMap<Arc<str>, (SkipReason, Peer)>,
+    /// Accepted and withdrawn since the last set was handed on, and public
+    /// IPs that came and went with them.
+    log: Log,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Log {
+    added: Vec<Peer>,
+    removed: Vec<Peer>,
+    ips_added: Vec<IpAddr>,
+    ips_removed: Vec<IpAddr>,
 }
 
 impl FamilyIndex {
@@ -113,8 +210,12 @@ impl FamilyIndex {
         let ip = a.entry.public_ip;
         match self.ips.binary_search_by_key(&ip, |(ip, _)| *ip) {
             Ok(at) => self.ips[at].1 += 1,
-            Err(at) => self.ips.insert(at, (ip, 1)),
+            Err(at) => {
+                self.ips.insert(at, (ip, 1));
+                self.log.ips_added.push(ip);
+            }
         }
+        self.log.added.push(a.entry);
         self.accepted.insert(start, a);
     }
 
@@ -135,8 +236,10 @@ impl FamilyIndex {
                 self.ips[at].1 -= 1;
                 if self.ips[at].1 == 0 {
                     self.ips.remove(at);
+                    self.log.ips_removed.push(ip);
                 }
             }
+            self.log.removed.push(gone.entry);
         }
         true
     }
@@ -180,6 +283,9 @@ pub struct PeerIndex {
     /// The judged nodes refused in some family by judging alone.
     refused_by_judge: BTreeSet<Arc<str>>,
     fams: PerFamily<FamilyIndex>,
+    /// The number of the last set handed on, while the families' logs
+    /// hold every change since (a rebuild clears them).
+    handed: Option<u64>,
 }
 
 impl PeerIndex {
@@ -189,6 +295,7 @@ impl PeerIndex {
             judged: BTreeMap::new(),
             refused_by_judge: BTreeSet::new(),
             fams: Default::default(),
+            handed: None,
         }
     }
 
@@ -282,6 +389,8 @@ impl PeerIndex {
     /// Recomputes family `f` from every judged node, older nodes first.
     fn rebuild(&mut self, f: Family) {
         *self.fams.get_mut(f) = FamilyIndex::default();
+        // The next set is compared whole.
+        self.handed = None;
         let Some(fam) = self.local(f) else { return };
         let mut cands: Vec<(Arc<str>, Arc<str>, Peer)> = self
             .judged
@@ -299,8 +408,31 @@ impl PeerIndex {
         }
     }
 
-    /// The complete peer set and every skip, sorted.
-    pub fn peer_set(&self) -> PeerSet {
+    /// The complete peer set and every skip, sorted, with the changes since
+    /// the set handed on before (which starts the next changes).
+    pub fn peer_set(&mut self) -> PeerSet {
+        let generation = next_generation();
+        let since = self.handed.replace(generation);
+        let mut logs = PerFamily::from_fn(|f| std::mem::take(&mut self.fams.get_mut(f).log));
+        let changes = since.map(|since| {
+            let mut c = Changes {
+                since,
+                ..Changes::default()
+            };
+            for f in Family::ALL {
+                let log = logs.get_mut(f);
+                net(&mut log.added, &mut log.removed);
+                net(&mut log.ips_added, &mut log.ips_removed);
+                *c.added.get_mut(f) = std::mem::take(&mut log.added);
+                *c.removed.get_mut(f) = std::mem::take(&mut log.removed);
+                c.ips_added.append(&mut log.ips_added);
+                c.ips_removed.append(&mut log.ips_removed);
+            }
+            // Both families' IPs: an address may leave one family's peers
+            // and come to the other's.
+            net(&mut c.ips_added, &mut c.ips_removed);
+            c
+        });
         let peers = self.fams.map(|_, idx| idx.peers.clone());
         let mut ips = Vec::with_capacity(self.fams.v4.ips.len() + self.fams.v6.ips.len());
         for (_, idx) in self.fams.iter() {
@@ -356,6 +488,8 @@ impl PeerIndex {
             peers,
             skipped,
             ips: sorted_once(ips),
+            generation,
+            changes,
         }
     }
 }

@@ -284,6 +284,8 @@ fn one_node_at_a_time_gives_what_a_full_pass_gives() {
     let c = ctx();
     let mut idx = PeerIndex::new(c.clone());
     let mut all: BTreeMap<String, SlimNode> = BTreeMap::new();
+    let mut prev: Option<PeerSet> = None;
+    let mut with_changes = 0;
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     let mut rnd = |m: u64| {
         seed ^= seed << 13;
@@ -320,8 +322,75 @@ fn one_node_at_a_time_gives_what_a_full_pass_gives() {
             idx.upsert(&name, judge(&c, &node));
             all.insert(name, node);
         }
-        assert_eq!(idx.peer_set(), derive(&c, all.values()), "step {step}");
+        // Every few steps, as events arriving together are handed on.
+        if rnd(3) != 0 {
+            continue;
+        }
+        let set = idx.peer_set();
+        assert_eq!(set, derive(&c, all.values()), "step {step}");
+        // The changes, applied to the set before, give this one.
+        if let (Some(p), Some(ch)) = (&prev, &set.changes) {
+            assert_eq!(ch.since, p.generation, "step {step}");
+            assert_eq!(
+                applied(&p.peers.v4, &ch.removed.v4, &ch.added.v4),
+                set.peers.v4,
+                "step {step}"
+            );
+            assert_eq!(
+                applied(&p.public_ips(), &ch.ips_removed, &ch.ips_added),
+                set.public_ips(),
+                "step {step}"
+            );
+            with_changes += 1;
+        }
+        prev = Some(set);
     }
+    assert!(
+        with_changes > 100,
+        "most sets carry their changes: {with_changes}"
+    );
+}
+
+/// `old` without `removed` and with `added` (all sorted), as a consumer
+/// applies a peer set's changes.
+fn applied<T: Ord + Copy>(old: &[T], removed: &[T], added: &[T]) -> Vec<T> {
+    let mut v: Vec<T> = old
+        .iter()
+        .copied()
+        .filter(|x| !removed.contains(x))
+        .collect();
+    for a in added {
+        assert!(!v.contains(a), "an added entry was there already");
+    }
+    v.extend_from_slice(added);
+    v.sort();
+    v
+}
+
+#[test]
+fn a_node_event_that_changes_nothing_hands_on_empty_changes() {
+    let c = ctx();
+    let mut idx = PeerIndex::new(c.clone());
+    let node = good("n1", 2);
+    idx.upsert("n1", judge(&c, &node));
+    let first = idx.peer_set();
+    // A status update: the same Node again.
+    idx.upsert("n1", judge(&c, &node));
+    let second = idx.peer_set();
+    let ch = second.changes.as_ref().expect("changes are known");
+    assert_eq!(ch.since, first.generation);
+    assert!(ch.is_empty(), "{ch:?}");
+    idx.remove("n1");
+    let third = idx.peer_set();
+    let ch = third.changes.as_ref().expect("changes are known");
+    assert_eq!(ch.removed.v4, first.peers.v4);
+    assert_eq!(ch.ips_removed, first.public_ips());
+    assert!(ch.added.v4.is_empty() && ch.ips_added.is_empty());
+    assert_eq!(
+        third.changes_since(Some(first.generation)),
+        None,
+        "not from an older set"
+    );
 }
 
 #[test]

@@ -36,6 +36,9 @@ const EHOSTUNREACH: i32 = 113;
 mod batch;
 mod msg;
 
+/// Up to this many writes go out on the calling thread (see `apply`).
+const INLINE_WRITES: usize = 16;
+
 use batch::{Batcher, Request};
 use msg::*;
 
@@ -505,11 +508,19 @@ impl Netlink for Kernel {
         }
         let requests: Vec<Request> = ops.iter().map(request).collect();
         let batch = self.batch.clone();
-        let written = tokio::task::spawn_blocking(move || match batch.lock() {
+        let write = move || match batch.lock() {
             Ok(mut b) => b.write(requests),
             Err(p) => p.into_inner().write(requests),
-        })
-        .await;
+        };
+        // A Node event's few writes are done here: the kernel has acked
+        // them when `sendmsg` returns, and handing them to another thread
+        // and back would cost two wake-ups, each a chance to wait for a
+        // busy core.
+        let written = if ops.len() <= INLINE_WRITES {
+            Ok(write())
+        } else {
+            tokio::task::spawn_blocking(write).await
+        };
         match written {
             Ok(answers) => ops
                 .iter()

@@ -12,11 +12,12 @@ use ipnetwork::IpNetwork;
 
 use super::{DEVICE, DataPlane, OVERHEAD, UdpSpec};
 use crate::backend::{
-    Backend, BackendError, Local, Pass, Peer, PeerCodec, PeerData, Refusal, Teardown, delete_links,
+    Backend, BackendError, Local, Pass, PeerCodec, PeerData, Refusal, Teardown, delete_links,
     pod_mtu,
 };
 use crate::config::UdpConfig;
-use crate::family::{Family, PerFamily};
+use crate::family::Family;
+use crate::lease::peers::PeerSet;
 use crate::metrics::Metrics;
 use crate::netlink::kernel::Kernel;
 use crate::netlink::{Change, Netlink, Op, Route};
@@ -208,7 +209,7 @@ impl<N: Netlink> Backend<N> for Udp {
     fn reconcile<'a>(
         &'a mut self,
         nl: &'a N,
-        peers: &'a PerFamily<Vec<Peer>>,
+        set: &'a PeerSet,
         pass: Pass,
         _metrics: &'a Metrics,
     ) -> LocalBoxFuture<'a, bool> {
@@ -221,7 +222,7 @@ impl<N: Netlink> Backend<N> for Udp {
                 ok = false;
             }
             if let Some(dp) = &self.dp {
-                dp.set_peers(&peers.v4);
+                dp.set_peers(&set.peers.v4);
             }
             ok
         })

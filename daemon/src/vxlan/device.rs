@@ -35,6 +35,8 @@ pub struct Device {
     partial: Option<Partial>,
     /// The list a quick pass replaced, kept for the next ([`Device::buffer`]).
     spare: Vec<PeerEntry>,
+    /// The number of the peer set `known` holds (see [`Device::generation`]).
+    generation: Option<u64>,
 }
 
 /// The first list's passes: the device's tables as the first one found
@@ -89,7 +91,60 @@ impl Device {
             known: None,
             partial: None,
             spare: Vec::new(),
+            generation: None,
         }
+    }
+
+    /// The number of the peer set the kernel was last made to hold, while
+    /// weft knows what that is.
+    pub fn generation(&self) -> Option<u64> {
+        self.known.as_ref().and(self.generation)
+    }
+
+    /// Records that the last pass was over the peer set numbered `g`.
+    pub fn set_generation(&mut self, g: u64) {
+        self.generation = Some(g);
+    }
+
+    /// How many peers the kernel was last made to hold.
+    pub fn peers_held(&self) -> usize {
+        self.known.as_ref().map_or(0, |(_, p)| p.len())
+    }
+
+    /// A quick pass from the changes alone: `gone` and `new` (sorted)
+    /// applied to the peers the kernel holds, which must be those of the
+    /// set the changes start from ([`Device::generation`]), and the
+    /// kernel's entries planned for them only. A Node event then costs what
+    /// it changes, not a comparison of thousands of peers.
+    pub async fn apply_changes<N: Netlink>(
+        &mut self,
+        nl: &N,
+        gone: Vec<PeerEntry>,
+        new: Vec<PeerEntry>,
+        generation: u64,
+    ) -> Result<Outcome, VxlanError> {
+        let Some((index, mut peers)) = self.known.take() else {
+            return Err(VxlanError::NotHeld {
+                name: self.cfg.spec.name.clone(),
+            });
+        };
+        for g in &gone {
+            if let Ok(at) = peers.binary_search(g) {
+                peers.remove(at);
+            }
+        }
+        for n in &new {
+            if let Err(at) = peers.binary_search(n) {
+                peers.insert(at, *n);
+            }
+        }
+        let ops = plan::plan(index, &new, &plan::desired(index, &gone));
+        let out = carry_out(nl, ops, false).await;
+        if out.failed.is_empty() {
+            self.known = Some((index, peers));
+            self.generation = Some(generation);
+        }
+        Ok(out)
     }
 
     /// Whether a kernel change on some link contradicts what this device
@@ -357,6 +412,52 @@ mod tests {
             assert_eq!(
                 dev.reconcile(&nl, &next, true).await.unwrap(),
                 Outcome::default()
+            );
+        });
+    }
+
+    #[test]
+    fn a_pass_from_changes_alone_leaves_what_a_full_pass_would() {
+        block_on(async {
+            let nl = Fake::new();
+            let mut dev = Device::new(cfg(nl.add_link("eth0", 1500)));
+            assert_eq!(dev.generation(), None, "nothing held yet");
+            dev.reconcile(&nl, &[peer(2), peer(3)], true).await.unwrap();
+            dev.set_generation(7);
+            assert_eq!(dev.generation(), Some(7));
+            let writes = nl.writes();
+            // Peer 3 moved (new MAC and IP), peer 4 came.
+            let mut moved = peer(3);
+            moved.vtep_mac = Mac([0x0a, 0, 0, 0, 0, 0x33]);
+            moved.public_ip = "198.51.100.99".parse().unwrap();
+            let mut new = vec![moved, peer(4)];
+            new.sort();
+            let out = dev.apply_changes(&nl, vec![peer(3)], new, 8).await.unwrap();
+            assert!(out.failed.is_empty(), "{out:?}");
+            assert_eq!(
+                nl.writes(),
+                writes + out.writes() as usize,
+                "no reads, no device writes"
+            );
+            assert_eq!(dev.generation(), Some(8));
+            assert_eq!(dev.peers_held(), 3);
+            let link = nl.link_by_name("flannel.1").await.unwrap().unwrap();
+            let next = [peer(2), moved, peer(4)];
+            let mut want = plan::desired(link.index, &next);
+            want.fdb.sort();
+            assert_eq!(nl.dump(link.index), want);
+            assert_eq!(
+                dev.reconcile(&nl, &next, true).await.unwrap(),
+                Outcome::default(),
+                "a full pass finds nothing to do"
+            );
+            // Changes for a set the device does not hold are refused.
+            dev.forget();
+            assert_eq!(dev.generation(), None);
+            assert!(
+                dev.apply_changes(&nl, vec![], vec![peer(5)], 9)
+                    .await
+                    .is_err()
             );
         });
     }

@@ -42,6 +42,7 @@ use crate::backend::{
 };
 use crate::config::{NetConfig, VxlanConfig};
 use crate::family::{Family, PerFamily};
+use crate::lease::peers::PeerSet;
 use crate::metrics::Metrics;
 use crate::netlink::kernel::Kernel;
 use crate::netlink::{Change, LinkInfo, Netlink, NetlinkError, VxlanSpec};
@@ -58,6 +59,10 @@ pub fn overhead(underlay_ipv6: bool) -> u32 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VxlanError {
+    #[error(
+        "device {name}: changes came for a peer set it does not hold; a full pass reads the kernel"
+    )]
+    NotHeld { name: String },
     #[error("looking up device {name}")]
     Lookup {
         name: String,
@@ -391,7 +396,7 @@ impl<N: Netlink> Backend<N> for Vxlan {
     fn reconcile<'a>(
         &'a mut self,
         nl: &'a N,
-        peers: &'a PerFamily<Vec<Peer>>,
+        set: &'a PeerSet,
         pass: Pass,
         metrics: &'a Metrics,
     ) -> LocalBoxFuture<'a, bool> {
@@ -401,7 +406,31 @@ impl<N: Netlink> Backend<N> for Vxlan {
                 let Some(dev) = self.devices.get_mut(family).as_mut() else {
                     continue;
                 };
-                let all = peers.get(family);
+                // A Node event: only what changed, when the device holds
+                // the set the changes start from (without DirectRouting,
+                // whose split needs every peer).
+                if pass == Pass::Quick
+                    && !self.direct_routing
+                    && let Some(c) = set.changes_since(dev.generation())
+                {
+                    let entries = |v: &[Peer]| -> Vec<PeerEntry> {
+                        v.iter().filter_map(PeerEntry::of).collect()
+                    };
+                    let t0 = Instant::now();
+                    let result = dev
+                        .apply_changes(
+                            nl,
+                            entries(c.removed.get(family)),
+                            entries(c.added.get(family)),
+                            set.generation,
+                        )
+                        .await;
+                    let name = dev.cfg.spec.name.clone();
+                    let count = dev.peers_held();
+                    ok &= record(metrics, &name, count, pass, t0, result);
+                    continue;
+                }
+                let all = set.peers.get(family);
                 // With DirectRouting, the directly reachable peers leave the
                 // device. Without, the external interface holds no route
                 // inside the pod network (a first-list page, which only
@@ -430,6 +459,9 @@ impl<N: Netlink> Backend<N> for Vxlan {
                     Pass::Quick => dev.reconcile_owned(nl, entries, false).await,
                     Pass::Full => dev.reconcile_owned(nl, entries, true).await,
                 };
+                if pass != Pass::Partial {
+                    dev.set_generation(set.generation);
+                }
                 let name = dev.cfg.spec.name.clone();
                 ok &= record(metrics, &name, count, pass, t0, result);
             }

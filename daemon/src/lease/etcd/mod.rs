@@ -547,7 +547,7 @@ impl LeaseSource for EtcdSource {
                         .collect::<Vec<_>>(),
                 );
                 let mut since = r.header().map_or(0, |h| h.revision()) + 1;
-                if !send(&tx, &index, &mut warned, &metrics) {
+                if !send(&tx, &mut index, &mut warned, &metrics) {
                     return;
                 }
                 loop {
@@ -615,7 +615,7 @@ impl LeaseSource for EtcdSource {
                         if let Some(h) = resp.header() {
                             since = since.max(h.revision() + 1);
                         }
-                        if changed && !send(&tx, &index, &mut warned, &metrics) {
+                        if changed && !send(&tx, &mut index, &mut warned, &metrics) {
                             return;
                         }
                     }
@@ -647,7 +647,7 @@ impl LeaseSource for EtcdSource {
 /// Hands on the complete peer set; false once nobody listens.
 fn send(
     tx: &watch::Sender<Option<Update>>,
-    index: &PeerIndex,
+    index: &mut PeerIndex,
     warned: &mut std::collections::BTreeSet<super::Skip>,
     metrics: &Metrics,
 ) -> bool {

@@ -367,16 +367,23 @@ pub fn set_updates_from(
         cur.sort_unstable();
         cur.dedup();
         let (gone, new) = crate::backend::diff(&cur, &set.elements);
-        if !gone.is_empty() {
-            removed += gone.len();
-            out.extend(elements_msgs(msg::DELSETELEM, set, &gone, None));
-        }
-        if !new.is_empty() {
-            added += new.len();
-            out.extend(elements_msgs(msg::NEWSETELEM, set, &new, None));
-        }
+        removed += gone.len();
+        added += new.len();
+        out.extend(element_changes(set, &gone, &new));
     }
     (out, added, removed)
+}
+
+/// The messages that delete `gone` from `set` and add `new` to it.
+pub fn element_changes(set: &Set, gone: &[IpAddr], new: &[IpAddr]) -> Vec<Message> {
+    let mut out = Vec::new();
+    if !gone.is_empty() {
+        out.extend(elements_msgs(msg::DELSETELEM, set, gone, None));
+    }
+    if !new.is_empty() {
+        out.extend(elements_msgs(msg::NEWSETELEM, set, new, None));
+    }
+    out
 }
 
 /// The request attributes of a dump: the table for chains, rules and sets;
