@@ -108,29 +108,9 @@ impl PeerSet {
 fn net<T: Ord + Copy>(added: &mut Vec<T>, removed: &mut Vec<T>) {
     added.sort_unstable();
     removed.sort_unstable();
-    let (a, r) = (std::mem::take(added), std::mem::take(removed));
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() || j < r.len() {
-        match (a.get(i), r.get(j)) {
-            (Some(x), Some(y)) if x == y => {
-                i += 1;
-                j += 1;
-            }
-            (Some(x), Some(y)) if x < y => {
-                added.push(*x);
-                i += 1;
-            }
-            (Some(_), Some(y)) | (None, Some(y)) => {
-                removed.push(*y);
-                j += 1;
-            }
-            (Some(x), None) => {
-                added.push(*x);
-                i += 1;
-            }
-            (None, None) => break,
-        }
-    }
+    let (gone, came) = crate::backend::diff(removed, added);
+    *removed = gone;
+    *added = came;
 }
 
 fn sorted_once(mut ips: Vec<IpAddr>) -> Vec<IpAddr> {

@@ -144,6 +144,8 @@ impl Device {
             self.known = Some((index, peers));
             self.generation = Some(generation);
         }
+        // Passes from changes need no second list.
+        self.spare = Vec::new();
         Ok(out)
     }
 
