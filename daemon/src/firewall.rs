@@ -5,6 +5,7 @@
 
 use std::net::IpAddr;
 
+use crate::backend;
 use crate::lease::peers::PeerSet;
 use crate::metrics::Metrics;
 use crate::nft::kernel::{Nft, NftError, Synced};
@@ -60,35 +61,34 @@ impl Firewall {
         if let Some(c) = set.changes_since(self.generation)
             && let Some(applied) = &mut self.applied
         {
+            let of = |ips: &[IpAddr], v6: bool| -> Vec<IpAddr> {
+                ips.iter()
+                    .copied()
+                    .filter(|ip| ip.is_ipv6() == v6)
+                    .collect()
+            };
+            // Per set: the addresses gone and new.
+            let changes: Vec<(Vec<IpAddr>, Vec<IpAddr>)> = applied
+                .sets
+                .iter()
+                .map(|s| (of(&c.ips_removed, s.v6), of(&c.ips_added, s.v6)))
+                .collect();
             let msgs: Vec<_> = applied
                 .sets
                 .iter()
-                .flat_map(|s| {
-                    let of = |ips: &[IpAddr]| -> Vec<IpAddr> {
-                        ips.iter()
-                            .copied()
-                            .filter(|ip| ip.is_ipv6() == s.v6)
-                            .collect()
-                    };
-                    wire::element_changes(s, &of(&c.ips_removed), &of(&c.ips_added))
-                })
+                .zip(&changes)
+                .flat_map(|(s, (gone, new))| wire::element_changes(s, gone, new))
                 .collect();
             if msgs.is_empty() {
                 self.generation = Some(set.generation);
                 return Ok(());
             }
             if self.nft.transact(&msgs).is_ok() {
-                for s in &mut applied.sets {
-                    for ip in c.ips_removed.iter().filter(|ip| ip.is_ipv6() == s.v6) {
-                        if let Ok(at) = s.elements.binary_search(ip) {
-                            s.elements.remove(at);
-                        }
-                    }
-                    for ip in c.ips_added.iter().filter(|ip| ip.is_ipv6() == s.v6) {
-                        if let Err(at) = s.elements.binary_search(ip) {
-                            s.elements.insert(at, *ip);
-                        }
-                    }
+                for (s, (gone, new)) in applied.sets.iter_mut().zip(&changes) {
+                    backend::apply_changes(&mut s.elements, gone, new);
+                }
+                if let Some(peers) = &mut self.peers {
+                    backend::apply_changes(peers, &c.ips_removed, &c.ips_added);
                 }
                 m.nft_synced("elements", false);
                 tracing::debug!(
@@ -96,7 +96,6 @@ impl Firewall {
                     removed = c.ips_removed.len(),
                     "allow-list updated"
                 );
-                self.peers = Some(set.public_ips());
                 self.generation = Some(set.generation);
                 return Ok(());
             }

@@ -303,6 +303,22 @@ pub fn record<E: std::error::Error>(
     }
 }
 
+/// Takes `gone` out of the sorted list `sorted` and puts `new` in, in
+/// place: a change applied without comparing the whole list ([`diff`]'s
+/// inverse).
+pub fn apply_changes<T: Ord + Copy>(sorted: &mut Vec<T>, gone: &[T], new: &[T]) {
+    for g in gone {
+        if let Ok(at) = sorted.binary_search(g) {
+            sorted.remove(at);
+        }
+    }
+    for n in new {
+        if let Err(at) = sorted.binary_search(n) {
+            sorted.insert(at, *n);
+        }
+    }
+}
+
 /// Entries only in `old` and entries only in `new` (both sorted).
 pub fn diff<T: Ord + Copy>(old: &[T], new: &[T]) -> (Vec<T>, Vec<T>) {
     let (mut gone, mut added) = (Vec::new(), Vec::new());

@@ -128,16 +128,7 @@ impl Device {
                 name: self.cfg.spec.name.clone(),
             });
         };
-        for g in &gone {
-            if let Ok(at) = peers.binary_search(g) {
-                peers.remove(at);
-            }
-        }
-        for n in &new {
-            if let Err(at) = peers.binary_search(n) {
-                peers.insert(at, *n);
-            }
-        }
+        crate::backend::apply_changes(&mut peers, &gone, &new);
         let ops = plan::plan(index, &new, &plan::desired(index, &gone));
         let out = carry_out(nl, ops, false).await;
         if out.failed.is_empty() {

@@ -409,59 +409,53 @@ impl<N: Netlink> Backend<N> for Vxlan {
                 // A Node event: only what changed, when the device holds
                 // the set the changes start from (without DirectRouting,
                 // whose split needs every peer).
-                if pass == Pass::Quick
-                    && !self.direct_routing
-                    && let Some(c) = set.changes_since(dev.generation())
-                {
+                let changes = set
+                    .changes_since(dev.generation())
+                    .filter(|_| pass == Pass::Quick && !self.direct_routing);
+                let (t0, count, result) = if let Some(c) = changes {
                     let entries = |v: &[Peer]| -> Vec<PeerEntry> {
                         v.iter().filter_map(PeerEntry::of).collect()
                     };
+                    let (gone, new) =
+                        (entries(c.removed.get(family)), entries(c.added.get(family)));
                     let t0 = Instant::now();
-                    let result = dev
-                        .apply_changes(
-                            nl,
-                            entries(c.removed.get(family)),
-                            entries(c.added.get(family)),
-                            set.generation,
-                        )
-                        .await;
-                    let name = dev.cfg.spec.name.clone();
-                    let count = dev.peers_held();
-                    ok &= record(metrics, &name, count, pass, t0, result);
-                    continue;
-                }
-                let all = set.peers.get(family);
-                // With DirectRouting, the directly reachable peers leave the
-                // device. Without, the external interface holds no route
-                // inside the pod network (a first-list page, which only
-                // adds, has nothing to do there).
-                let mut entries = dev.buffer();
-                if self.direct_routing {
-                    let (near, far) = self.direct.split(all);
-                    ok &= self
-                        .direct
-                        .reconcile(nl, dev.cfg.network, &near, pass, metrics)
-                        .await;
-                    entries.extend(far.iter().filter_map(PeerEntry::of));
+                    let result = dev.apply_changes(nl, gone, new, set.generation).await;
+                    (t0, dev.peers_held(), result)
                 } else {
-                    if pass != Pass::Partial {
+                    let all = set.peers.get(family);
+                    // With DirectRouting, the directly reachable peers leave
+                    // the device. Without, the external interface holds no
+                    // route inside the pod network (a first-list page, which
+                    // only adds, has nothing to do there).
+                    let mut entries = dev.buffer();
+                    if self.direct_routing {
+                        let (near, far) = self.direct.split(all);
                         ok &= self
                             .direct
-                            .reconcile(nl, dev.cfg.network, &[], pass, metrics)
+                            .reconcile(nl, dev.cfg.network, &near, pass, metrics)
                             .await;
+                        entries.extend(far.iter().filter_map(PeerEntry::of));
+                    } else {
+                        if pass != Pass::Partial {
+                            ok &= self
+                                .direct
+                                .reconcile(nl, dev.cfg.network, &[], pass, metrics)
+                                .await;
+                        }
+                        entries.extend(all.iter().filter_map(PeerEntry::of));
                     }
-                    entries.extend(all.iter().filter_map(PeerEntry::of));
-                }
-                let t0 = Instant::now();
-                let count = entries.len();
-                let result = match pass {
-                    Pass::Partial => dev.add_partial(nl, &entries).await,
-                    Pass::Quick => dev.reconcile_owned(nl, entries, false).await,
-                    Pass::Full => dev.reconcile_owned(nl, entries, true).await,
+                    let t0 = Instant::now();
+                    let count = entries.len();
+                    let result = match pass {
+                        Pass::Partial => dev.add_partial(nl, &entries).await,
+                        Pass::Quick => dev.reconcile_owned(nl, entries, false).await,
+                        Pass::Full => dev.reconcile_owned(nl, entries, true).await,
+                    };
+                    if pass != Pass::Partial {
+                        dev.set_generation(set.generation);
+                    }
+                    (t0, count, result)
                 };
-                if pass != Pass::Partial {
-                    dev.set_generation(set.generation);
-                }
                 let name = dev.cfg.spec.name.clone();
                 ok &= record(metrics, &name, count, pass, t0, result);
             }

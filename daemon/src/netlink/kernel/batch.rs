@@ -102,9 +102,7 @@ impl Batcher {
         }
         answers.into_iter().map(|a| a.unwrap_or(Err(EIO))).collect()
     }
-}
 
-impl Batcher {
     /// Sends one dump request (`msg`, flags REQUEST|DUMP) and hands each
     /// answer to `each` as its datagram arrives, until the kernel's DONE;
     /// the kernel's errno if it refused. Nothing is queued: a dump of tens
@@ -133,20 +131,8 @@ impl Batcher {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e.raw_os_error().unwrap_or(EIO)),
             };
-            let mut data = &rx[..n];
-            while data.len() >= 16 {
-                let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-                if len < 16 || len > data.len() {
-                    break;
-                }
-                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len]);
-                data = &data[((len + 3) & !3).min(data.len())..];
-                // A message that does not parse, or leftovers of an earlier
-                // exchange given up on, are passed over.
-                let Ok(m) = m else { continue };
-                if m.header.sequence_number != seq {
-                    continue;
-                }
+            // Leftovers of an earlier exchange given up on are passed over.
+            for m in messages(&rx[..n]).filter(|m| m.header.sequence_number == seq) {
                 match m.payload {
                     NetlinkPayload::InnerMessage(inner) => each(inner),
                     NetlinkPayload::Done(_) => return Ok(()),
@@ -165,23 +151,35 @@ impl Batcher {
 const EIO: i32 = 5;
 
 /// The (sequence number, errno) of every ack in one datagram.
-fn acks(mut data: &[u8]) -> Vec<(u32, i32)> {
-    let mut out = Vec::new();
-    while data.len() >= 16 {
-        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        if len < 16 || len > data.len() {
-            break;
+fn acks(data: &[u8]) -> Vec<(u32, i32)> {
+    messages(data)
+        .filter_map(|m| match m.payload {
+            NetlinkPayload::Error(e) => Some((
+                m.header.sequence_number,
+                e.code.map(|c| -c.get()).unwrap_or(0),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The messages of one datagram that parse (a truncated tail ends it).
+fn messages(mut data: &[u8]) -> impl Iterator<Item = NetlinkMessage<RouteNetlinkMessage>> {
+    std::iter::from_fn(move || {
+        while data.len() >= 16 {
+            let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+            if len < 16 || len > data.len() {
+                return None;
+            }
+            let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len]);
+            // Messages are 4-byte aligned.
+            data = &data[((len + 3) & !3).min(data.len())..];
+            if let Ok(m) = m {
+                return Some(m);
+            }
         }
-        if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len])
-            && let NetlinkPayload::Error(e) = m.payload
-        {
-            let errno = e.code.map(|c| -c.get()).unwrap_or(0);
-            out.push((m.header.sequence_number, errno));
-        }
-        // Messages are 4-byte aligned.
-        data = &data[((len + 3) & !3).min(data.len())..];
-    }
-    out
+        None
+    })
 }
 
 #[cfg(test)]
